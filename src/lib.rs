@@ -2,5 +2,15 @@
 //! replication cluster. The data path reads top to bottom:
 //! probe -> decide -> switch -> status.
 
+pub mod check;
+pub mod cli;
 pub mod config;
 pub mod conninfo;
+pub mod daemon;
+pub mod decide;
+pub mod http;
+pub mod logging;
+pub mod probe;
+pub mod status;
+pub mod switch;
+pub mod throttle;

@@ -1,1 +1,207 @@
-fn main() {}
+//! Flags, wiring and signals. The logic lives in the library modules.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use rebouncer::cli::{self, Options};
+use rebouncer::config::{self, Config};
+use rebouncer::conninfo::Env;
+use rebouncer::daemon::Daemon;
+use rebouncer::logging::{self, LogFile};
+use rebouncer::status::Snapshot;
+use rebouncer::{check, http};
+
+/// How long a shutdown waits for HTTP clients still being served.
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let opts = match cli::parse(std::env::args_os()) {
+        Ok(o) => o,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rebouncer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if opts.check {
+        return runtime.block_on(check::run(&opts.config));
+    }
+    runtime.block_on(run(opts))
+}
+
+fn load_config(path: &Path) -> Result<Config, config::ConfigError> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        config::ConfigError(format!(
+            "config error: cannot determine the working directory to resolve relative paths: {e}"
+        ))
+    })?;
+    config::load(path, &cwd, &Env::from_process())
+}
+
+/// Report a fatal start-up error both on stderr (the terminal or the journal) and in the
+/// log file, since an init script may send stderr nowhere.
+fn fatal(logged: bool, msg: &str) -> ExitCode {
+    if logged {
+        error!("{msg}");
+    }
+    eprintln!("rebouncer: {msg}");
+    ExitCode::FAILURE
+}
+
+async fn run(opts: Options) -> ExitCode {
+    let logfile = match logging::init(opts.logfile.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            let path = opts.logfile.as_deref().unwrap_or(Path::new("")).display();
+            return fatal(
+                false,
+                &format!(
+                    "cannot open log file {path}: {e} (check -logfile and the directory's permissions)"
+                ),
+            );
+        }
+    };
+    let to_log = logfile.is_some();
+    let cfg = match load_config(&opts.config) {
+        Ok(c) => c,
+        Err(e) => return fatal(to_log, &e.to_string()),
+    };
+
+    let names: Vec<String> = cfg.servers.iter().map(|s| s.name.clone()).collect();
+    let (status_tx, status_rx) = watch::channel(Snapshot::new(
+        &names,
+        cfg.interval,
+        cfg.pgbouncer.endpoint.clone(),
+    ));
+    let listener = match http::bind(&opts.http).await {
+        Ok(l) => l,
+        Err(e) => return fatal(to_log, &e.to_string()),
+    };
+    let pidfile = match opts.pidfile.as_deref().map(PidFile::create).transpose() {
+        Ok(p) => p,
+        Err(e) => return fatal(to_log, &e),
+    };
+    let listening = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(
+        "rebouncer {} starting: config {}, {} servers, status pages at http://{listening}/",
+        env!("CARGO_PKG_VERSION"),
+        opts.config.display(),
+        names.len()
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut http_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, http::router(status_rx))
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let signals = match spawn_signal_handler(shutdown_tx, logfile) {
+        Ok(h) => h,
+        Err(e) => return fatal(to_log, &format!("cannot install signal handlers: {e}")),
+    };
+
+    Daemon::new(cfg, status_tx, shutdown_rx).run().await;
+
+    signals.abort();
+    // A client that sent half a request would hold a graceful shutdown forever.
+    if tokio::time::timeout(HTTP_SHUTDOWN_GRACE, server)
+        .await
+        .is_err()
+    {
+        warn!("status web server did not finish within {HTTP_SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    drop(pidfile);
+    info!("rebouncer stopped");
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT ask for shutdown; SIGHUP reopens the log file (for logrotate).
+fn spawn_signal_handler(
+    shutdown: watch::Sender<bool>,
+    logfile: Option<LogFile>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM received; stopping"); let _ = shutdown.send(true); }
+                _ = int.recv() => { info!("SIGINT received; stopping"); let _ = shutdown.send(true); }
+                _ = hup.recv() => match &logfile {
+                    Some(l) => match l.reopen() {
+                        Ok(()) => info!("SIGHUP received; log file {} reopened", l.path().display()),
+                        Err(e) => eprintln!("rebouncer: cannot reopen log file {}: {e}", l.path().display()),
+                    },
+                    None => info!("SIGHUP received; logging to stdout, nothing to reopen"),
+                },
+            }
+        }
+    }))
+}
+
+/// The pid file, locked for as long as the daemon runs so that a second instance with the
+/// same file refuses to start, and removed on a clean exit.
+struct PidFile {
+    path: PathBuf,
+    _file: File,
+}
+
+impl PidFile {
+    fn create(path: &Path) -> Result<PidFile, String> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("cannot open pid file {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let other = fs::read_to_string(path).unwrap_or_default();
+                return Err(format!(
+                    "another rebouncer (pid {}) is running with pid file {}; stop it first or use another -pidfile",
+                    other.trim(),
+                    path.display()
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock pid file {}: {e}", path.display()));
+            }
+        }
+        // Truncate only once the lock is ours: the Go tool appended, keeping stale pids.
+        file.set_len(0)
+            .and_then(|_| writeln!(file, "{}", std::process::id()))
+            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
+        Ok(PidFile {
+            path: path.to_path_buf(),
+            _file: file,
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}

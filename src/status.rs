@@ -1,0 +1,426 @@
+//! The snapshot of what rebouncer knows, shared with the status pages, and the text of
+//! those pages. Rendering is pure (the caller passes the time) so the `/nagios` rules can
+//! be tested without a server.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Local};
+
+use crate::decide::NodeState;
+
+/// One server as the pages show it.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub name: String,
+    /// `None` until the first check finished.
+    pub state: Option<NodeState>,
+    pub last_check: Option<SystemTime>,
+    /// When the server entered its current state.
+    pub since: Option<SystemTime>,
+    /// Why the last check said `down` (connection error, timeout), for people.
+    pub error: Option<String>,
+}
+
+/// Where the daemon is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// PgBouncer's admin console has not answered yet; nothing is polled until it does.
+    WaitingForPgBouncer { error: String },
+    /// Polling; the first round may not have finished yet.
+    Running,
+}
+
+/// The last switch that did not complete, kept until a switch succeeds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchFailure {
+    /// The master PgBouncer should point at.
+    pub wanted: String,
+    pub error: String,
+    pub since: SystemTime,
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub phase: Phase,
+    /// In configuration file order.
+    pub nodes: Vec<NodeStatus>,
+    /// The node PgBouncer's config symlink points at, as far as rebouncer knows.
+    pub active: Option<String>,
+    /// Whether PgBouncer confirmed (`SHOW DATABASES`) that it uses `active`'s config.
+    pub confirmed: bool,
+    pub last_switch: Option<SystemTime>,
+    pub switch_failure: Option<SwitchFailure>,
+    pub interval: Duration,
+    pub started: SystemTime,
+    /// Where the admin console is, for messages.
+    pub pgbouncer: String,
+}
+
+impl Snapshot {
+    pub fn new(names: &[String], interval: Duration, pgbouncer: String) -> Snapshot {
+        Snapshot {
+            phase: Phase::Running,
+            nodes: names
+                .iter()
+                .map(|n| NodeStatus {
+                    name: n.clone(),
+                    state: None,
+                    last_check: None,
+                    since: None,
+                    error: None,
+                })
+                .collect(),
+            active: None,
+            confirmed: false,
+            last_switch: None,
+            switch_failure: None,
+            interval,
+            started: SystemTime::now(),
+            pgbouncer,
+        }
+    }
+
+    fn names_in(&self, state: NodeState) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == Some(state))
+            .map(|n| n.name.as_str())
+            .collect()
+    }
+}
+
+fn local(t: SystemTime) -> String {
+    DateTime::<Local>::from(t)
+        .format("%Y-%m-%d %H:%M:%S %Z")
+        .to_string()
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `/nodes`: one `name: state` line per checked server, in file order. A server not yet
+/// checked is left out rather than reported as something it may not be.
+pub fn render_nodes(s: &Snapshot) -> String {
+    let mut out = String::new();
+    for n in &s.nodes {
+        if let Some(state) = n.state {
+            let _ = writeln!(out, "{}: {}", n.name, state);
+        }
+    }
+    out
+}
+
+/// `/nagios`: one line, starting with OK, WARNING or CRITICAL (the plugin and the Go-era
+/// checks match on that word).
+pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
+    if let Phase::WaitingForPgBouncer { error } = &s.phase {
+        return format!(
+            "CRITICAL: waiting for PgBouncer's admin console at {}: {}",
+            s.pgbouncer, error
+        );
+    }
+    if s.nodes.iter().any(|n| n.state.is_none()) {
+        let age = now.duration_since(s.started).unwrap_or_default();
+        if age > s.interval * 3 {
+            return format!(
+                "CRITICAL: no round of checks has finished in {} seconds since start-up",
+                age.as_secs()
+            );
+        }
+        return "WARNING: starting up, the first round of checks has not finished yet".into();
+    }
+    let masters = s.names_in(NodeState::Master);
+    let standbys = s.names_in(NodeState::Standby).len();
+    let down = s.names_in(NodeState::Down);
+    let counts = format!(
+        "{}, {} down",
+        plural(standbys, "standby", "standbys"),
+        down.len()
+    );
+    let pointed = s.active.as_deref().unwrap_or("nothing");
+    match masters.as_slice() {
+        [] => {
+            return format!("CRITICAL: no master ({counts}); PgBouncer left pointing at {pointed}");
+        }
+        [_] => {}
+        many => {
+            return format!(
+                "CRITICAL: split brain: {} masters ({}), switching refused; PgBouncer left pointing at {pointed} ({counts})",
+                many.len(),
+                many.join(", ")
+            );
+        }
+    }
+    let master = masters[0];
+    if let Some(f) = &s.switch_failure {
+        return format!(
+            "CRITICAL: PgBouncer points at {pointed} but the master is {}: switch failing since {}: {}",
+            f.wanted,
+            local(f.since),
+            f.error
+        );
+    }
+    if s.active.as_deref() != Some(master) || !s.confirmed {
+        return format!(
+            "CRITICAL: PgBouncer points at {pointed} but the master is {master}: switch not yet confirmed"
+        );
+    }
+    if !down.is_empty() {
+        return format!(
+            "WARNING: {} down ({}); 1 master ({master}), {}",
+            plural(down.len(), "server", "servers"),
+            down.join(", "),
+            plural(standbys, "standby", "standbys")
+        );
+    }
+    let oldest = s.nodes.iter().filter_map(|n| n.last_check).min();
+    if let Some(oldest) = oldest {
+        let age = now.duration_since(oldest).unwrap_or_default();
+        let max = s.interval * 3;
+        if age > max {
+            return format!(
+                "WARNING: oldest check is {} seconds old, more than {} (three intervals)",
+                age.as_secs(),
+                max.as_secs()
+            );
+        }
+    }
+    format!(
+        "OK: 1 master ({master}, PgBouncer points at it), {}",
+        plural(standbys, "standby", "standbys")
+    )
+}
+
+/// `/`: an overview for people.
+pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "rebouncer {}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "Current time: {}", local(now));
+    let _ = writeln!(out, "Running since: {}", local(s.started));
+    match &s.phase {
+        Phase::WaitingForPgBouncer { error } => {
+            let _ = writeln!(
+                out,
+                "State: waiting for PgBouncer's admin console at {}: {error}",
+                s.pgbouncer
+            );
+        }
+        Phase::Running => {
+            let _ = writeln!(out, "State: polling every {} s", s.interval.as_secs());
+        }
+    }
+    let _ = writeln!(out, "Status: {}", render_nagios(s, now));
+    let pointed = match (&s.active, s.confirmed) {
+        (None, _) => "nothing known (the symlink points at no node's config)".to_string(),
+        (Some(a), true) => format!("{a} (confirmed by PgBouncer)"),
+        (Some(a), false) => format!("{a} (symlink only, not yet confirmed by PgBouncer)"),
+    };
+    let _ = writeln!(out, "PgBouncer points at: {pointed}");
+    if let Some(t) = s.last_switch {
+        let _ = writeln!(out, "Last switch: {}", local(t));
+    }
+    if let Some(f) = &s.switch_failure {
+        let _ = writeln!(
+            out,
+            "Switch to {} failing since {}: {}",
+            f.wanted,
+            local(f.since),
+            f.error
+        );
+    }
+    let _ = writeln!(out, "\nNode status:");
+    for n in &s.nodes {
+        match (n.state, n.last_check) {
+            (Some(state), Some(checked)) => {
+                let since = n.since.map(local).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{}: {} (last checked {}, {} since {})",
+                    n.name,
+                    state,
+                    local(checked),
+                    state,
+                    since
+                );
+            }
+            _ => {
+                let _ = writeln!(out, "{}: not checked yet", n.name);
+            }
+        }
+        if let Some(e) = &n.error {
+            let _ = writeln!(out, "    last error: {e}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use NodeState::*;
+
+    fn snap(states: &[(&str, Option<NodeState>)], active: Option<&str>) -> Snapshot {
+        let now = SystemTime::now();
+        let names: Vec<String> = states.iter().map(|(n, _)| n.to_string()).collect();
+        let mut s = Snapshot::new(&names, Duration::from_secs(30), "127.0.0.1:6432".into());
+        for (node, (_, st)) in s.nodes.iter_mut().zip(states) {
+            node.state = *st;
+            node.last_check = st.map(|_| now);
+            node.since = st.map(|_| now);
+        }
+        s.active = active.map(str::to_string);
+        s.confirmed = active.is_some();
+        s
+    }
+
+    #[test]
+    fn healthy_cluster_is_ok_with_counts() {
+        let s = snap(
+            &[
+                ("db1", Some(Master)),
+                ("db2", Some(Standby)),
+                ("db3", Some(Standby)),
+            ],
+            Some("db1"),
+        );
+        assert_eq!(
+            render_nagios(&s, SystemTime::now()),
+            "OK: 1 master (db1, PgBouncer points at it), 2 standbys"
+        );
+    }
+
+    #[test]
+    fn no_master_is_critical() {
+        let s = snap(&[("db1", Some(Down)), ("db2", Some(Standby))], Some("db1"));
+        assert_eq!(
+            render_nagios(&s, SystemTime::now()),
+            "CRITICAL: no master (1 standby, 1 down); PgBouncer left pointing at db1"
+        );
+    }
+
+    #[test]
+    fn split_brain_is_critical_and_names_the_masters() {
+        let s = snap(
+            &[
+                ("db1", Some(Master)),
+                ("db2", Some(Master)),
+                ("db3", Some(Standby)),
+            ],
+            Some("db2"),
+        );
+        let text = render_nagios(&s, SystemTime::now());
+        assert!(
+            text.starts_with("CRITICAL: split brain: 2 masters (db1, db2)"),
+            "{text}"
+        );
+        assert!(text.contains("left pointing at db2"), "{text}");
+    }
+
+    #[test]
+    fn a_server_down_is_a_warning() {
+        let s = snap(
+            &[
+                ("db1", Some(Master)),
+                ("db2", Some(Down)),
+                ("db3", Some(Standby)),
+            ],
+            Some("db1"),
+        );
+        assert_eq!(
+            render_nagios(&s, SystemTime::now()),
+            "WARNING: 1 server down (db2); 1 master (db1), 1 standby"
+        );
+    }
+
+    #[test]
+    fn stale_checks_are_a_warning() {
+        let s = snap(&[("db1", Some(Master))], Some("db1"));
+        let later = SystemTime::now() + Duration::from_secs(91);
+        let text = render_nagios(&s, later);
+        assert!(text.starts_with("WARNING: oldest check is 9"), "{text}");
+        assert!(text.contains("more than 90"), "{text}");
+    }
+
+    #[test]
+    fn failing_switch_is_critical_and_says_where_pgbouncer_points() {
+        let mut s = snap(&[("db1", Some(Down)), ("db2", Some(Master))], Some("db1"));
+        s.switch_failure = Some(SwitchFailure {
+            wanted: "db2".into(),
+            error: "cannot replace symlink: Permission denied".into(),
+            since: SystemTime::now(),
+        });
+        let text = render_nagios(&s, SystemTime::now());
+        assert!(
+            text.starts_with("CRITICAL: PgBouncer points at db1 but the master is db2"),
+            "{text}"
+        );
+        assert!(text.contains("Permission denied"), "{text}");
+    }
+
+    #[test]
+    fn unconfirmed_master_is_critical_until_the_switch_is_confirmed() {
+        let mut s = snap(&[("db1", Some(Master))], Some("db1"));
+        s.confirmed = false;
+        assert!(
+            render_nagios(&s, SystemTime::now())
+                .starts_with("CRITICAL: PgBouncer points at db1 but")
+        );
+    }
+
+    #[test]
+    fn waiting_for_pgbouncer_is_critical() {
+        let mut s = snap(&[("db1", None)], None);
+        s.phase = Phase::WaitingForPgBouncer {
+            error: "connection refused".into(),
+        };
+        assert_eq!(
+            render_nagios(&s, SystemTime::now()),
+            "CRITICAL: waiting for PgBouncer's admin console at 127.0.0.1:6432: connection refused"
+        );
+        assert!(render_root(&s, SystemTime::now()).contains("waiting for PgBouncer"));
+    }
+
+    #[test]
+    fn before_the_first_round_it_warns_then_turns_critical() {
+        let s = snap(&[("db1", None), ("db2", None)], None);
+        assert!(render_nagios(&s, SystemTime::now()).starts_with("WARNING: starting up"));
+        let much_later = SystemTime::now() + Duration::from_secs(100);
+        assert!(render_nagios(&s, much_later).starts_with("CRITICAL: no round"));
+        assert_eq!(render_nodes(&s), "");
+    }
+
+    #[test]
+    fn nodes_page_lists_checked_nodes_in_file_order() {
+        let s = snap(
+            &[
+                ("zeta", Some(Standby)),
+                ("alpha", Some(Master)),
+                ("mid", Some(Down)),
+            ],
+            Some("alpha"),
+        );
+        assert_eq!(
+            render_nodes(&s),
+            "zeta: standby\nalpha: master\nmid: down\n"
+        );
+    }
+
+    #[test]
+    fn root_page_shows_each_node_and_the_active_one() {
+        let mut s = snap(&[("db1", Some(Master)), ("db2", Some(Down))], Some("db1"));
+        s.nodes[1].error = Some("127.0.0.1:5433: connection refused".into());
+        let text = render_root(&s, SystemTime::now());
+        assert!(text.contains("db1: master (last checked "), "{text}");
+        assert!(text.contains("db2: down (last checked "), "{text}");
+        assert!(
+            text.contains("last error: 127.0.0.1:5433: connection refused"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PgBouncer points at: db1 (confirmed by PgBouncer)"),
+            "{text}"
+        );
+    }
+}

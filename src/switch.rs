@@ -1,0 +1,513 @@
+//! Point PgBouncer at a node: swap the config symlink atomically, `RELOAD`, and confirm
+//! with `SHOW DATABASES` that PgBouncer really uses the node's config.
+//!
+//! PgBouncer facts this relies on (measured, CRATES.md section 2): the admin console speaks
+//! only the simple query protocol and only its own commands; `RELOAD` answers success even
+//! when the file is missing or broken (the error is only in PgBouncer's log), so success
+//! is never taken from the `RELOAD` reply.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::task::AbortHandle;
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
+
+use crate::config::{self, DatabaseEntry, NodeFile};
+use crate::conninfo::{ConnectError, Target, error_chain};
+
+/// Why a switch did not complete. The next round tries again.
+#[derive(Debug)]
+pub enum SwitchError {
+    /// The node's precooked config cannot be used; the link was left alone.
+    NodeFile(config::ConfigError),
+    /// PgBouncer's admin console did not answer; the link was left alone.
+    Admin(AdminError),
+    /// The symlink could not be replaced; PgBouncer still has its old config.
+    Symlink { path: PathBuf, error: io::Error },
+    /// The link was replaced but PgBouncer's `RELOAD` failed.
+    Reload(AdminError),
+    /// PgBouncer answered, but does not use the node's config.
+    NotApplied(String),
+}
+
+impl fmt::Display for SwitchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwitchError::NodeFile(e) => write!(f, "{e}; the symlink was left as it was"),
+            SwitchError::Admin(e) => {
+                write!(f, "{e}; the symlink was left as it was")
+            }
+            SwitchError::Symlink { path, error } => {
+                let fix = match error.kind() {
+                    io::ErrorKind::PermissionDenied => {
+                        "; make its directory writable for the user rebouncer runs as"
+                    }
+                    _ => "",
+                };
+                write!(f, "cannot replace symlink {}: {error}{fix}", path.display())
+            }
+            SwitchError::Reload(e) => write!(f, "symlink replaced but RELOAD failed: {e}"),
+            SwitchError::NotApplied(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for SwitchError {}
+
+/// A failure talking to the admin console.
+#[derive(Debug)]
+pub enum AdminError {
+    Connect(ConnectError),
+    Command {
+        endpoint: String,
+        command: String,
+        detail: String,
+    },
+    Timeout {
+        endpoint: String,
+        what: String,
+        after: Duration,
+    },
+}
+
+impl fmt::Display for AdminError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminError::Connect(e) => write!(f, "PgBouncer admin console {e}"),
+            AdminError::Command {
+                endpoint,
+                command,
+                detail,
+            } => write!(
+                f,
+                "PgBouncer admin console {endpoint}: {command} failed: {detail}"
+            ),
+            AdminError::Timeout {
+                endpoint,
+                what,
+                after,
+            } => write!(
+                f,
+                "PgBouncer admin console {endpoint}: no answer to {what} within {} s",
+                after.as_secs_f32()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AdminError {}
+
+/// One connection to PgBouncer's admin console, closed when dropped.
+struct AdminSession {
+    client: Client,
+    task: AbortHandle,
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl Drop for AdminSession {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AdminSession {
+    /// Run one admin command. Only `simple_query`: any extended-protocol call makes
+    /// PgBouncer drop the connection ("bad packet").
+    async fn command(&self, command: &str) -> Result<Vec<SimpleQueryRow>, AdminError> {
+        let work = self.client.simple_query(command);
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(messages)) => Ok(messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(r),
+                    _ => None,
+                })
+                .collect()),
+            Ok(Err(e)) => Err(AdminError::Command {
+                endpoint: self.endpoint.clone(),
+                command: command.to_string(),
+                detail: error_chain(&e),
+            }),
+            Err(_) => Err(AdminError::Timeout {
+                endpoint: self.endpoint.clone(),
+                what: command.to_string(),
+                after: self.timeout,
+            }),
+        }
+    }
+}
+
+/// PgBouncer's admin console.
+#[derive(Clone, Debug)]
+pub struct Bouncer {
+    target: Target,
+    timeout: Duration,
+}
+
+/// Where PgBouncer says one database goes (a row of `SHOW DATABASES`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub host: Option<String>,
+    pub port: u16,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Some(h) => write!(f, "{h}:{}", self.port),
+            None => write!(f, "the default unix socket, port {}", self.port),
+        }
+    }
+}
+
+impl Bouncer {
+    pub fn new(target: Target, timeout: Duration) -> Bouncer {
+        Bouncer { target, timeout }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.target.endpoint
+    }
+
+    async fn session(&self) -> Result<AdminSession, AdminError> {
+        let endpoint = self.target.endpoint.clone();
+        let connect = tokio::time::timeout(self.timeout, self.target.connect()).await;
+        let (client, handle) = match connect {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(AdminError::Connect(e)),
+            Err(_) => {
+                return Err(AdminError::Timeout {
+                    endpoint,
+                    what: "the login".into(),
+                    after: self.timeout,
+                });
+            }
+        };
+        let session = AdminSession {
+            client,
+            task: handle.abort_handle(),
+            endpoint,
+            timeout: self.timeout,
+        };
+        // `SHOW VERSION` proves this is an admin console we may use, not just an open port.
+        session.command("SHOW VERSION").await?;
+        Ok(session)
+    }
+
+    /// Whether the admin console answers; returns PgBouncer's version string.
+    pub async fn ping(&self) -> Result<String, AdminError> {
+        let s = self.session().await?;
+        let rows = s.command("SHOW VERSION").await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.get(0))
+            .unwrap_or("unknown version")
+            .to_string())
+    }
+
+    /// `SHOW DATABASES` as name -> route.
+    async fn routes(s: &AdminSession) -> Result<Vec<(String, Route)>, AdminError> {
+        let rows = s.command("SHOW DATABASES").await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (Some(name), port) = (r.get("name"), r.get("port")) else {
+                continue;
+            };
+            let port = port.and_then(|p| p.parse().ok()).unwrap_or(0);
+            let host = r.get("host").filter(|h| !h.is_empty()).map(str::to_string);
+            out.push((name.to_string(), Route { host, port }));
+        }
+        Ok(out)
+    }
+}
+
+/// What a completed switch did, for the log.
+#[derive(Debug, Default)]
+pub struct Switched {
+    /// False when the link already pointed at the node (start-up convergence).
+    pub relinked: bool,
+    /// Databases whose client and server connections were reset because they moved.
+    pub reset: Vec<String>,
+}
+
+/// Make PgBouncer use `node_file`. Order matters: the node file is checked and the admin
+/// console must answer before the link is touched, so a switch that cannot complete
+/// leaves PgBouncer's config as it was.
+pub async fn switch_to(
+    bouncer: &Bouncer,
+    symlink: &Path,
+    node_file: &Path,
+) -> Result<Switched, SwitchError> {
+    let node = config::read_node_file(node_file).map_err(SwitchError::NodeFile)?;
+    let session = bouncer.session().await.map_err(SwitchError::Admin)?;
+    let before = Bouncer::routes(&session)
+        .await
+        .map_err(SwitchError::Admin)?;
+
+    let relinked = !points_at(symlink, node_file);
+    if relinked {
+        replace_symlink(symlink, node_file).map_err(|error| SwitchError::Symlink {
+            path: symlink.to_path_buf(),
+            error,
+        })?;
+    }
+    session
+        .command("RELOAD")
+        .await
+        .map_err(SwitchError::Reload)?;
+    drop(session);
+
+    // A fresh login: a RELOAD of a broken file can reset PgBouncer's settings so that
+    // the admin user is refused from then on; the old session would not notice.
+    let check = bouncer.session().await.map_err(|e| {
+        SwitchError::NotApplied(format!(
+            "after RELOAD of {}, {e}; PgBouncer may have loaded a broken config: see PgBouncer's log",
+            node_file.display()
+        ))
+    })?;
+    let after = Bouncer::routes(&check).await.map_err(SwitchError::Admin)?;
+    confirm(&node, symlink, &after).map_err(SwitchError::NotApplied)?;
+
+    // Databases that moved: drop every client and server connection to the old server and
+    // resume at once. A session-mode client would otherwise stay on the old primary until
+    // it disconnects, and PgBouncer would keep delaying new logins after the failed ones
+    // to the old primary (server_login_retry) although the new one is up.
+    let mut reset = Vec::new();
+    for db in &node.databases {
+        let was = before.iter().find(|(n, _)| *n == db.name).map(|(_, r)| r);
+        let now = Route {
+            host: db.host.clone(),
+            port: db.port,
+        };
+        if was.is_some_and(|w| *w != now) {
+            check
+                .command(&format!("KILL {}", quote_ident(&db.name)))
+                .await
+                .map_err(SwitchError::Admin)?;
+            check
+                .command(&format!("RESUME {}", quote_ident(&db.name)))
+                .await
+                .map_err(SwitchError::Admin)?;
+            reset.push(db.name.clone());
+        }
+    }
+    Ok(Switched { relinked, reset })
+}
+
+/// PgBouncer's admin parser takes a database name as a bare word or in double quotes.
+fn quote_ident(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Every named database of the node file must be routed where the file says.
+fn confirm(node: &NodeFile, symlink: &Path, routes: &[(String, Route)]) -> Result<(), String> {
+    for DatabaseEntry { name, host, port } in &node.databases {
+        let want = Route {
+            host: host.clone(),
+            port: *port,
+        };
+        match routes.iter().find(|(n, _)| n == name) {
+            Some((_, got)) if *got == want => {}
+            Some((_, got)) => {
+                return Err(format!(
+                    "PgBouncer still sends database {name} to {got}, not to {want} as {} says; \
+                     is PgBouncer started with {} as its config file? See PgBouncer's log",
+                    node.path.display(),
+                    symlink.display()
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "PgBouncer has no database {name} after RELOAD, although {} defines it; \
+                     is PgBouncer started with {} as its config file? See PgBouncer's log",
+                    node.path.display(),
+                    symlink.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `symlink` already resolves to `target` (compared after resolving both, so a
+/// link written by the Go tool with a relative or `..` path still counts).
+pub fn points_at(symlink: &Path, target: &Path) -> bool {
+    link_target(symlink).is_some_and(|t| same_file(&t, target))
+}
+
+/// The file the symlink points at, made absolute against the link's directory.
+pub fn link_target(symlink: &Path) -> Option<PathBuf> {
+    let t = fs::read_link(symlink).ok()?;
+    Some(match symlink.parent() {
+        Some(dir) if t.is_relative() => dir.join(t),
+        _ => t,
+    })
+}
+
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+fn temp_link_prefix(symlink: &Path) -> String {
+    let name = symlink
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.rebouncer-tmp.")
+}
+
+/// Replace the symlink so that at no instant the path is missing or points at anything but
+/// a complete config: a new link beside it, then `rename` over the old one (the Go tool
+/// removed and re-created it; a reader in between found no file at all). The directory is
+/// synced so the switch also survives a power cut.
+pub fn replace_symlink(symlink: &Path, target: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(symlink) {
+        Ok(m) if !m.file_type().is_symlink() => {
+            return Err(io::Error::other(format!(
+                "{} exists and is not a symlink; refusing to replace it (start PgBouncer with the symlink as its config file)",
+                symlink.display()
+            )));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let dir = symlink.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        "{}{}",
+        temp_link_prefix(symlink),
+        std::process::id()
+    ));
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::os::unix::fs::symlink(target, &tmp)?;
+    if let Err(e) = fs::rename(&tmp, symlink) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Remove temporary links left by a rebouncer killed in the middle of a swap.
+pub fn remove_stale_temp_links(symlink: &Path) -> Vec<PathBuf> {
+    let prefix = temp_link_prefix(symlink);
+    let dir = symlink.parent().unwrap_or(Path::new("."));
+    let mut removed = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix)
+                && fs::remove_file(e.path()).is_ok()
+            {
+                removed.push(e.path());
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_symlink_swaps_and_leaves_no_temp_link() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.ini"), d.path().join("b.ini"));
+        fs::write(&a, "a").unwrap();
+        fs::write(&b, "b").unwrap();
+        let link = d.path().join("pgbouncer.ini");
+        replace_symlink(&link, &a).unwrap();
+        assert!(points_at(&link, &a));
+        replace_symlink(&link, &b).unwrap();
+        assert_eq!(fs::read_to_string(&link).unwrap(), "b");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn replace_symlink_refuses_to_overwrite_a_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, link) = (d.path().join("a.ini"), d.path().join("pgbouncer.ini"));
+        fs::write(&a, "a").unwrap();
+        fs::write(&link, "precious").unwrap();
+        let e = replace_symlink(&link, &a).unwrap_err();
+        assert!(e.to_string().contains("is not a symlink"), "{e}");
+        assert_eq!(fs::read_to_string(&link).unwrap(), "precious");
+    }
+
+    #[test]
+    fn stale_temp_links_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("pgbouncer.ini");
+        let stale = d.path().join(".pgbouncer.ini.rebouncer-tmp.12345");
+        std::os::unix::fs::symlink("/nowhere", &stale).unwrap();
+        assert_eq!(remove_stale_temp_links(&link), vec![stale.clone()]);
+        assert!(fs::symlink_metadata(&stale).is_err());
+    }
+
+    #[test]
+    fn relative_link_targets_resolve_against_the_link_directory() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("configs")).unwrap();
+        let node = d.path().join("configs/db1.ini");
+        fs::write(&node, "x").unwrap();
+        let link = d.path().join("pgbouncer.ini");
+        std::os::unix::fs::symlink("configs/db1.ini", &link).unwrap();
+        assert!(points_at(&link, &node));
+    }
+
+    #[test]
+    fn confirm_names_the_database_that_did_not_move() {
+        let node = NodeFile {
+            path: "/etc/pgbouncer/nodes/db2.ini".into(),
+            databases: vec![DatabaseEntry {
+                name: "app".into(),
+                host: Some("10.0.0.12".into()),
+                port: 5432,
+            }],
+        };
+        let routes = vec![(
+            "app".to_string(),
+            Route {
+                host: Some("10.0.0.11".into()),
+                port: 5432,
+            },
+        )];
+        let e = confirm(&node, Path::new("/etc/pgbouncer/pgbouncer.ini"), &routes).unwrap_err();
+        assert!(
+            e.starts_with(
+                "PgBouncer still sends database app to 10.0.0.11:5432, not to 10.0.0.12:5432"
+            ),
+            "{e}"
+        );
+        let ok = vec![(
+            "app".to_string(),
+            Route {
+                host: Some("10.0.0.12".into()),
+                port: 5432,
+            },
+        )];
+        assert!(confirm(&node, Path::new("/x"), &ok).is_ok());
+    }
+
+    #[test]
+    fn database_names_are_quoted_for_the_admin_console_when_needed() {
+        assert_eq!(quote_ident("appdb"), "appdb");
+        assert_eq!(quote_ident("App-DB"), "\"App-DB\"");
+    }
+}
