@@ -1,0 +1,286 @@
+//! Benchmarks, not tests: they print figures and assert nothing about speed. Run with
+//!
+//!     cargo test --release --test bench -- --ignored --nocapture --test-threads=1
+//!
+//! (`REBOUNCER_BENCH_REPS=N` changes the number of failovers per case, default 10.)
+//! Each uses the same real-cluster fixture as the integration tests.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Link, Opts};
+
+/// Clients writing through PgBouncer during a failover, each with a new connection per
+/// write, as in the measurement of the Go tool quoted in the issue.
+const CLIENTS: usize = 4;
+
+fn reps() -> usize {
+    std::env::var("REBOUNCER_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kill {
+    /// `pg_ctl stop -m fast`
+    Stop,
+    /// SIGKILL to the postmaster
+    Kill9,
+    /// SIGSTOP to every process of the primary: the host hangs, no connection closes.
+    Hang,
+}
+
+#[derive(Default)]
+struct Writes {
+    /// Per client: when its first write after `since` succeeded on the new primary.
+    recovered: Vec<Option<Instant>>,
+    failures: usize,
+    longest: Duration,
+}
+
+/// Run `CLIENTS` writers against PgBouncer until `stop`; record when each one first wrote
+/// to `new_port`.
+fn spawn_writers(
+    bouncer_port: u16,
+    new_port: u16,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Writes> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let out = Arc::new(Mutex::new(Writes {
+                recovered: vec![None; CLIENTS],
+                ..Writes::default()
+            }));
+            let mut tasks = Vec::new();
+            for client in 0..CLIENTS {
+                let (stop, out) = (stop.clone(), out.clone());
+                tasks.push(tokio::spawn(async move {
+                    let conninfo = format!(
+                        "host=127.0.0.1 port={bouncer_port} dbname=appdb user=postgres connect_timeout=5"
+                    );
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        let r = tokio::time::timeout(Duration::from_secs(20), write_once(&conninfo)).await;
+                        let took = t.elapsed();
+                        {
+                        let mut o = out.lock().unwrap();
+                        o.longest = o.longest.max(took);
+                        match r {
+                            Ok(Ok(port)) => {
+                                // The new primary takes writes only once promoted, so the
+                                // first write that lands there is this client's recovery.
+                                if port == new_port && o.recovered[client].is_none() {
+                                    o.recovered[client] = Some(Instant::now());
+                                }
+                            }
+                            _ => o.failures += 1,
+                        }
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            Arc::try_unwrap(out).ok().unwrap().into_inner().unwrap()
+        })
+    })
+}
+
+async fn write_once(conninfo: &str) -> Result<u16, String> {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let task = tokio::spawn(conn);
+    let r = client
+        .simple_query("INSERT INTO t(node) VALUES ('bench') RETURNING inet_server_port()")
+        .await
+        .map_err(|e| e.to_string());
+    drop(client);
+    task.abort();
+    for m in r? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            return row
+                .get(0)
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| "no port".to_string());
+        }
+    }
+    Err("no row".into())
+}
+
+/// One failover; returns (ms from promotion until every client wrote to the new
+/// primary, failed writes, longest single write in ms).
+fn failover_once(keep: bool, how: Kill) -> Option<(f64, usize, f64)> {
+    let c = Cluster::start(Opts::default().standbys(1).link(Link::Node(1)));
+    let extra = if keep { "" } else { "keep_connections=false" };
+    let cfg = c.write_rebouncer_config(30, 3, extra);
+    let mut d = c.daemon(&cfg);
+    d.wait_for(Duration::from_secs(20), "settled on pg1", |d| {
+        d.http_get("/nagios").unwrap_or_default().starts_with("OK")
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(c.bouncer_port(), c.port(2), stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    match how {
+        Kill::Stop => c.stop_fast(1),
+        Kill::Kill9 => c.kill9(1),
+        Kill::Hang => c.sigstop(1),
+    }
+    c.promote(2);
+    let promoted = Instant::now();
+    let deadline = promoted + Duration::from_secs(90);
+    let all = loop {
+        std::thread::sleep(Duration::from_millis(20));
+        // The writers report only at the end: watch PgBouncer's target meanwhile.
+        let done = c.bouncer_target_node() == Some(2);
+        if done || Instant::now() > deadline {
+            break done;
+        }
+    };
+    // Let every client get at least one write in after the switch.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let w = writers.join().unwrap();
+    if how == Kill::Hang {
+        c.sigcont(1);
+    }
+    if !all || w.recovered.iter().any(Option::is_none) {
+        eprintln!(
+            "  a repetition did not recover within 90 s\n{}",
+            d.diagnostics()
+        );
+        return None;
+    }
+    let last = w.recovered.iter().flatten().max().unwrap();
+    Some((
+        last.saturating_duration_since(promoted).as_secs_f64() * 1000.0,
+        w.failures,
+        w.longest.as_secs_f64() * 1000.0,
+    ))
+}
+
+fn summary(v: &mut [f64]) -> String {
+    if v.is_empty() {
+        return "no data".into();
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!(
+        "min {:7.0}  median {:7.0}  max {:7.0} ms",
+        v[0],
+        v[v.len() / 2],
+        v[v.len() - 1]
+    )
+}
+
+#[test]
+#[ignore]
+fn bench_failover_as_clients_see_it() {
+    let n = reps();
+    println!(
+        "\nfailover with {CLIENTS} clients writing through PgBouncer (new connection per write), \
+         interval=30 timeout=3, {n} repetitions; time from `pg_ctl promote -w` returning until \
+         every client has written to the new primary:"
+    );
+    for how in [Kill::Stop, Kill::Kill9, Kill::Hang] {
+        for keep in [true, false] {
+            let mode = if keep {
+                "kept connections (default)"
+            } else {
+                "reconnect every round (Go)"
+            };
+            let (mut times, mut longest, mut fails) = (Vec::new(), Vec::new(), 0);
+            for _ in 0..n {
+                if let Some((t, f, l)) = failover_once(keep, how) {
+                    times.push(t);
+                    longest.push(l);
+                    fails += f;
+                }
+            }
+            println!(
+                "  {how:?} {mode:28}: {}  | longest write {}  | failed writes {fails}",
+                summary(&mut times),
+                summary(&mut longest)
+            );
+        }
+    }
+}
+
+fn count_rebouncer_logins(c: &Cluster) -> usize {
+    (1..=c.len())
+        .map(|i| {
+            c.node_log(i)
+                .lines()
+                .filter(|l| {
+                    l.contains("connection authorized")
+                        && l.contains("application_name=rebouncer")
+                        && !l.contains("rebouncer-fixture")
+                })
+                .count()
+        })
+        .sum()
+}
+
+fn proc_status(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+#[test]
+#[ignore]
+fn bench_steady_state_cost() {
+    let secs: u64 = std::env::var("REBOUNCER_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    println!("\nsteady healthy cluster, 3 servers, interval=1, measured over {secs} s:");
+    for keep in [true, false] {
+        let c = Cluster::start(Opts::default().link(Link::Node(1)));
+        let extra = if keep { "" } else { "keep_connections=false" };
+        let cfg = c.write_rebouncer_config(1, 3, extra);
+        let mut d = c.daemon(&cfg);
+        d.wait_for(Duration::from_secs(20), "settled", |d| {
+            d.http_get("/nagios").unwrap_or_default().starts_with("OK")
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let (logins0, cpu0) = (count_rebouncer_logins(&c), cpu_seconds(d.pid()));
+        std::thread::sleep(Duration::from_secs(secs));
+        let (logins1, cpu1) = (count_rebouncer_logins(&c), cpu_seconds(d.pid()));
+        let per_min = (logins1 - logins0) as f64 * 60.0 / secs as f64;
+        println!(
+            "  {:28}: new server connections {:6.0}/min | CPU {:5.2} s/min | VmHWM {} | VmRSS {} | threads {}",
+            if keep {
+                "kept connections (default)"
+            } else {
+                "reconnect every round (Go)"
+            },
+            per_min,
+            (cpu1 - cpu0) * 60.0 / secs as f64,
+            proc_status(d.pid(), "VmHWM:"),
+            proc_status(d.pid(), "VmRSS:"),
+            proc_status(d.pid(), "Threads:"),
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! What an operator cares about most: PgBouncer follows the one primary, and never an
+//! old one. Real PostgreSQL 15 primary + streaming standbys, real PgBouncer.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Opts};
+
+const SHORT: Duration = Duration::from_secs(20);
+
+fn nodes(d: &common::Daemon) -> String {
+    d.http_get("/nodes").unwrap_or_default()
+}
+
+fn nagios(d: &common::Daemon) -> String {
+    d.http_get("/nagios").unwrap_or_default()
+}
+
+/// The daemon is running, has pointed PgBouncer at pg1 and confirmed it.
+fn settled_on_pg1(c: &Cluster, d: &mut common::Daemon) {
+    d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |d| {
+        c.symlink_node() == Some(1) && nagios(d).starts_with("OK")
+    });
+}
+
+#[test]
+fn at_start_up_pgbouncer_is_pointed_at_the_primary() {
+    // The symlink starts on pg2, a standby: writes through PgBouncer fail.
+    let c = Cluster::start_default();
+    assert!(c.bouncer_write("before").is_err(), "pg2 is a standby");
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+
+    assert_eq!(c.bouncer_target_node(), Some(1));
+    assert_eq!(c.bouncer_write("after").unwrap(), 1);
+    assert_eq!(nodes(&d), "pg1: master\npg2: standby\npg3: standby\n");
+    assert_eq!(
+        nagios(&d).trim(),
+        "OK: 1 master (pg1, PgBouncer points at it), 2 standbys"
+    );
+    let root = d.http_get("/").unwrap();
+    assert!(
+        root.contains("PgBouncer points at: pg1 (confirmed by PgBouncer)"),
+        "{root}"
+    );
+    assert!(root.contains("pg2: standby (last checked "), "{root}");
+    // The link target is absolute, as PgBouncer resolves relative ones elsewhere.
+    assert!(c.symlink_target().is_absolute());
+    assert!(
+        d.log().contains("master is pg1; pointing PgBouncer at it")
+            || d.log().contains("master changed from pg2 to pg1"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn failover_is_followed_and_writes_land_on_the_new_primary() {
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+
+    c.stop_fast(1);
+    let promoted = Instant::now();
+    c.promote(2);
+    let mut attempts = 0;
+    d.wait_for(SHORT, "a write through PgBouncer landing on pg2", |_| {
+        attempts += 1;
+        c.bouncer_write("failover") == Ok(2)
+    });
+    eprintln!(
+        "failover at interval=1: promotion to first write on pg2 through PgBouncer took {} ms ({attempts} attempts)",
+        promoted.elapsed().as_millis()
+    );
+    assert_eq!(c.symlink_node(), Some(2));
+    d.wait_for(SHORT, "/nodes to show the new roles", |d| {
+        nodes(d) == "pg1: down\npg2: master\npg3: standby\n"
+    });
+    let text = nagios(&d);
+    assert!(
+        text.starts_with("WARNING: 1 server down (pg1); 1 master (pg2)"),
+        "{text}"
+    );
+    assert!(
+        d.log().contains("master changed from pg1 to pg2"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn failover_is_followed_without_waiting_for_the_interval() {
+    // interval=30: the closed monitoring connection to the old primary starts a round at
+    // once, and rounds come fast until a single master is stable again.
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(30, 3, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+
+    c.stop_fast(1);
+    let promoted = Instant::now();
+    c.promote(2);
+    // Generous: far below the 30 s interval, far above what it takes.
+    d.wait_for(
+        Duration::from_secs(15),
+        "switch to pg2 long before the 30 s interval",
+        |_| c.symlink_node() == Some(2) && c.bouncer_target_node() == Some(2),
+    );
+    eprintln!(
+        "failover at interval=30: promotion to confirmed switch in {} ms",
+        promoted.elapsed().as_millis()
+    );
+    assert!(
+        d.log()
+            .contains("monitoring connection closed by the server"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn old_primary_coming_back_is_refused_as_split_brain() {
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+    c.stop_fast(1);
+    c.promote(2);
+    d.wait_for(SHORT, "switch to pg2", |_| {
+        c.bouncer_target_node() == Some(2)
+    });
+
+    // The old primary restarts as it was: a second master.
+    c.start_node(1);
+    d.wait_for(SHORT, "split brain on /nagios", |d| {
+        nagios(d).starts_with("CRITICAL: split brain: 2 masters (pg1, pg2)")
+    });
+    // Several rounds later nothing has moved.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(c.symlink_node(), Some(2));
+    assert_eq!(c.bouncer_target_node(), Some(2));
+    assert_eq!(c.bouncer_write("still on pg2").unwrap(), 2);
+    assert_eq!(nodes(&d), "pg1: master\npg2: master\npg3: standby\n");
+    // Said once loudly, not at every round.
+    let log = d.log();
+    assert_eq!(
+        log.matches("split brain: pg1, pg2 all answer as master")
+            .count(),
+        1,
+        "{log}"
+    );
+
+    // The operator stops the old primary: the condition ends, PgBouncer stays on pg2.
+    c.stop_fast(1);
+    d.wait_log(SHORT, "split brain (pg1, pg2) is over");
+    assert_eq!(c.symlink_node(), Some(2));
+}
+
+#[test]
+fn with_no_master_pgbouncer_is_left_alone() {
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+
+    c.stop_fast(1);
+    d.wait_for(SHORT, "no master on /nagios", |d| {
+        nagios(d).starts_with("CRITICAL: no master (2 standbys, 1 down)")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.symlink_node(), Some(1));
+    assert_eq!(nodes(&d), "pg1: down\npg2: standby\npg3: standby\n");
+    let log = d.log();
+    assert_eq!(
+        log.matches("no master: no server answers as master")
+            .count(),
+        1,
+        "{log}"
+    );
+
+    // Everything down is the same: nothing is touched.
+    c.stop_fast(2);
+    c.stop_fast(3);
+    d.wait_for(SHORT, "all down", |d| {
+        nodes(d) == "pg1: down\npg2: down\npg3: down\n"
+    });
+    assert_eq!(c.symlink_node(), Some(1));
+    assert!(nagios(&d).starts_with("CRITICAL: no master (0 standbys, 3 down)"));
+}
+
+#[test]
+fn a_hung_server_is_down_within_the_timeout_and_holds_up_nothing() {
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+    let fds_before = open_fds(d.pid());
+
+    // pg3's processes stop: its port accepts, nothing answers.
+    c.sigstop(3);
+    let hung = Instant::now();
+    d.wait_for(SHORT, "pg3 down", |d| nodes(d).contains("pg3: down"));
+    let took = hung.elapsed();
+    eprintln!(
+        "hung standby reported down after {} ms (timeout 2 s, interval 1 s)",
+        took.as_millis()
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(d.log().contains("pg3: now down"), "{}", d.log());
+
+    // While pg3 hangs, a failover is still followed.
+    c.stop_fast(1);
+    c.promote(2);
+    d.wait_for(SHORT, "switch to pg2 with pg3 hung", |_| {
+        c.bouncer_target_node() == Some(2)
+    });
+
+    // Timed-out checks leave no connection behind.
+    std::thread::sleep(Duration::from_secs(5));
+    let fds_after = open_fds(d.pid());
+    assert!(
+        fds_after <= fds_before + 2,
+        "open fds grew from {fds_before} to {fds_after}"
+    );
+    c.sigcont(3);
+    d.wait_for(SHORT, "pg3 back as standby", |d| {
+        nodes(d).contains("pg3: standby")
+    });
+}
+
+#[test]
+fn a_hung_primary_is_replaced_by_the_promoted_standby() {
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+
+    c.sigstop(1);
+    d.wait_for(SHORT, "pg1 down", |d| nodes(d).contains("pg1: down"));
+    c.promote(2);
+    d.wait_for(SHORT, "switch to pg2", |_| c.symlink_node() == Some(2));
+    d.wait_for(SHORT, "PgBouncer on pg2", |_| {
+        c.bouncer_target_node() == Some(2)
+    });
+    c.sigcont(1);
+    // pg1 comes back as a master beside pg2: refused.
+    d.wait_for(SHORT, "split brain", |d| {
+        nagios(d).starts_with("CRITICAL: split brain")
+    });
+    assert_eq!(c.symlink_node(), Some(2));
+}
+
+#[test]
+fn a_master_that_refuses_new_connections_counts_as_down() {
+    // Only pg1's postmaster stops: the daemon's kept session to pg1 still answers
+    // "master", but nobody can log in any more (patroni/patroni#1371). Once pg2 is
+    // promoted, the fresh re-check before calling it split brain finds pg1 unusable.
+    let c = Cluster::start(Opts::default().standbys(1).link(common::Link::Node(1)));
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+
+    let postmaster = c.postmaster_pid(1).expect("pg1 postmaster pid");
+    common::signal(&postmaster.to_string(), "STOP").unwrap();
+    c.promote(2);
+    let followed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        d.wait_for(SHORT, "switch to pg2", |_| c.symlink_node() == Some(2));
+    }));
+    common::signal(&postmaster.to_string(), "CONT").unwrap();
+    if let Err(p) = followed {
+        std::panic::resume_unwind(p);
+    }
+    assert!(d.log().contains("new connection"), "{}", d.log());
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
