@@ -94,7 +94,7 @@ impl std::error::Error for ConfigError {}
 /// Defaults and limits of the `[global]` keys.
 pub const DEFAULT_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3;
-pub const DEFAULT_FAST_INTERVAL: Duration = Duration::from_millis(200);
+pub const DEFAULT_FAST_INTERVAL: Duration = Duration::from_millis(100);
 const INTERVAL_RANGE: (u64, u64) = (1, 86_400);
 /// At least 2: the network timeout is one second less (as in the Go tool), and must not be 0.
 const TIMEOUT_RANGE: (u64, u64) = (2, 3_600);
@@ -580,7 +580,7 @@ impl<'a> Global<'a> {
     /// Seconds with up to 9 decimals (`0.2`), from 0.05 up to `interval`.
     fn fast_interval(&self, interval: Duration) -> Result<Duration, ConfigError> {
         let form = format!("0.05 to {} seconds (at most interval)", interval.as_secs());
-        let Some(e) = self.optional("fast_interval", "0.2", &form)? else {
+        let Some(e) = self.optional("fast_interval", "0.1", &form)? else {
             return Ok(DEFAULT_FAST_INTERVAL.min(interval));
         };
         let d = parse_decimal_seconds(&e.value).ok_or_else(|| {
@@ -1228,7 +1228,7 @@ mod tests {
         let c = Dir::new().load(&with_global("")).unwrap();
         assert_eq!(c.interval, Duration::from_secs(30));
         assert_eq!(c.timeout, Duration::from_secs(3));
-        assert_eq!(c.fast_interval, Duration::from_millis(200));
+        assert_eq!(c.fast_interval, Duration::from_millis(100));
         assert!(c.keep_connections);
         assert_eq!(
             c.servers[0].target.config.get_connect_timeout(),

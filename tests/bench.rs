@@ -130,7 +130,14 @@ fn failover_once(keep: bool, how: Kill) -> Option<(f64, usize, f64)> {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(c.bouncer_port(), c.port(2), stop.clone());
-    std::thread::sleep(Duration::from_millis(500));
+    // A failure comes at a random moment of the polling cycle, as in life; without this
+    // the reconnect-every-round mode would always wait a whole interval.
+    let phase = if keep {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(30)
+    };
+    std::thread::sleep(Duration::from_millis(500) + random_below(phase));
     match how {
         Kill::Stop => c.stop_fast(1),
         Kill::Kill9 => c.kill9(1),
@@ -154,6 +161,13 @@ fn failover_once(keep: bool, how: Kill) -> Option<(f64, usize, f64)> {
     if how == Kill::Hang {
         c.sigcont(1);
     }
+    if std::env::var_os("REBOUNCER_BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "{}\n--- pgbouncer log ---\n{}",
+            d.diagnostics(),
+            c.bouncer_log()
+        );
+    }
     if !all || w.recovered.iter().any(Option::is_none) {
         eprintln!(
             "  a repetition did not recover within 90 s\n{}",
@@ -167,6 +181,19 @@ fn failover_once(keep: bool, how: Kill) -> Option<(f64, usize, f64)> {
         w.failures,
         w.longest.as_secs_f64() * 1000.0,
     ))
+}
+
+/// Good enough randomness for spreading failures over the polling cycle.
+fn random_below(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos() as u64;
+    let x = nanos
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        >> 11;
+    Duration::from_millis(x % max.as_millis().max(1) as u64)
 }
 
 fn summary(v: &mut [f64]) -> String {
@@ -191,8 +218,24 @@ fn bench_failover_as_clients_see_it() {
          interval=30 timeout=3, {n} repetitions; time from `pg_ctl promote -w` returning until \
          every client has written to the new primary:"
     );
+    let cases = std::env::var("REBOUNCER_BENCH_CASES").unwrap_or_else(|_| "stop,kill,hang".into());
+    let modes = std::env::var("REBOUNCER_BENCH_MODES").unwrap_or_else(|_| "kept,reconnect".into());
     for how in [Kill::Stop, Kill::Kill9, Kill::Hang] {
+        let case = match how {
+            Kill::Stop => "stop",
+            Kill::Kill9 => "kill",
+            Kill::Hang => "hang",
+        };
+        if !cases.split(',').any(|c| c == case) {
+            continue;
+        }
         for keep in [true, false] {
+            if !modes
+                .split(',')
+                .any(|m| m == if keep { "kept" } else { "reconnect" })
+            {
+                continue;
+            }
             let mode = if keep {
                 "kept connections (default)"
             } else {
