@@ -282,3 +282,44 @@ fn open_fds(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+#[test]
+fn clients_are_not_held_back_by_failed_logins_to_the_old_primary() {
+    // PgBouncer's node files keep the default server_login_retry (15 s). After logins to
+    // the dead primary failed, PgBouncer would hold new logins back that long, even after
+    // a RELOAD to the new primary; the switch's KILL + RESUME clears that.
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+    assert!(
+        !c.node_file(1).exists()
+            || !std::fs::read_to_string(c.node_file(1))
+                .unwrap()
+                .contains("server_login_retry")
+    );
+
+    c.stop_fast(1);
+    // A client tries while pg1 is gone: PgBouncer's login to pg1 fails.
+    assert!(
+        c.bouncer_query_timeout("appdb", "SELECT 1", Duration::from_secs(3))
+            .is_err()
+    );
+    c.promote(2);
+    d.wait_for(SHORT, "switch to pg2", |_| {
+        c.bouncer_target_node() == Some(2)
+    });
+    let switched = Instant::now();
+    d.wait_for(SHORT, "a write on pg2", |_| {
+        c.bouncer_write("after") == Ok(2)
+    });
+    let took = switched.elapsed();
+    eprintln!(
+        "first write on pg2 {} ms after the switch was confirmed",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "writes were held back {took:?} after the switch (server_login_retry is 15 s)"
+    );
+}

@@ -1468,7 +1468,6 @@ impl Cluster {
              max_client_conn = 500\n\
              default_pool_size = 20\n\
              server_connect_timeout = 3\n\
-             server_login_retry = 1\n\
              query_wait_timeout = 8\n",
             bp = self.bouncer_port,
             pm = self.opts.pool_mode,
