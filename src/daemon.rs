@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::decide::{self, Action, Believed, Cluster, NodeId, NodeState};
 use crate::probe::{ConnectionLost, Monitor, Observation};
-use crate::status::{Phase, Snapshot, SwitchFailure};
+use crate::status::{Phase, RoundStats, Snapshot, SwitchFailure};
 use crate::switch::{self, Bouncer};
 use crate::throttle::{Say, Throttle};
 
@@ -34,6 +34,8 @@ enum Request {
 struct Report {
     node: NodeId,
     obs: Observation,
+    /// How long the check took, fresh re-check included.
+    took: Duration,
 }
 
 /// What the loop knows of one server.
@@ -45,6 +47,7 @@ struct Node {
     busy: bool,
     last_check: Option<SystemTime>,
     since: Option<SystemTime>,
+    took: Option<Duration>,
     requests: mpsc::UnboundedSender<Request>,
 }
 
@@ -72,6 +75,10 @@ pub struct Daemon {
     last_switch_attempt: Option<Instant>,
     conditions: Throttle<Condition>,
     switch_errors: Throttle<String>,
+    last_round: Option<RoundStats>,
+    /// Databases a switch told PgBouncer to `KILL` and could not `RESUME`: their new
+    /// clients wait until a `RESUME` gets through, so it is retried every round.
+    left_killed: Vec<String>,
 }
 
 impl Daemon {
@@ -102,6 +109,7 @@ impl Daemon {
                 busy: false,
                 last_check: None,
                 since: None,
+                took: None,
                 requests: tx,
             });
         }
@@ -119,6 +127,8 @@ impl Daemon {
             last_switch_attempt: None,
             conditions: Throttle::new(REMINDER_EVERY),
             switch_errors: Throttle::new(REMINDER_EVERY),
+            last_round: None,
+            left_killed: Vec::new(),
             cfg,
         }
     }
@@ -227,7 +237,8 @@ impl Daemon {
     /// last check is asked again but not waited for, so it cannot slow down the rounds
     /// that have to notice a newly promoted standby.
     async fn round(&mut self) {
-        let deadline = Instant::now() + self.cfg.timeout + Duration::from_millis(250);
+        let started = Instant::now();
+        let deadline = started + self.cfg.timeout + Duration::from_millis(250);
         let mut awaited = Vec::new();
         for (id, n) in self.nodes.iter_mut().enumerate() {
             if n.busy {
@@ -240,7 +251,13 @@ impl Daemon {
                 }
             }
         }
+        let asked = awaited.len();
         self.collect(&mut awaited, deadline).await;
+        self.last_round = Some(RoundStats {
+            asked,
+            answered: asked - awaited.len(),
+            took: started.elapsed(),
+        });
         self.decide_and_act().await;
     }
 
@@ -265,6 +282,7 @@ impl Daemon {
         n.busy = false;
         n.last_check = Some(now);
         n.hung = report.obs.hung;
+        n.took = Some(report.took);
         let changed = n.state != Some(report.obs.state);
         if changed {
             match (&report.obs.error, n.state) {
@@ -318,8 +336,29 @@ impl Daemon {
             if !too_soon {
                 self.switch(to).await;
             }
+        } else if !self.left_killed.is_empty() {
+            self.resume_left_killed().await;
         }
         self.publish();
+    }
+
+    async fn resume_left_killed(&mut self) {
+        match switch::resume(&self.bouncer, &self.left_killed).await {
+            Ok(()) => {
+                info!(
+                    "database(s) {} resumed in PgBouncer; their clients are let through again",
+                    self.left_killed.join(", ")
+                );
+                self.left_killed.clear();
+            }
+            Err((left, e)) => {
+                warn!(
+                    "database(s) {} still killed in PgBouncer, RESUME failed: {e}; retrying next round",
+                    left.join(", ")
+                );
+                self.left_killed = left;
+            }
+        }
     }
 
     async fn recheck_fresh(&mut self, masters: Vec<NodeId>) {
@@ -386,7 +425,13 @@ impl Daemon {
         }
         let started = Instant::now();
         self.last_switch_attempt = Some(started);
-        let result = switch::switch_to(&self.bouncer, &self.cfg.symlink, &node_file).await;
+        let result = switch::switch_to(
+            &self.bouncer,
+            &self.cfg.symlink,
+            &node_file,
+            &self.left_killed,
+        )
+        .await;
         match result {
             Ok(done) => {
                 let ms = started.elapsed().as_millis();
@@ -402,6 +447,12 @@ impl Daemon {
                     "PgBouncer now points at {name} ({}), confirmed by SHOW DATABASES in {ms} ms{reset}",
                     node_file.display()
                 );
+                for (db, e) in &done.not_reset {
+                    warn!(
+                        "KILL of database {db} failed after the switch: {e}; its clients may stay on the old server until they reconnect, and new logins may wait out PgBouncer's server_login_retry"
+                    );
+                }
+                self.left_killed.clear();
                 self.believed = Believed {
                     active: Some(to),
                     confirmed: true,
@@ -418,6 +469,9 @@ impl Daemon {
                 }
             }
             Err(e) => {
+                if let switch::SwitchError::LeftKilled { databases, .. } = &e {
+                    self.left_killed = databases.clone();
+                }
                 let error = e.to_string();
                 // The link may or may not have moved; believe only what it says now.
                 self.believed = Believed {
@@ -476,7 +530,9 @@ impl Daemon {
                 dst.last_check = src.last_check;
                 dst.since = src.since;
                 dst.error = src.error.clone();
+                dst.took = src.took;
             }
+            s.last_round = self.last_round;
             s.active = active;
             s.confirmed = self.believed.confirmed;
             s.last_switch = self.last_switch;
@@ -496,6 +552,7 @@ async fn run_monitor(
     let mut last_fresh = Instant::now();
     while let Some(req) = requests.recv().await {
         let due = monitor.keeps_connections() && last_fresh.elapsed() >= FRESH_CHECK_EVERY;
+        let started = Instant::now();
         let mut obs = monitor.check().await;
         if (req == Request::Fresh || due) && obs.state != NodeState::Down {
             last_fresh = Instant::now();
@@ -507,7 +564,8 @@ async fn run_monitor(
                 obs = fresh;
             }
         }
-        if reports.send(Report { node, obs }).is_err() {
+        let took = started.elapsed();
+        if reports.send(Report { node, obs, took }).is_err() {
             break;
         }
     }

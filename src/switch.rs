@@ -31,6 +31,14 @@ pub enum SwitchError {
     Reload(AdminError),
     /// PgBouncer answered, but does not use the node's config.
     NotApplied(String),
+    /// PgBouncer uses the node's config, but databases it was told to `KILL` could not be
+    /// resumed: their new clients wait until a `RESUME` succeeds. Retried at once by the
+    /// next attempt.
+    LeftKilled {
+        node_file: PathBuf,
+        databases: Vec<String>,
+        error: AdminError,
+    },
 }
 
 impl fmt::Display for SwitchError {
@@ -51,6 +59,18 @@ impl fmt::Display for SwitchError {
             }
             SwitchError::Reload(e) => write!(f, "symlink replaced but RELOAD failed: {e}"),
             SwitchError::NotApplied(m) => f.write_str(m),
+            SwitchError::LeftKilled {
+                node_file,
+                databases,
+                error,
+            } => write!(
+                f,
+                "PgBouncer now uses {}, but after KILL the RESUME of database(s) {} failed: {error}; \
+                 their new clients wait until it succeeds (retried every round; by hand: RESUME <db> \
+                 on the admin console)",
+                node_file.display(),
+                databases.join(", ")
+            ),
         }
     }
 }
@@ -232,15 +252,20 @@ pub struct Switched {
     pub relinked: bool,
     /// Databases whose client and server connections were reset because they moved.
     pub reset: Vec<String>,
+    /// Databases that moved but whose `KILL` failed, with the error: their clients may
+    /// stay on the old server, and new logins may wait out `server_login_retry`.
+    pub not_reset: Vec<(String, String)>,
 }
 
 /// Make PgBouncer use `node_file`. Order matters: the node file is checked and the admin
 /// console must answer before the link is touched, so a switch that cannot complete
-/// leaves PgBouncer's config as it was.
+/// leaves PgBouncer's config as it was. `resume` names databases an earlier attempt left
+/// killed (see [`SwitchError::LeftKilled`]); they are resumed along with this one's.
 pub async fn switch_to(
     bouncer: &Bouncer,
     symlink: &Path,
     node_file: &Path,
+    resume: &[String],
 ) -> Result<Switched, SwitchError> {
     let node = config::read_node_file(node_file).map_err(SwitchError::NodeFile)?;
     let session = bouncer.session().await.map_err(SwitchError::Admin)?;
@@ -269,14 +294,23 @@ pub async fn switch_to(
             node_file.display()
         ))
     })?;
-    let after = Bouncer::routes(&check).await.map_err(SwitchError::Admin)?;
+    let after = Bouncer::routes(&check).await.map_err(|e| {
+        SwitchError::NotApplied(format!(
+            "after RELOAD of {}, {e}; cannot confirm where PgBouncer points",
+            node_file.display()
+        ))
+    })?;
     confirm(&node, symlink, &after).map_err(SwitchError::NotApplied)?;
 
     // Databases that moved: drop every client and server connection to the old server and
     // resume at once. A session-mode client would otherwise stay on the old primary until
     // it disconnects, and PgBouncer would keep delaying new logins after the failed ones
     // to the old primary (server_login_retry) although the new one is up.
-    let mut reset = Vec::new();
+    let mut done = Switched {
+        relinked,
+        ..Switched::default()
+    };
+    let mut to_resume: Vec<String> = resume.to_vec();
     for db in &node.databases {
         let was = before.iter().find(|(n, _)| *n == db.name).map(|(_, r)| r);
         let now = Route {
@@ -284,18 +318,88 @@ pub async fn switch_to(
             port: db.port,
         };
         if was.is_some_and(|w| *w != now) {
-            check
+            match check
                 .command(&format!("KILL {}", quote_ident(&db.name)))
                 .await
-                .map_err(SwitchError::Admin)?;
-            check
-                .command(&format!("RESUME {}", quote_ident(&db.name)))
-                .await
-                .map_err(SwitchError::Admin)?;
-            reset.push(db.name.clone());
+            {
+                Ok(_) => {
+                    done.reset.push(db.name.clone());
+                    if !to_resume.contains(&db.name) {
+                        to_resume.push(db.name.clone());
+                    }
+                }
+                Err(e) => done.not_reset.push((db.name.clone(), e.to_string())),
+            }
         }
     }
-    Ok(Switched { relinked, reset })
+    resume_all(bouncer, check, &to_resume)
+        .await
+        .map_err(|(databases, error)| SwitchError::LeftKilled {
+            node_file: node_file.to_path_buf(),
+            databases,
+            error,
+        })?;
+    Ok(done)
+}
+
+/// Resume databases a failed switch left killed, outside of a switch (while there is no
+/// master to switch to, their clients should not wait on us).
+pub async fn resume(
+    bouncer: &Bouncer,
+    databases: &[String],
+) -> Result<(), (Vec<String>, AdminError)> {
+    match bouncer.session().await {
+        Ok(s) => resume_all(bouncer, s, databases).await,
+        Err(e) => Err((databases.to_vec(), e)),
+    }
+}
+
+/// `RESUME` each database. A killed database holds every new client until it is resumed,
+/// so a failed `RESUME` is tried once more on a new session before giving up. "is not
+/// paused" means an earlier attempt did get through. Returns the databases still killed.
+async fn resume_all(
+    bouncer: &Bouncer,
+    session: AdminSession,
+    databases: &[String],
+) -> Result<(), (Vec<String>, AdminError)> {
+    let mut session = Some(session);
+    let mut left = Vec::new();
+    let mut last_error = None;
+    for db in databases {
+        let command = format!("RESUME {}", quote_ident(db));
+        let mut resumed = false;
+        for _attempt in 0..2 {
+            let s = match session.take() {
+                Some(s) => s,
+                None => match bouncer.session().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last_error = Some(e);
+                        continue;
+                    }
+                },
+            };
+            match s.command(&command).await {
+                Ok(_) => resumed = true,
+                Err(AdminError::Command { detail, .. }) if detail.contains("is not paused") => {
+                    resumed = true
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    continue; // drop this session; the next try logs in anew
+                }
+            }
+            session = Some(s);
+            break;
+        }
+        if !resumed {
+            left.push(db.clone());
+        }
+    }
+    match last_error {
+        Some(e) if !left.is_empty() => Err((left, e)),
+        _ => Ok(()),
+    }
 }
 
 /// PgBouncer's admin parser takes a database name as a bare word or in double quotes.
@@ -404,6 +508,20 @@ pub fn replace_symlink(symlink: &Path, target: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Whether a switch could create its new link beside `symlink`: makes the same temporary
+/// link a switch makes, and removes it again. For `-check`, so that an unwritable
+/// directory shows before the first failover, not during it.
+pub fn try_link_beside(symlink: &Path) -> io::Result<()> {
+    let dir = symlink.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        "{}{}",
+        temp_link_prefix(symlink),
+        std::process::id()
+    ));
+    std::os::unix::fs::symlink("rebouncer-check", &tmp)?;
+    fs::remove_file(&tmp)
+}
+
 /// Remove temporary links left by a rebouncer killed in the middle of a swap.
 pub fn remove_stale_temp_links(symlink: &Path) -> Vec<PathBuf> {
     let prefix = temp_link_prefix(symlink);
@@ -448,6 +566,15 @@ mod tests {
         let e = replace_symlink(&link, &a).unwrap_err();
         assert!(e.to_string().contains("is not a symlink"), "{e}");
         assert_eq!(fs::read_to_string(&link).unwrap(), "precious");
+    }
+
+    #[test]
+    fn try_link_beside_leaves_nothing_and_reports_a_missing_directory() {
+        let d = tempfile::tempdir().unwrap();
+        try_link_beside(&d.path().join("pgbouncer.ini")).unwrap();
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+        let e = try_link_beside(&d.path().join("missing/pgbouncer.ini")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -133,3 +133,43 @@ impl Drop for ReadOnlyDir {
         let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(self.mode));
     }
 }
+
+/// `paused` of one database in `SHOW DATABASES` (PgBouncer 1.18: 12th column).
+fn paused(c: &Cluster, db: &str) -> String {
+    let rows = c.admin("SHOW DATABASES").unwrap();
+    let row = rows
+        .lines()
+        .find(|l| l.split('|').next() == Some(db))
+        .unwrap_or_else(|| panic!("no {db} in SHOW DATABASES: {rows}"));
+    row.split('|').nth(11).unwrap_or_default().to_string()
+}
+
+/// A switch `KILL`s the databases that moved, and PgBouncer then holds every new client
+/// of them until `RESUME` (it shows them as paused). When that `RESUME` fails the daemon
+/// retries it every round through `switch::resume`: it must un-pause the database, and
+/// must also succeed when an earlier attempt did get through (PgBouncer answers
+/// "database ... is not paused").
+#[test]
+fn a_killed_database_is_resumed_and_resuming_twice_is_harmless() {
+    use rebouncer::conninfo::{Env, Target};
+    use rebouncer::switch::{self, Bouncer};
+
+    let c = Cluster::start(Opts::default().standbys(1).link(common::Link::Node(1)));
+    c.bouncer_query("appdb", "SELECT 1").unwrap();
+    c.admin("KILL appdb").unwrap();
+    assert_eq!(paused(&c, "appdb"), "1", "KILL should leave appdb paused");
+
+    let target = Target::parse(&c.pgbouncer_conninfo(), &Env::from_process()).unwrap();
+    let bouncer = Bouncer::new(target, Duration::from_secs(3));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dbs = vec!["appdb".to_string()];
+    for attempt in ["first", "second"] {
+        rt.block_on(switch::resume(&bouncer, &dbs))
+            .unwrap_or_else(|(left, e)| panic!("{attempt} resume: {left:?}: {e}"));
+        assert_eq!(paused(&c, "appdb"), "0", "after the {attempt} resume");
+    }
+    assert_eq!(c.bouncer_query("appdb", "SELECT 1").unwrap().trim(), "1");
+}
