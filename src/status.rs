@@ -20,6 +20,21 @@ pub struct NodeStatus {
     pub since: Option<SystemTime>,
     /// Why the last check said `down` (connection error, timeout), for people.
     pub error: Option<String>,
+    /// How long the last check took to answer: a slow server shows here first.
+    pub took: Option<Duration>,
+}
+
+/// The last finished round of checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Servers waited for in this round. One still busy with an earlier check, or that
+    /// hung at its last one, is not: it cannot hold the round up.
+    pub asked: usize,
+    /// Of those, the ones that answered before the round's deadline.
+    pub answered: usize,
+    /// From the first question to the last answer (or the deadline). The checks run at
+    /// the same time, so this is the slowest server's time, not the sum.
+    pub took: Duration,
 }
 
 /// Where the daemon is in its life.
@@ -55,6 +70,7 @@ pub struct Snapshot {
     pub started: SystemTime,
     /// Where the admin console is, for messages.
     pub pgbouncer: String,
+    pub last_round: Option<RoundStats>,
 }
 
 impl Snapshot {
@@ -69,6 +85,7 @@ impl Snapshot {
                     last_check: None,
                     since: None,
                     error: None,
+                    took: None,
                 })
                 .collect(),
             active: None,
@@ -78,6 +95,7 @@ impl Snapshot {
             interval,
             started: SystemTime::now(),
             pgbouncer,
+            last_round: None,
         }
     }
 
@@ -94,6 +112,10 @@ fn local(t: SystemTime) -> String {
     DateTime::<Local>::from(t)
         .format("%Y-%m-%d %H:%M:%S %Z")
         .to_string()
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -211,6 +233,15 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
             let _ = writeln!(out, "State: polling every {} s", s.interval.as_secs());
         }
     }
+    if let Some(r) = &s.last_round {
+        let _ = writeln!(
+            out,
+            "Last round: {} of {} answered in {}",
+            r.answered,
+            plural(r.asked, "server", "servers"),
+            millis(r.took)
+        );
+    }
     let _ = writeln!(out, "Status: {}", render_nagios(s, now));
     let pointed = match (&s.active, s.confirmed) {
         (None, _) => "nothing known (the symlink points at no node's config)".to_string(),
@@ -235,9 +266,13 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
         match (n.state, n.last_check) {
             (Some(state), Some(checked)) => {
                 let since = n.since.map(local).unwrap_or_default();
+                let took = n
+                    .took
+                    .map(|t| format!(" in {}", millis(t)))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "{}: {} (last checked {}, {} since {})",
+                    "{}: {} (last checked {}{took}, {} since {})",
                     n.name,
                     state,
                     local(checked),
@@ -411,7 +446,18 @@ mod tests {
     fn root_page_shows_each_node_and_the_active_one() {
         let mut s = snap(&[("db1", Some(Master)), ("db2", Some(Down))], Some("db1"));
         s.nodes[1].error = Some("127.0.0.1:5433: connection refused".into());
+        s.nodes[0].took = Some(Duration::from_micros(300));
+        s.last_round = Some(RoundStats {
+            asked: 2,
+            answered: 2,
+            took: Duration::from_micros(1500),
+        });
         let text = render_root(&s, SystemTime::now());
+        assert!(
+            text.contains("Last round: 2 of 2 servers answered in 1.5 ms"),
+            "{text}"
+        );
+        assert!(text.contains(" in 0.3 ms, master since "), "{text}");
         assert!(text.contains("db1: master (last checked "), "{text}");
         assert!(text.contains("db2: down (last checked "), "{text}");
         assert!(

@@ -118,9 +118,9 @@ async fn write_once(conninfo: &str) -> Result<u16, String> {
     Err("no row".into())
 }
 
-/// One failover; returns (ms from promotion until every client wrote to the new
-/// primary, failed writes, longest single write in ms).
-fn failover_once(keep: bool, how: Kill) -> Option<(f64, usize, f64)> {
+/// One failover; returns (ms from `pg_ctl promote` being called, and from it returning,
+/// until every client wrote to the new primary; failed writes; longest write in ms).
+fn failover_once(keep: bool, how: Kill) -> Option<(f64, f64, usize, f64)> {
     let c = Cluster::start(Opts::default().standbys(1).link(Link::Node(1)));
     let extra = if keep { "" } else { "keep_connections=false" };
     let cfg = c.write_rebouncer_config(30, 3, extra);
@@ -143,6 +143,7 @@ fn failover_once(keep: bool, how: Kill) -> Option<(f64, usize, f64)> {
         Kill::Kill9 => c.kill9(1),
         Kill::Hang => c.sigstop(1),
     }
+    let asked = Instant::now();
     c.promote(2);
     let promoted = Instant::now();
     let deadline = promoted + Duration::from_secs(90);
@@ -177,6 +178,7 @@ fn failover_once(keep: bool, how: Kill) -> Option<(f64, usize, f64)> {
     }
     let last = w.recovered.iter().flatten().max().unwrap();
     Some((
+        last.saturating_duration_since(asked).as_secs_f64() * 1000.0,
         last.saturating_duration_since(promoted).as_secs_f64() * 1000.0,
         w.failures,
         w.longest.as_secs_f64() * 1000.0,
@@ -196,15 +198,19 @@ fn random_below(max: Duration) -> Duration {
     Duration::from_millis(x % max.as_millis().max(1) as u64)
 }
 
-fn summary(v: &mut [f64]) -> String {
+/// "min .. median .. max .. ms" with `decimals` digits after the point.
+fn summary(v: &mut [f64], decimals: usize) -> String {
     if v.is_empty() {
         return "no data".into();
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     format!(
-        "min {:7.0}  median {:7.0}  max {:7.0} ms",
+        "min {:7.*}  median {:7.*}  max {:7.*} ms",
+        decimals,
         v[0],
+        decimals,
         v[v.len() / 2],
+        decimals,
         v[v.len() - 1]
     )
 }
@@ -215,8 +221,8 @@ fn bench_failover_as_clients_see_it() {
     let n = reps();
     println!(
         "\nfailover with {CLIENTS} clients writing through PgBouncer (new connection per write), \
-         interval=30 timeout=3, {n} repetitions; time from `pg_ctl promote -w` returning until \
-         every client has written to the new primary:"
+         interval=30 timeout=3, {n} repetitions; time until every client has written to the \
+         new primary, counted from the call of `pg_ctl promote -w` and from its return:"
     );
     let cases = std::env::var("REBOUNCER_BENCH_CASES").unwrap_or_else(|_| "stop,kill,hang".into());
     let modes = std::env::var("REBOUNCER_BENCH_MODES").unwrap_or_else(|_| "kept,reconnect".into());
@@ -241,18 +247,21 @@ fn bench_failover_as_clients_see_it() {
             } else {
                 "reconnect every round (Go)"
             };
-            let (mut times, mut longest, mut fails) = (Vec::new(), Vec::new(), 0);
+            let (mut times, mut after_w, mut longest, mut fails) =
+                (Vec::new(), Vec::new(), Vec::new(), 0);
             for _ in 0..n {
-                if let Some((t, f, l)) = failover_once(keep, how) {
+                if let Some((t, w, f, l)) = failover_once(keep, how) {
                     times.push(t);
+                    after_w.push(w);
                     longest.push(l);
                     fails += f;
                 }
             }
             println!(
-                "  {how:?} {mode:28}: {}  | longest write {}  | failed writes {fails}",
-                summary(&mut times),
-                summary(&mut longest)
+                "  {how:?} {mode:28}: from promote called: {}  | from promote -w returned: {}  | longest write {}  | failed writes {fails}",
+                summary(&mut times, 0),
+                summary(&mut after_w, 0),
+                summary(&mut longest, 0)
             );
         }
     }
@@ -325,5 +334,95 @@ fn bench_steady_state_cost() {
             proc_status(d.pid(), "VmRSS:"),
             proc_status(d.pid(), "Threads:"),
         );
+    }
+}
+
+/// From the `/` page: the last round's (answered, asked, ms) and the sum of the servers'
+/// own check times in ms.
+fn round_figures(page: &str) -> Option<((usize, usize, f64), f64)> {
+    let ms = |s: &str| s.trim().trim_end_matches(" ms").parse::<f64>().ok();
+    let line = page.lines().find_map(|l| l.strip_prefix("Last round: "))?;
+    // "3 of 50 servers answered in 1.2 ms"
+    let (counts, took) = line.split_once(" answered in ")?;
+    let (answered, rest) = counts.split_once(" of ")?;
+    let asked = rest.split_whitespace().next()?;
+    let round = (answered.parse().ok()?, asked.parse().ok()?, ms(took)?);
+    // Node lines: "name: state (last checked <time> in 0.3 ms, ..."
+    let sum = page
+        .lines()
+        .filter_map(|l| l.split_once(" in ").map(|(_, r)| r))
+        .filter_map(|r| {
+            r.split_once(" ms,")
+                .and_then(|(v, _)| v.parse::<f64>().ok())
+        })
+        .sum();
+    Some((round, sum))
+}
+
+#[test]
+#[ignore]
+fn bench_round_time_as_the_cluster_grows() {
+    let samples: usize = std::env::var("REBOUNCER_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    println!(
+        "\nround time with many servers (entries beyond the 3 real ones point at the 2 standbys), \
+         interval=1, {samples} rounds each; `round` is from the first question to the last answer, \
+         `sum` adds up the servers' own check times (what one-after-the-other would cost):"
+    );
+    let c = Cluster::start(Opts::default().link(Link::Node(1)));
+    for keep in [true, false] {
+        for n in [3usize, 10, 50] {
+            let mut servers = c.servers();
+            for k in 4..=n {
+                let standby = 2 + k % 2;
+                let name = format!("extra{k}");
+                let copy = c.configdir().join(format!("{name}.ini"));
+                std::fs::copy(c.node_file(standby), &copy).unwrap();
+                servers.push((name, c.conninfo(standby)));
+            }
+            let extra = if keep { "" } else { "keep_connections=false" };
+            let cfg = c.write_rebouncer_config_with(1, 3, extra, &servers);
+            let mut d = c.daemon(&cfg);
+            d.wait_for(Duration::from_secs(30), "settled", |d| {
+                d.http_get("/nagios").unwrap_or_default().starts_with("OK")
+            });
+            let (mut rounds, mut sums, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let mut seen = None;
+            let mut missed = 0;
+            let until = Instant::now() + Duration::from_secs(samples as u64 * 3 + 10);
+            while rounds.len() < samples && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(150));
+                let page = d.http_get("/").unwrap_or_default();
+                let Some(((answered, asked, took), sum)) = round_figures(&page) else {
+                    continue;
+                };
+                // The same round seen twice is counted once.
+                if seen == Some((took, sum)) {
+                    continue;
+                }
+                seen = Some((took, sum));
+                missed += asked - answered;
+                rounds.push(took);
+                sums.push(sum);
+                ratios.push(took / sum.max(0.001));
+            }
+            println!(
+                "  {:28} {n:2} servers: round {}  | sum {}  | round/sum median {:.2} | unanswered {missed}",
+                if keep {
+                    "kept connections (default)"
+                } else {
+                    "reconnect every round (Go)"
+                },
+                summary(&mut rounds, 2),
+                summary(&mut sums, 2),
+                {
+                    ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
+                }
+            );
+            d.stop();
+        }
     }
 }
