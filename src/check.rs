@@ -42,6 +42,14 @@ pub async fn run(path: &Path) -> ExitCode {
             t.display()
         ))
     );
+    let dir = cfg.symlink.parent().unwrap_or(Path::new("."));
+    match switch::try_link_beside(&cfg.symlink) {
+        Ok(()) => println!("symlink directory {}: writable", dir.display()),
+        Err(e) => println!(
+            "symlink directory {}: NOT writable ({e}): every switch would fail; make it writable for the user rebouncer runs as",
+            dir.display()
+        ),
+    }
     let bouncer = Bouncer::new(cfg.pgbouncer.clone(), cfg.timeout);
     match bouncer.ping().await {
         Ok(v) => println!("pgbouncer ({}): answers, {v}", bouncer.endpoint()),

@@ -181,6 +181,13 @@ fn check_mode_validates_and_tries_each_server_once() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("valid"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "symlink directory {}: writable",
+            c.root().display()
+        )),
+        "{text}"
+    );
     assert!(text.contains("pgbouncer (127.0.0.1:"), "{text}");
     assert!(text.contains(": master"), "{text}");
     assert!(text.contains(": standby"), "{text}");
