@@ -323,3 +323,44 @@ fn clients_are_not_held_back_by_failed_logins_to_the_old_primary() {
         "writes were held back {took:?} after the switch (server_login_retry is 15 s)"
     );
 }
+
+/// The Go tool's sample config, shape for shape: relative `symlink` and `configdir` (with
+/// a trailing slash), unix-socket hosts, `sslmode=disable` spelled out, interval 10.
+/// Dropped in unchanged, it must keep PgBouncer on the primary through a failover.
+#[test]
+fn a_config_shaped_like_the_go_sample_follows_a_failover() {
+    let c = Cluster::start_default();
+    let sock = c.root().display().to_string();
+    let mut text = format!(
+        "[global]\n\
+         pgbouncer=host={sock} port={} sslmode=disable dbname=pgbouncer user=postgres\n\
+         symlink=pgbouncer.ini\n\
+         configdir=nodes/\n\
+         interval=10\n\
+         timeout=3\n\
+         \n\
+         [servers]\n",
+        c.bouncer_port()
+    );
+    for i in 1..=c.len() {
+        text += &format!(
+            "{}=host={sock} port={} sslmode=disable dbname=postgres user=postgres\n",
+            c.name(i),
+            c.port(i)
+        );
+    }
+    let cfg = c.write_file("rebouncer.ini", &text);
+    // The daemon runs in the cluster directory, so the relative paths resolve there.
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+    assert!(c.symlink_target().is_absolute());
+    assert_eq!(c.bouncer_write("go-sample before").unwrap(), 1);
+
+    c.stop_fast(1);
+    c.promote(2);
+    d.wait_for(SHORT, "a write through PgBouncer landing on pg2", |_| {
+        c.bouncer_write("go-sample after") == Ok(2)
+    });
+    assert_eq!(c.symlink_node(), Some(2));
+    assert_eq!(c.symlink_target(), c.node_file(2));
+}
