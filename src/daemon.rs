@@ -22,6 +22,11 @@ const REMINDER_EVERY: Duration = Duration::from_secs(60);
 /// With kept connections, each server is also checked with a new connection this often,
 /// so a server that no longer accepts logins is not trusted on its old session.
 const FRESH_CHECK_EVERY: Duration = Duration::from_secs(300);
+/// With kept connections and an `interval` longer than this, the active master is also
+/// asked this often between rounds, on its kept connection (one query, no new backend):
+/// a primary that hangs closes no connection, and would otherwise be noticed only at the
+/// next round, up to `interval` later.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A failed switch is retried at every round, but not more often than this.
 const SWITCH_RETRY_MIN: Duration = Duration::from_secs(1);
 
@@ -162,6 +167,7 @@ impl Daemon {
             return;
         }
         let mut next_round = Instant::now();
+        let mut next_beat = Instant::now() + HEARTBEAT;
         loop {
             tokio::select! {
                 biased;
@@ -177,10 +183,19 @@ impl Daemon {
                     self.round().await;
                 }
                 Some(report) = self.reports.recv() => {
-                    // A check that outlived its round (a hung server). Act on news at once.
+                    // A heartbeat, or a check that outlived its round (a hung server).
+                    // Act on news at once; if it unsettled the cluster, poll fast from now.
                     if self.apply(report) {
                         self.decide_and_act().await;
                     }
+                    if self.unsettled && !self.shutting_down() {
+                        next_round = next_round.min(Instant::now() + self.cfg.fast_interval);
+                    }
+                    continue;
+                }
+                _ = sleep_until(next_beat.into()) => {
+                    self.heartbeat();
+                    next_beat = Instant::now() + HEARTBEAT;
                     continue;
                 }
                 _ = sleep_until(next_round.into()) => self.round().await,
@@ -259,6 +274,23 @@ impl Daemon {
             took: started.elapsed(),
         });
         self.decide_and_act().await;
+    }
+
+    /// Between rounds of a settled cluster, ask the active master again on its kept
+    /// connection. Its answer arrives like any late report; a timeout marks it down and
+    /// starts fast rounds.
+    fn heartbeat(&mut self) {
+        if !self.cfg.keep_connections || self.cfg.interval <= HEARTBEAT || self.unsettled {
+            return;
+        }
+        let Some(active) = self.believed.active.filter(|_| self.believed.confirmed) else {
+            return;
+        };
+        let n = &mut self.nodes[active];
+        if n.state == Some(NodeState::Master) && !n.busy && n.requests.send(Request::Check).is_ok()
+        {
+            n.busy = true;
+        }
     }
 
     /// Apply reports until every awaited node answered or the deadline passed.

@@ -364,3 +364,37 @@ fn a_config_shaped_like_the_go_sample_follows_a_failover() {
     assert_eq!(c.symlink_node(), Some(2));
     assert_eq!(c.symlink_target(), c.node_file(2));
 }
+
+/// A primary that hangs closes no connection. At interval=30 the next round could be
+/// 30 s away; the heartbeat on the active master's kept connection notices the hang
+/// within about a second plus the timeout, and the promoted standby is followed.
+#[test]
+fn a_hung_primary_is_noticed_between_rounds() {
+    let c = Cluster::start(Opts::default().standbys(1).link(common::Link::Node(1)));
+    let cfg = c.write_rebouncer_config(30, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+    // Past the fast rounds that follow the start-up switch: from here on, rounds are
+    // 30 s apart.
+    std::thread::sleep(Duration::from_secs(2));
+
+    c.sigstop(1);
+    let hung = Instant::now();
+    c.promote(2);
+    let followed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        d.wait_for(
+            Duration::from_secs(15),
+            "switch to pg2 well before the next round",
+            |_| c.symlink_node() == Some(2),
+        );
+    }));
+    c.sigcont(1);
+    if let Err(p) = followed {
+        std::panic::resume_unwind(p);
+    }
+    eprintln!(
+        "hung primary at interval=30 timeout=2: followed {} ms after SIGSTOP",
+        hung.elapsed().as_millis()
+    );
+    assert!(d.log().contains("pg1: now down"), "{}", d.log());
+}
