@@ -27,6 +27,10 @@ const FRESH_CHECK_EVERY: Duration = Duration::from_secs(300);
 /// a primary that hangs closes no connection, and would otherwise be noticed only at the
 /// next round, up to `interval` later.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// While a split brain lasts (rounds come every `fast_interval`), each master is asked on
+/// a new connection at most this often: the first round that sees two masters always
+/// asks, so a sick old primary is still found at once.
+const SPLIT_BRAIN_RECHECK: Duration = Duration::from_secs(5);
 /// A failed switch is retried at every round, but not more often than this.
 const SWITCH_RETRY_MIN: Duration = Duration::from_secs(1);
 
@@ -53,6 +57,8 @@ struct Node {
     last_check: Option<SystemTime>,
     since: Option<SystemTime>,
     took: Option<Duration>,
+    /// When it was last asked on a new connection before a split-brain verdict.
+    rechecked: Option<Instant>,
     requests: mpsc::UnboundedSender<Request>,
 }
 
@@ -115,6 +121,7 @@ impl Daemon {
                 last_check: None,
                 since: None,
                 took: None,
+                rechecked: None,
                 requests: tx,
             });
         }
@@ -398,8 +405,14 @@ impl Daemon {
         let mut awaited = Vec::new();
         for id in masters {
             let n = &mut self.nodes[id];
+            if n.rechecked
+                .is_some_and(|t| t.elapsed() < SPLIT_BRAIN_RECHECK)
+            {
+                continue;
+            }
             if !n.busy && n.requests.send(Request::Fresh).is_ok() {
                 n.busy = true;
+                n.rechecked = Some(Instant::now());
                 awaited.push(id);
             }
         }

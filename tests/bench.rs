@@ -267,21 +267,6 @@ fn bench_failover_as_clients_see_it() {
     }
 }
 
-fn count_rebouncer_logins(c: &Cluster) -> usize {
-    (1..=c.len())
-        .map(|i| {
-            c.node_log(i)
-                .lines()
-                .filter(|l| {
-                    l.contains("connection authorized")
-                        && l.contains("application_name=rebouncer")
-                        && !l.contains("rebouncer-fixture")
-                })
-                .count()
-        })
-        .sum()
-}
-
 fn proc_status(pid: u32, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -317,9 +302,15 @@ fn bench_steady_state_cost() {
             d.http_get("/nagios").unwrap_or_default().starts_with("OK")
         });
         std::thread::sleep(Duration::from_secs(2));
-        let (logins0, cpu0) = (count_rebouncer_logins(&c), cpu_seconds(d.pid()));
+        let (logins0, cpu0) = (
+            (1..=c.len()).map(|i| c.monitor_logins(i)).sum::<usize>(),
+            cpu_seconds(d.pid()),
+        );
         std::thread::sleep(Duration::from_secs(secs));
-        let (logins1, cpu1) = (count_rebouncer_logins(&c), cpu_seconds(d.pid()));
+        let (logins1, cpu1) = (
+            (1..=c.len()).map(|i| c.monitor_logins(i)).sum::<usize>(),
+            cpu_seconds(d.pid()),
+        );
         let per_min = (logins1 - logins0) as f64 * 60.0 / secs as f64;
         println!(
             "  {:28}: new server connections {:6.0}/min | CPU {:5.2} s/min | VmHWM {} | VmRSS {} | threads {}",

@@ -116,15 +116,6 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// Logins of rebouncer's own monitoring connections in node i's server log
 /// (`log_connections=on`; the fixture's psql sessions say `rebouncer-fixture`).
-fn monitor_logins(c: &Cluster, i: usize) -> usize {
-    c.node_log(i)
-        .lines()
-        .filter(|l| {
-            l.contains("connection authorized") && l.ends_with("application_name=rebouncer")
-        })
-        .count()
-}
-
 #[test]
 #[ignore = "the narrated demo: run with --ignored --nocapture (contrib/demo.sh does)"]
 fn demo() {
@@ -351,12 +342,12 @@ fn demo() {
             "a few seconds later (tens of rounds: with no single master they come every 0.1 s),\n\
              nothing has moved:",
         );
-        let logins_before = (monitor_logins(&c, 1), monitor_logins(&c, 2));
+        let logins_before = (c.monitor_logins(1), c.monitor_logins(2));
         let pause = Instant::now();
         std::thread::sleep(Duration::from_secs(3));
         let logins = (
-            monitor_logins(&c, 1) - logins_before.0,
-            monitor_logins(&c, 2) - logins_before.1,
+            c.monitor_logins(1) - logins_before.0,
+            c.monitor_logins(2) - logins_before.1,
         );
         let pause = pause.elapsed();
         n.show(&link_text(&c));
@@ -384,8 +375,8 @@ fn demo() {
             page(&d, "/nodes").trim().replace('\n', ", ")
         ));
         n.show(&format!(
-            "new monitoring connections in these {:.1} s (a master is re-checked on a new\n\
-             connection before a round calls it split brain): {} to pg1, {} to pg2",
+            "new monitoring connections in these {:.1} s (each master is re-checked on a new\n\
+             connection when a split brain starts, then every 5 s): {} to pg1, {} to pg2",
             pause.as_secs_f64(),
             logins.0,
             logins.1

@@ -139,7 +139,15 @@ fn old_primary_coming_back_is_refused_as_split_brain() {
         nagios(d).starts_with("CRITICAL: split brain: 2 masters (pg1, pg2)")
     });
     // Several rounds later nothing has moved.
+    let logins = c.monitor_logins(2);
     std::thread::sleep(Duration::from_secs(4));
+    // Rounds come every 0.1 s while it lasts, but each master is re-checked on a new
+    // connection only when the split brain starts and then every 5 s: not 40 backends.
+    let new_logins = c.monitor_logins(2) - logins;
+    assert!(
+        new_logins <= 2,
+        "{new_logins} new monitoring logins to pg2 in 4 s"
+    );
     assert_eq!(c.symlink_node(), Some(2));
     assert_eq!(c.bouncer_target_node(), Some(2));
     assert_eq!(c.bouncer_write("still on pg2").unwrap(), 2);

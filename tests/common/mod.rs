@@ -1187,6 +1187,16 @@ impl Cluster {
         fs::read_to_string(&self.node(i).log).unwrap_or_default()
     }
     /// Node number whose port is `port`.
+    /// Logins of the daemon's monitoring connections to node `i` so far, from the
+    /// server's `log_connections` lines (the fixture's own psql says `rebouncer-fixture`).
+    pub fn monitor_logins(&self, i: usize) -> usize {
+        self.node_log(i)
+            .lines()
+            .filter(|l| {
+                l.contains("connection authorized") && l.ends_with("application_name=rebouncer")
+            })
+            .count()
+    }
     pub fn node_of_port(&self, port: u16) -> Option<usize> {
         self.nodes
             .iter()
