@@ -17,6 +17,14 @@ fn nagios(d: &common::Daemon) -> String {
     d.http_get("/nagios").unwrap_or_default()
 }
 
+/// Runs `body`, then `cleanup` even if `body` panicked (a stopped server must be resumed
+/// before the failure is reported, or the teardown waits on it).
+fn finally<T>(body: impl FnOnce() -> T, cleanup: impl FnOnce()) -> T {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    cleanup();
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
 /// The daemon is running, has pointed PgBouncer at pg1 and confirmed it.
 fn settled_on_pg1(c: &Cluster, d: &mut common::Daemon) {
     d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |d| {
@@ -275,13 +283,10 @@ fn a_master_that_refuses_new_connections_counts_as_down() {
     let postmaster = c.postmaster_pid(1).expect("pg1 postmaster pid");
     common::signal(&postmaster.to_string(), "STOP").unwrap();
     c.promote(2);
-    let followed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        d.wait_for(SHORT, "switch to pg2", |_| c.symlink_node() == Some(2));
-    }));
-    common::signal(&postmaster.to_string(), "CONT").unwrap();
-    if let Err(p) = followed {
-        std::panic::resume_unwind(p);
-    }
+    finally(
+        || d.wait_for(SHORT, "switch to pg2", |_| c.symlink_node() == Some(2)),
+        || common::signal(&postmaster.to_string(), "CONT").unwrap(),
+    );
     assert!(d.log().contains("new connection"), "{}", d.log());
 }
 
@@ -389,17 +394,16 @@ fn a_hung_primary_is_noticed_between_rounds() {
     c.sigstop(1);
     let hung = Instant::now();
     c.promote(2);
-    let followed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        d.wait_for(
-            Duration::from_secs(15),
-            "switch to pg2 well before the next round",
-            |_| c.symlink_node() == Some(2),
-        );
-    }));
-    c.sigcont(1);
-    if let Err(p) = followed {
-        std::panic::resume_unwind(p);
-    }
+    finally(
+        || {
+            d.wait_for(
+                Duration::from_secs(15),
+                "switch to pg2 well before the next round",
+                |_| c.symlink_node() == Some(2),
+            )
+        },
+        || c.sigcont(1),
+    );
     eprintln!(
         "hung primary at interval=30 timeout=2: followed {} ms after SIGSTOP",
         hung.elapsed().as_millis()
