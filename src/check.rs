@@ -6,10 +6,11 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::admin::{self, Bouncer};
 use crate::config;
 use crate::conninfo::Env;
 use crate::probe::Monitor;
-use crate::switch::{self, Bouncer};
+use crate::switch;
 
 pub async fn run(path: &Path) -> ExitCode {
     let cwd = match std::env::current_dir() {
@@ -51,8 +52,11 @@ pub async fn run(path: &Path) -> ExitCode {
         ),
     }
     let bouncer = Bouncer::new(cfg.pgbouncer.clone(), cfg.timeout);
-    match bouncer.ping().await {
-        Ok(v) => println!("pgbouncer ({}): answers, {v}", bouncer.endpoint()),
+    match admin::ping(&bouncer).await {
+        Ok(v) => println!(
+            "pgbouncer ({}): answers, {v}",
+            admin::Console::endpoint(&bouncer)
+        ),
         Err(e) => println!("pgbouncer: not usable: {e}"),
     }
     // All at the same time, so a hung server costs one timeout, not one each.

@@ -51,6 +51,10 @@ pub struct Config {
     /// Keep one monitoring connection per server open across rounds (optional key
     /// `keep_connections`, default true). `false` reconnects at every check, as the Go tool did.
     pub keep_connections: bool,
+    /// Where rebouncer remembers timelines and held databases across restarts (optional
+    /// key `state_file`; default `$STATE_DIRECTORY/rebouncer.state`, else
+    /// `/var/lib/rebouncer/rebouncer.state`).
+    pub state_file: PathBuf,
     /// In file order.
     pub servers: Vec<Server>,
 }
@@ -101,7 +105,7 @@ const TIMEOUT_RANGE: (u64, u64) = (2, 3_600);
 const MIN_FAST_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The keys of `[global]`, in the order the error message lists them.
-const GLOBAL_KEYS: [&str; 7] = [
+const GLOBAL_KEYS: [&str; 8] = [
     "pgbouncer",
     "symlink",
     "configdir",
@@ -109,6 +113,7 @@ const GLOBAL_KEYS: [&str; 7] = [
     "timeout",
     "fast_interval",
     "keep_connections",
+    "state_file",
 ];
 
 /// Read and validate the configuration file and every node file it names.
@@ -143,6 +148,15 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
     let configdir = absolute(cwd, &configdir_entry.value);
     check_configdir(path, configdir_entry, &configdir)?;
 
+    let state_file = match g.optional("state_file", "(see the README)", "a file path")? {
+        Some(e) => absolute(cwd, &e.value),
+        None => env
+            .state_directory
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::state::DEFAULT_STATE_DIR))
+            .join(crate::state::STATE_FILE_NAME),
+    };
+
     let servers = load_servers(path, servers, env, connect_timeout, &configdir)?;
     check_symlink_is_no_node_file(path, symlink_entry, &symlink, &servers)?;
 
@@ -155,6 +169,7 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
         timeout,
         fast_interval,
         keep_connections,
+        state_file,
         servers,
     })
 }
@@ -1562,7 +1577,7 @@ mod tests {
         assert_eq!(
             Dir::new().err(&with_global("intervall=5")),
             "config error: rebouncer.ini:5: unknown key \"intervall\" in [global]; the keys are \
-             pgbouncer, symlink, configdir, interval, timeout, fast_interval, keep_connections"
+             pgbouncer, symlink, configdir, interval, timeout, fast_interval, keep_connections, state_file"
         );
         let e = Dir::new().err(&with_global("Interval=5"));
         assert!(e.contains("(keys are case-sensitive: interval)"), "{e}");

@@ -42,6 +42,9 @@ pub struct Env {
     pub vars: HashMap<String, String>,
     pub home: Option<PathBuf>,
     pub os_user: Option<String>,
+    /// `$STATE_DIRECTORY`, set by systemd's `StateDirectory=` (first entry): where the
+    /// state file goes when the config names none.
+    pub state_directory: Option<PathBuf>,
 }
 
 impl Env {
@@ -67,10 +70,14 @@ impl Env {
             .map(|(u, _)| u)
             .or_else(|| var("USER"))
             .or_else(|| var("LOGNAME"));
+        let state_directory = var("STATE_DIRECTORY")
+            .and_then(|v| v.split(':').next().map(PathBuf::from))
+            .filter(|p| p.is_absolute());
         Env {
             vars,
             home,
             os_user,
+            state_directory,
         }
     }
 
@@ -1554,6 +1561,7 @@ mod tests {
             vars: HashMap::new(),
             home: None,
             os_user: Some("osuser".into()),
+            ..Env::default()
         }
     }
 

@@ -8,11 +8,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, Bouncer};
 use crate::config::Config;
 use crate::decide::{self, Action, Believed, Cluster, NodeId, NodeState};
 use crate::probe::{ConnectionLost, Monitor, Observation};
 use crate::status::{Phase, RoundStats, Snapshot, SwitchFailure};
-use crate::switch::{self, Bouncer};
+use crate::switch;
 use crate::throttle::{Say, Throttle};
 
 /// How often PgBouncer's admin console is tried at start-up until it answers.
@@ -227,11 +228,11 @@ impl Daemon {
     /// every few seconds: PgBouncer may start after rebouncer. False if asked to stop.
     async fn wait_for_pgbouncer(&mut self) -> bool {
         loop {
-            match self.bouncer.ping().await {
+            match admin::ping(&self.bouncer).await {
                 Ok(version) => {
                     info!(
                         "PgBouncer admin console at {} answers ({version}); starting to poll {} servers every {} s",
-                        self.bouncer.endpoint(),
+                        admin::Console::endpoint(&self.bouncer),
                         self.nodes.len(),
                         self.cfg.interval.as_secs()
                     );

@@ -2,15 +2,19 @@
 //! replication cluster. The data path reads top to bottom:
 //! probe -> decide -> switch -> status.
 
+pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod conninfo;
 pub mod daemon;
 pub mod decide;
+#[cfg(test)]
+pub mod fake_bouncer;
 pub mod http;
 pub mod logging;
 pub mod probe;
+pub mod state;
 pub mod status;
 pub mod switch;
 pub mod throttle;

@@ -10,13 +10,9 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use tokio::task::AbortHandle;
-use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
-
+use crate::admin::{self, AdminError, Console, Route, Session, quote_ident};
 use crate::config::{self, DatabaseEntry, NodeFile};
-use crate::conninfo::{ConnectError, Target, error_chain};
 
 /// Why a switch did not complete. The next round tries again.
 #[derive(Debug)]
@@ -77,172 +73,13 @@ impl fmt::Display for SwitchError {
 
 impl std::error::Error for SwitchError {}
 
-/// A failure talking to the admin console.
-#[derive(Debug)]
-pub enum AdminError {
-    Connect(ConnectError),
-    Command {
-        endpoint: String,
-        command: String,
-        detail: String,
-    },
-    Timeout {
-        endpoint: String,
-        what: String,
-        after: Duration,
-    },
-}
-
-impl fmt::Display for AdminError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AdminError::Connect(e) => write!(f, "PgBouncer admin console {e}"),
-            AdminError::Command {
-                endpoint,
-                command,
-                detail,
-            } => write!(
-                f,
-                "PgBouncer admin console {endpoint}: {command} failed: {detail}"
-            ),
-            AdminError::Timeout {
-                endpoint,
-                what,
-                after,
-            } => write!(
-                f,
-                "PgBouncer admin console {endpoint}: no answer to {what} within {} s",
-                after.as_secs_f32()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for AdminError {}
-
-/// One connection to PgBouncer's admin console, closed when dropped.
-struct AdminSession {
-    client: Client,
-    task: AbortHandle,
-    endpoint: String,
-    timeout: Duration,
-}
-
-impl Drop for AdminSession {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl AdminSession {
-    /// Run one admin command. Only `simple_query`: any extended-protocol call makes
-    /// PgBouncer drop the connection ("bad packet").
-    async fn command(&self, command: &str) -> Result<Vec<SimpleQueryRow>, AdminError> {
-        let work = self.client.simple_query(command);
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok(messages)) => Ok(messages
-                .into_iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some(r),
-                    _ => None,
-                })
-                .collect()),
-            Ok(Err(e)) => Err(AdminError::Command {
-                endpoint: self.endpoint.clone(),
-                command: command.to_string(),
-                detail: error_chain(&e),
-            }),
-            Err(_) => Err(AdminError::Timeout {
-                endpoint: self.endpoint.clone(),
-                what: command.to_string(),
-                after: self.timeout,
-            }),
-        }
-    }
-}
-
-/// PgBouncer's admin console.
-#[derive(Clone, Debug)]
-pub struct Bouncer {
-    target: Target,
-    timeout: Duration,
-}
-
-/// Where PgBouncer says one database goes (a row of `SHOW DATABASES`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub host: Option<String>,
-    pub port: u16,
-}
-
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.host {
-            Some(h) => write!(f, "{h}:{}", self.port),
-            None => write!(f, "the default unix socket, port {}", self.port),
-        }
-    }
-}
-
-impl Bouncer {
-    pub fn new(target: Target, timeout: Duration) -> Bouncer {
-        Bouncer { target, timeout }
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.target.endpoint
-    }
-
-    async fn session(&self) -> Result<AdminSession, AdminError> {
-        let endpoint = self.target.endpoint.clone();
-        let connect = tokio::time::timeout(self.timeout, self.target.connect()).await;
-        let (client, handle) = match connect {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(AdminError::Connect(e)),
-            Err(_) => {
-                return Err(AdminError::Timeout {
-                    endpoint,
-                    what: "the login".into(),
-                    after: self.timeout,
-                });
-            }
-        };
-        let session = AdminSession {
-            client,
-            task: handle.abort_handle(),
-            endpoint,
-            timeout: self.timeout,
-        };
-        // `SHOW VERSION` proves this is an admin console we may use, not just an open port.
-        session.command("SHOW VERSION").await?;
-        Ok(session)
-    }
-
-    /// Whether the admin console answers; returns PgBouncer's version string.
-    pub async fn ping(&self) -> Result<String, AdminError> {
-        let s = self.session().await?;
-        let rows = s.command("SHOW VERSION").await?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.get(0))
-            .unwrap_or("unknown version")
-            .to_string())
-    }
-
-    /// `SHOW DATABASES` as name -> route.
-    async fn routes(s: &AdminSession) -> Result<Vec<(String, Route)>, AdminError> {
-        let rows = s.command("SHOW DATABASES").await?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (Some(name), port) = (r.get("name"), r.get("port")) else {
-                continue;
-            };
-            let port = port.and_then(|p| p.parse().ok()).unwrap_or(0);
-            let host = r.get("host").filter(|h| !h.is_empty()).map(str::to_string);
-            out.push((name.to_string(), Route { host, port }));
-        }
-        Ok(out)
-    }
+/// `SHOW DATABASES` as name -> route.
+async fn routes<S: Session>(s: &S) -> Result<Vec<(String, Route)>, AdminError> {
+    Ok(admin::databases(s)
+        .await?
+        .into_iter()
+        .map(|d| (d.name, d.route))
+        .collect())
 }
 
 /// What a completed switch did, for the log.
@@ -261,17 +98,15 @@ pub struct Switched {
 /// console must answer before the link is touched, so a switch that cannot complete
 /// leaves PgBouncer's config as it was. `resume` names databases an earlier attempt left
 /// killed (see [`SwitchError::LeftKilled`]); they are resumed along with this one's.
-pub async fn switch_to(
-    bouncer: &Bouncer,
+pub async fn switch_to<C: Console>(
+    bouncer: &C,
     symlink: &Path,
     node_file: &Path,
     resume: &[String],
 ) -> Result<Switched, SwitchError> {
     let node = config::read_node_file(node_file).map_err(SwitchError::NodeFile)?;
     let session = bouncer.session().await.map_err(SwitchError::Admin)?;
-    let before = Bouncer::routes(&session)
-        .await
-        .map_err(SwitchError::Admin)?;
+    let before = routes(&session).await.map_err(SwitchError::Admin)?;
 
     let relinked = !points_at(symlink, node_file);
     if relinked {
@@ -294,7 +129,7 @@ pub async fn switch_to(
             node_file.display()
         ))
     })?;
-    let after = Bouncer::routes(&check).await.map_err(|e| {
+    let after = routes(&check).await.map_err(|e| {
         SwitchError::NotApplied(format!(
             "after RELOAD of {}, {e}; cannot confirm where PgBouncer points",
             node_file.display()
@@ -344,8 +179,8 @@ pub async fn switch_to(
 
 /// Resume databases a failed switch left killed, outside of a switch (while there is no
 /// master to switch to, their clients should not wait on us).
-pub async fn resume(
-    bouncer: &Bouncer,
+pub async fn resume<C: Console>(
+    bouncer: &C,
     databases: &[String],
 ) -> Result<(), (Vec<String>, AdminError)> {
     match bouncer.session().await {
@@ -357,9 +192,9 @@ pub async fn resume(
 /// `RESUME` each database. A killed database holds every new client until it is resumed,
 /// so a failed `RESUME` is tried once more on a new session before giving up. "is not
 /// paused" means an earlier attempt did get through. Returns the databases still killed.
-async fn resume_all(
-    bouncer: &Bouncer,
-    session: AdminSession,
+async fn resume_all<C: Console>(
+    bouncer: &C,
+    session: C::Session,
     databases: &[String],
 ) -> Result<(), (Vec<String>, AdminError)> {
     let mut session = Some(session);
@@ -399,18 +234,6 @@ async fn resume_all(
     match last_error {
         Some(e) if !left.is_empty() => Err((left, e)),
         _ => Ok(()),
-    }
-}
-
-/// PgBouncer's admin parser takes a database name as a bare word or in double quotes.
-fn quote_ident(name: &str) -> String {
-    if name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
     }
 }
 
@@ -630,11 +453,5 @@ mod tests {
             },
         )];
         assert!(confirm(&node, Path::new("/x"), &ok).is_ok());
-    }
-
-    #[test]
-    fn database_names_are_quoted_for_the_admin_console_when_needed() {
-        assert_eq!(quote_ident("appdb"), "appdb");
-        assert_eq!(quote_ident("App-DB"), "\"App-DB\"");
     }
 }

@@ -151,8 +151,9 @@ fn paused(c: &Cluster, db: &str) -> String {
 /// "database ... is not paused").
 #[test]
 fn a_killed_database_is_resumed_and_resuming_twice_is_harmless() {
+    use rebouncer::admin::Bouncer;
     use rebouncer::conninfo::{Env, Target};
-    use rebouncer::switch::{self, Bouncer};
+    use rebouncer::switch;
 
     let c = Cluster::start(Opts::default().standbys(1).link(common::Link::Node(1)));
     c.bouncer_query("appdb", "SELECT 1").unwrap();

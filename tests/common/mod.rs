@@ -1694,7 +1694,9 @@ impl Cluster {
             cwd: self.root.clone(),
             out: self.root.join(format!("rebouncer-{n}.out")),
             err: self.root.join(format!("rebouncer-{n}.err")),
-            env: Vec::new(),
+            // The state file goes into this cluster's directory, as systemd's
+            // StateDirectory= would arrange: tests never share timeline memory.
+            env: vec![("STATE_DIRECTORY".into(), self.root.display().to_string())],
         }
     }
 

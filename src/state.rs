@@ -1,0 +1,340 @@
+//! The state file: the little rebouncer must remember across restarts.
+//!
+//! - The highest timeline seen for each cluster (by system identifier), so that an old
+//!   primary that comes back after rebouncer itself restarted is still known as stale.
+//! - The databases a switch sent `KILL` (or `PAUSE`) to and has not yet resumed: a rebouncer
+//!   killed between the two would otherwise leave PgBouncer holding those clients forever.
+//!
+//! The file is small text, replaced atomically (a new file beside it, fsync, rename, fsync
+//! of the directory), so a crash leaves either the old or the new version. Writing it can
+//! fail (a drop-in upgrade may have no state directory yet): rebouncer then goes on with
+//! the memory in RAM and says so on the status pages.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The default directory when neither the config nor systemd's `STATE_DIRECTORY` names one.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rebouncer";
+/// The file name inside the state directory.
+pub const STATE_FILE_NAME: &str = "rebouncer.state";
+
+/// A cluster's identity: `pg_control_system()`'s system identifier, shared by a primary and
+/// every standby cloned from it, new for every `initdb`. `None` when the monitoring role may
+/// not read it.
+pub type SystemId = Option<u64>;
+
+/// The highest timeline seen for one cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Highest {
+    pub system: SystemId,
+    pub timeline: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    /// One entry per cluster identity seen.
+    pub timelines: Vec<Highest>,
+    /// Databases rebouncer paused (`KILL` or `PAUSE`) and has not resumed yet.
+    pub held: Vec<String>,
+}
+
+impl State {
+    /// The highest timeline remembered for a cluster.
+    pub fn highest(&self, system: SystemId) -> Option<u32> {
+        self.timelines
+            .iter()
+            .find(|h| h.system == system)
+            .map(|h| h.timeline)
+    }
+
+    /// Remember `timeline` for `system` if it is higher than what is known; true if it was.
+    pub fn raise(&mut self, system: SystemId, timeline: u32) -> bool {
+        match self.timelines.iter_mut().find(|h| h.system == system) {
+            Some(h) if h.timeline >= timeline => false,
+            Some(h) => {
+                h.timeline = timeline;
+                true
+            }
+            None => {
+                self.timelines.push(Highest { system, timeline });
+                true
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from(
+            "# rebouncer state file: what rebouncer remembers across restarts.\n\
+             # Written by rebouncer; read the README (\"The state file\") before editing it.\n",
+        );
+        for h in &self.timelines {
+            match h.system {
+                Some(id) => out += &format!("timeline system={id} highest={}\n", h.timeline),
+                None => out += &format!("timeline system=unknown highest={}\n", h.timeline),
+            }
+        }
+        for db in &self.held {
+            out += &format!("held {db}\n");
+        }
+        out
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<State, StateError> {
+        let mut state = State::default();
+        for (no, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why: &str| StateError::Corrupt {
+                path: path.to_path_buf(),
+                line: no + 1,
+                why: why.to_string(),
+            };
+            if let Some(db) = line.strip_prefix("held ") {
+                state.held.push(db.trim().to_string());
+            } else if let Some(rest) = line.strip_prefix("timeline ") {
+                let mut system = None;
+                let mut highest = None;
+                for word in rest.split_whitespace() {
+                    match word.split_once('=') {
+                        Some(("system", "unknown")) => system = Some(None),
+                        Some(("system", v)) => {
+                            system = Some(Some(
+                                v.parse::<u64>()
+                                    .map_err(|_| bad("system= is not a number"))?,
+                            ))
+                        }
+                        Some(("highest", v)) => {
+                            highest = Some(
+                                v.parse::<u32>()
+                                    .map_err(|_| bad("highest= is not a timeline number"))?,
+                            )
+                        }
+                        _ => return Err(bad("expected system=<id> highest=<timeline>")),
+                    }
+                }
+                match (system, highest) {
+                    (Some(system), Some(timeline)) => {
+                        state.raise(system, timeline);
+                    }
+                    _ => return Err(bad("expected system=<id> highest=<timeline>")),
+                }
+            } else {
+                return Err(bad("unknown entry"));
+            }
+        }
+        Ok(state)
+    }
+}
+
+#[derive(Debug)]
+pub enum StateError {
+    Read {
+        path: PathBuf,
+        error: io::Error,
+    },
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+    Write {
+        path: PathBuf,
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Read { path, error } => write!(
+                f,
+                "cannot read state file {}: {error}; fix its permissions for the user rebouncer runs as",
+                path.display()
+            ),
+            StateError::Corrupt { path, line, why } => write!(
+                f,
+                "state file {}:{line}: {why}; rebouncer writes this file itself: move it aside to start \
+                 with no memory of timelines (see the README, \"The state file\")",
+                path.display()
+            ),
+            StateError::Write { path, error } => write!(
+                f,
+                "cannot write state file {}: {error}; timelines and held databases are remembered only \
+                 until rebouncer stops (create the directory, writable for the user rebouncer runs as, \
+                 or set state_file in [global])",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// The state and where it lives.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    state: State,
+    /// The last write failure, until a write succeeds.
+    write_error: Option<String>,
+}
+
+impl StateFile {
+    /// Read the file; a missing file is an empty state (first start, or a drop-in upgrade).
+    pub fn load(path: &Path) -> Result<StateFile, StateError> {
+        let state = match fs::read_to_string(path) {
+            Ok(text) => State::parse(path, &text)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
+            Err(error) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    error,
+                });
+            }
+        };
+        Ok(StateFile {
+            path: path.to_path_buf(),
+            state,
+            write_error: None,
+        })
+    }
+
+    /// A state kept only in memory (unit tests).
+    pub fn in_memory(path: &Path) -> StateFile {
+        StateFile {
+            path: path.to_path_buf(),
+            state: State::default(),
+            write_error: None,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Why the last write failed, while it does.
+    pub fn write_error(&self) -> Option<&str> {
+        self.write_error.as_deref()
+    }
+
+    /// Change the state and, if it changed, write it out before returning (off the async
+    /// threads). The change is kept in memory even when the write fails.
+    pub async fn update(&mut self, change: impl FnOnce(&mut State)) -> Result<(), StateError> {
+        let mut next = self.state.clone();
+        change(&mut next);
+        if next == self.state && self.write_error.is_none() {
+            return Ok(());
+        }
+        self.state = next;
+        let (path, text) = (self.path.clone(), self.state.render());
+        let result = tokio::task::spawn_blocking(move || write_atomically(&path, &text))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        match result {
+            Ok(()) => {
+                self.write_error = None;
+                Ok(())
+            }
+            Err(error) => {
+                let e = StateError::Write {
+                    path: self.path.clone(),
+                    error,
+                };
+                self.write_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raise_keeps_the_highest_timeline_per_cluster() {
+        let mut s = State::default();
+        assert!(s.raise(Some(7), 2));
+        assert!(!s.raise(Some(7), 1));
+        assert!(s.raise(Some(7), 3));
+        assert!(s.raise(Some(8), 1));
+        assert!(s.raise(None, 4));
+        assert_eq!(s.highest(Some(7)), Some(3));
+        assert_eq!(s.highest(Some(8)), Some(1));
+        assert_eq!(s.highest(None), Some(4));
+        assert_eq!(s.highest(Some(9)), None);
+    }
+
+    #[tokio::test]
+    async fn state_survives_a_write_and_a_read() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("rebouncer.state");
+        let mut f = StateFile::load(&path).unwrap();
+        assert_eq!(f.state(), &State::default());
+        f.update(|s| {
+            s.raise(Some(7312345678901234567), 3);
+            s.raise(None, 2);
+            s.held = vec!["appdb".into(), "App-DB".into()];
+        })
+        .await
+        .unwrap();
+        let again = StateFile::load(&path).unwrap();
+        assert_eq!(again.state(), f.state());
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_keeps_the_memory_and_says_why() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("missing-dir/rebouncer.state");
+        let mut f = StateFile::load(&path).unwrap();
+        let e = f.update(|s| s.held.push("appdb".into())).await.unwrap_err();
+        assert!(e.to_string().starts_with("cannot write state file"), "{e}");
+        assert_eq!(f.state().held, vec!["appdb".to_string()]);
+        assert!(f.write_error().is_some());
+    }
+
+    #[test]
+    fn a_corrupt_line_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("rebouncer.state");
+        fs::write(&path, "# c\ntimeline system=12 highest=x\n").unwrap();
+        let e = StateFile::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("rebouncer.state:2: highest= is not a timeline number"),
+            "{e}"
+        );
+    }
+}
