@@ -62,7 +62,7 @@ pub async fn run(path: &Path) -> ExitCode {
     // All at the same time, so a hung server costs one timeout, not one each.
     let mut set = tokio::task::JoinSet::new();
     for (id, s) in cfg.servers.iter().enumerate() {
-        let m = Monitor::new(id, s.target.clone(), cfg.timeout, false, None);
+        let mut m = Monitor::new(id, s.target.clone(), cfg.timeout, false, None);
         set.spawn(async move { (id, m.check_fresh().await) });
     }
     let mut results: Vec<_> = set.join_all().await;

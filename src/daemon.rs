@@ -1,18 +1,23 @@
-//! The main loop: rounds of checks, the decision, the switch, and the snapshot the status
-//! pages read. Each server has its own monitor task; this loop asks them to check, waits
-//! for their answers within the timeout, decides, and acts.
+//! The main loop: rounds of checks, the decision, the switch, drift repair, and the
+//! snapshot the status pages read. Each server has its own monitor task behind the
+//! [`Probe`] seam, and PgBouncer sits behind the [`Console`] seam, so the loop's behaviour
+//! over time is unit-tested with a fake cluster on tokio's paused clock (see the tests at
+//! the end); the integration tests drive the real processes.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
-use tokio::time::sleep_until;
+use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, warn};
 
-use crate::admin::{self, Bouncer};
-use crate::config::Config;
-use crate::decide::{self, Action, Believed, Cluster, NodeId, NodeState};
-use crate::probe::{ConnectionLost, Monitor, Observation};
-use crate::status::{Phase, RoundStats, Snapshot, SwitchFailure};
+use crate::admin::{self, Bouncer, Console, Database, Session};
+use crate::config::{self, Config};
+use crate::decide::{
+    self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Timeline,
+};
+use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
+use crate::state::StateFile;
+use crate::status::{Drift, Paused, Phase, RoundStats, Snapshot, StaleStatus, SwitchFailure};
 use crate::switch;
 use crate::throttle::{Say, Throttle};
 
@@ -21,19 +26,22 @@ const PGBOUNCER_RETRY: Duration = Duration::from_secs(5);
 /// How often a lasting condition is logged again.
 const REMINDER_EVERY: Duration = Duration::from_secs(60);
 /// With kept connections, each server is also checked with a new connection this often,
-/// so a server that no longer accepts logins is not trusted on its old session.
+/// so a server that no longer accepts logins shows as such.
 const FRESH_CHECK_EVERY: Duration = Duration::from_secs(300);
 /// With kept connections and an `interval` longer than this, the active master is also
 /// asked this often between rounds, on its kept connection (one query, no new backend):
 /// a primary that hangs closes no connection, and would otherwise be noticed only at the
 /// next round, up to `interval` later.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// While a split brain lasts (rounds come every `fast_interval`), each master is asked on
-/// a new connection at most this often: the first round that sees two masters always
-/// asks, so a sick old primary is still found at once.
-const SPLIT_BRAIN_RECHECK: Duration = Duration::from_secs(5);
+/// While a split brain lasts (rounds come every `fast_interval`), or while the one master
+/// refuses new logins, each such master is asked on a new connection at most this often.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// A failed switch is retried at every round, but not more often than this.
 const SWITCH_RETRY_MIN: Duration = Duration::from_secs(1);
+/// PgBouncer's routes are compared with the active node's file every this many rounds
+/// (and at once when the admin session closes: PgBouncer restarted). The symlink itself is
+/// read at every round.
+const DRIFT_CHECK_ROUNDS: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Request {
@@ -58,8 +66,17 @@ struct Node {
     last_check: Option<SystemTime>,
     since: Option<SystemTime>,
     took: Option<Duration>,
-    /// When it was last asked on a new connection before a split-brain verdict.
+    timeline: Option<Timeline>,
+    timeline_note: Option<String>,
+    /// Set by a check on a new connection that failed while the kept session answers;
+    /// cleared by one that succeeds, or when the server's state changes.
+    refuses_new: Option<String>,
+    /// When it was last asked on a new connection before a verdict.
     rechecked: Option<Instant>,
+    /// Failed checks in a row, and when it may be asked again: a server that keeps
+    /// refusing is not hammered at the fast rate (each attempt is a fork and a FATAL line).
+    failures: u32,
+    next_try: Instant,
     requests: mpsc::UnboundedSender<Request>,
 }
 
@@ -70,49 +87,87 @@ enum Condition {
     SplitBrain(Vec<String>),
 }
 
-pub struct Daemon {
+pub struct Daemon<C: Console> {
     cfg: Config,
-    bouncer: Bouncer,
+    console: C,
     status: watch::Sender<Snapshot>,
     shutdown: watch::Receiver<bool>,
     nodes: Vec<Node>,
     reports: mpsc::UnboundedReceiver<Report>,
     lost: mpsc::UnboundedReceiver<ConnectionLost>,
     believed: Believed,
-    /// Set by a round that switched, failed to switch or found no single master: the
-    /// next round comes after `fast_interval` instead of `interval`.
+    memory: Memory,
+    state: StateFile,
+    /// Set by a round that switched, failed to switch or found no single usable master:
+    /// the next round comes after `fast_interval` instead of `interval`.
     unsettled: bool,
     last_switch: Option<SystemTime>,
     switch_failure: Option<SwitchFailure>,
     last_switch_attempt: Option<Instant>,
     conditions: Throttle<Condition>,
+    stale_log: Throttle<Vec<String>>,
+    refusal_log: Throttle<String>,
     switch_errors: Throttle<String>,
     last_round: Option<RoundStats>,
+    last_decision: Option<Decision>,
     /// Databases a switch told PgBouncer to `KILL` and could not `RESUME`: their new
     /// clients wait until a `RESUME` gets through, so it is retried every round.
     left_killed: Vec<String>,
+    /// A kept admin session: when PgBouncer closes it (a restart), its routes are checked
+    /// at once.
+    watch_session: Option<C::Session>,
+    rounds_since_drift_check: u32,
+    drift: Option<Drift>,
+    paused: Vec<Paused>,
+    /// The routes PgBouncer was last confirmed to use.
+    last_confirmed: Option<Vec<Database>>,
 }
 
-impl Daemon {
+impl Daemon<Bouncer> {
+    /// The daemon with real monitors and the real PgBouncer.
     pub fn new(
         cfg: Config,
+        state: StateFile,
         status: watch::Sender<Snapshot>,
         shutdown: watch::Receiver<bool>,
-    ) -> Daemon {
-        let bouncer = Bouncer::new(cfg.pgbouncer.clone(), cfg.timeout);
-        let (report_tx, reports) = mpsc::unbounded_channel();
+    ) -> Daemon<Bouncer> {
+        let console = Bouncer::new(cfg.pgbouncer.clone(), cfg.timeout);
         let (lost_tx, lost) = mpsc::unbounded_channel();
+        let probes: Vec<Monitor> = cfg
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(id, server)| {
+                Monitor::new(
+                    id,
+                    server.target.clone(),
+                    cfg.timeout,
+                    cfg.keep_connections,
+                    Some(lost_tx.clone()),
+                )
+            })
+            .collect();
+        Daemon::with_parts(cfg, console, probes, lost, state, status, shutdown)
+    }
+}
+
+impl<C: Console> Daemon<C> {
+    /// The daemon with the given probes (one per server, in file order) and console.
+    /// `lost` carries the probes' news of a kept connection that closed by itself.
+    pub fn with_parts<P: Probe>(
+        cfg: Config,
+        console: C,
+        probes: Vec<P>,
+        lost: mpsc::UnboundedReceiver<ConnectionLost>,
+        state: StateFile,
+        status: watch::Sender<Snapshot>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Daemon<C> {
+        let (report_tx, reports) = mpsc::unbounded_channel();
         let mut nodes = Vec::new();
-        for (id, server) in cfg.servers.iter().enumerate() {
-            let monitor = Monitor::new(
-                id,
-                server.target.clone(),
-                cfg.timeout,
-                cfg.keep_connections,
-                Some(lost_tx.clone()),
-            );
+        for ((id, server), probe) in cfg.servers.iter().enumerate().zip(probes) {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run_monitor(id, monitor, rx, report_tx.clone()));
+            tokio::spawn(run_monitor(id, probe, rx, report_tx.clone()));
             nodes.push(Node {
                 name: server.name.clone(),
                 state: None,
@@ -122,26 +177,45 @@ impl Daemon {
                 last_check: None,
                 since: None,
                 took: None,
+                timeline: None,
+                timeline_note: None,
+                refuses_new: None,
                 rechecked: None,
+                failures: 0,
+                next_try: Instant::now(),
                 requests: tx,
             });
         }
+        let memory = Memory {
+            timelines: state.state().clone(),
+            contested: Vec::new(),
+        };
         Daemon {
-            bouncer,
+            console,
             status,
             shutdown,
             nodes,
             reports,
             lost,
             believed: Believed::default(),
+            memory,
+            state,
             unsettled: true,
             last_switch: None,
             switch_failure: None,
             last_switch_attempt: None,
             conditions: Throttle::new(REMINDER_EVERY),
+            stale_log: Throttle::new(REMINDER_EVERY),
+            refusal_log: Throttle::new(REMINDER_EVERY),
             switch_errors: Throttle::new(REMINDER_EVERY),
             last_round: None,
+            last_decision: None,
             left_killed: Vec::new(),
+            watch_session: None,
+            rounds_since_drift_check: 0,
+            drift: None,
+            paused: Vec::new(),
+            last_confirmed: None,
             cfg,
         }
     }
@@ -170,10 +244,25 @@ impl Daemon {
                 self.cfg.symlink.display()
             ),
         }
+        let remembered: Vec<String> = self
+            .memory
+            .timelines
+            .timelines
+            .iter()
+            .map(|h| format!("timeline {}", h.timeline))
+            .collect();
+        if !remembered.is_empty() {
+            info!(
+                "state file {}: the cluster has reached {}; a master on a lower timeline is a stale primary",
+                self.state.path().display(),
+                remembered.join(", ")
+            );
+        }
         self.publish();
         if !self.wait_for_pgbouncer().await {
             return;
         }
+        self.resume_held_from_last_run().await;
         let mut next_round = Instant::now();
         let mut next_beat = Instant::now() + HEARTBEAT;
         loop {
@@ -188,6 +277,7 @@ impl Daemon {
                         n.state.map_or("unchecked", NodeState::as_str)
                     );
                     self.unsettled = true;
+                    self.retry_failing_now();
                     self.round().await;
                 }
                 Some(report) = self.reports.recv() => {
@@ -201,12 +291,12 @@ impl Daemon {
                     }
                     continue;
                 }
-                _ = sleep_until(next_beat.into()) => {
+                _ = sleep_until(next_beat) => {
                     self.heartbeat();
                     next_beat = Instant::now() + HEARTBEAT;
                     continue;
                 }
-                _ = sleep_until(next_round.into()) => self.round().await,
+                _ = sleep_until(next_round) => self.round().await,
             }
             if self.shutting_down() {
                 break;
@@ -228,11 +318,11 @@ impl Daemon {
     /// every few seconds: PgBouncer may start after rebouncer. False if asked to stop.
     async fn wait_for_pgbouncer(&mut self) -> bool {
         loop {
-            match admin::ping(&self.bouncer).await {
+            match admin::ping(&self.console).await {
                 Ok(version) => {
                     info!(
                         "PgBouncer admin console at {} answers ({version}); starting to poll {} servers every {} s",
-                        admin::Console::endpoint(&self.bouncer),
+                        self.console.endpoint(),
                         self.nodes.len(),
                         self.cfg.interval.as_secs()
                     );
@@ -256,15 +346,32 @@ impl Daemon {
         }
     }
 
-    /// Ask every server, wait for the answers, then decide. A server that hung at its
-    /// last check is asked again but not waited for, so it cannot slow down the rounds
-    /// that have to notice a newly promoted standby.
+    /// Databases a previous run paused or killed and did not resume (it was killed in
+    /// between) wait for a `RESUME` that nobody else will send. Only what the state file
+    /// lists: a pause an operator made is theirs to end.
+    async fn resume_held_from_last_run(&mut self) {
+        let held = self.state.state().held.clone();
+        if held.is_empty() {
+            return;
+        }
+        warn!(
+            "database(s) {} were left paused in PgBouncer by a rebouncer that stopped in the middle of a switch; resuming them",
+            held.join(", ")
+        );
+        self.left_killed = held;
+        self.resume_left_killed().await;
+    }
+
+    /// Ask every server that is due, wait for the answers, then decide. A server that
+    /// hung at its last check is asked again but not waited for, so it cannot slow down
+    /// the rounds that have to notice a newly promoted standby; one that keeps failing is
+    /// asked less and less often (see [`Node::next_try`]).
     async fn round(&mut self) {
         let started = Instant::now();
         let deadline = started + self.cfg.timeout + Duration::from_millis(250);
         let mut awaited = Vec::new();
         for (id, n) in self.nodes.iter_mut().enumerate() {
-            if n.busy {
+            if n.busy || n.next_try > started {
                 continue;
             }
             if n.requests.send(Request::Check).is_ok() {
@@ -281,6 +388,7 @@ impl Daemon {
             answered: asked - awaited.len(),
             took: started.elapsed(),
         });
+        self.check_drift().await;
         self.decide_and_act().await;
     }
 
@@ -310,64 +418,132 @@ impl Daemon {
                     self.apply(report);
                     awaited.retain(|n| *n != node);
                 }
-                _ = sleep_until(deadline.into()) => break,
+                _ = sleep_until(deadline) => break,
             }
+        }
+    }
+
+    /// A server that was backing off is asked at the next round: something changed, and
+    /// it may be part of it.
+    fn retry_failing_now(&mut self) {
+        let now = Instant::now();
+        for n in self.nodes.iter_mut().filter(|n| n.failures > 0) {
+            n.next_try = n.next_try.min(now);
         }
     }
 
     /// Record one answer; true if the node's state changed.
     fn apply(&mut self, report: Report) -> bool {
         let now = SystemTime::now();
+        let fast = self.cfg.fast_interval;
+        let interval = self.cfg.interval;
         let n = &mut self.nodes[report.node];
+        let obs = report.obs;
         n.busy = false;
         n.last_check = Some(now);
-        n.hung = report.obs.hung;
+        n.hung = obs.hung;
         n.took = Some(report.took);
-        let changed = n.state != Some(report.obs.state);
+        let changed = n.state != Some(obs.state);
         if changed {
-            match (&report.obs.error, n.state) {
+            match (&obs.error, n.state) {
                 (Some(e), _) => warn!("{}: now down: {e}", n.name),
-                (None, None) => info!("{}: {}", n.name, report.obs.state),
-                (None, Some(old)) => info!("{}: now {} (was {old})", n.name, report.obs.state),
+                (None, None) => info!("{}: {}{}", n.name, obs.state, on_timeline(obs.timeline)),
+                (None, Some(old)) => info!(
+                    "{}: now {}{} (was {old})",
+                    n.name,
+                    obs.state,
+                    on_timeline(obs.timeline)
+                ),
             }
-            n.state = Some(report.obs.state);
+            n.state = Some(obs.state);
             n.since = Some(now);
+            n.refuses_new = None;
+        } else if let (Some(new), Some(old)) = (obs.timeline, n.timeline)
+            && new.timeline != old.timeline
+        {
+            info!(
+                "{}: now on timeline {} (was {})",
+                n.name, new.timeline, old.timeline
+            );
         }
-        n.error = report.obs.error;
+        if obs.timeline_note != n.timeline_note {
+            if let Some(note) = &obs.timeline_note {
+                warn!("{}: {note}", n.name);
+            }
+            n.timeline_note = obs.timeline_note;
+        }
+        if obs.state != NodeState::Down {
+            n.timeline = obs.timeline.or(n.timeline);
+        }
+        match obs.fresh {
+            Some(Err(e)) => {
+                if n.refuses_new.is_none() {
+                    warn!(
+                        "{}: answers as {} on rebouncer's kept session, but a new connection failed: {e}",
+                        n.name, obs.state
+                    );
+                }
+                n.refuses_new = Some(e);
+            }
+            Some(Ok(())) => {
+                if n.refuses_new.take().is_some() {
+                    info!("{}: accepts new connections again", n.name);
+                }
+            }
+            None => {}
+        }
+        if obs.state == NodeState::Down {
+            n.failures = n.failures.saturating_add(1);
+            let backoff = fast
+                .saturating_mul(1u32 << (n.failures - 1).min(16))
+                .min(interval);
+            n.next_try = Instant::now() + backoff;
+        } else {
+            n.failures = 0;
+            n.next_try = Instant::now();
+        }
+        n.error = obs.error;
+        if changed {
+            let this = report.node;
+            let at = Instant::now();
+            for (id, other) in self.nodes.iter_mut().enumerate() {
+                if id != this && other.failures > 0 {
+                    other.next_try = other.next_try.min(at);
+                }
+            }
+        }
         self.publish();
         changed
     }
 
-    fn observed(&self) -> Vec<NodeState> {
+    fn observed(&self) -> Vec<Seen> {
         self.nodes
             .iter()
-            .map(|n| n.state.unwrap_or(NodeState::Down))
+            .map(|n| Seen {
+                state: n.state.unwrap_or(NodeState::Down),
+                timeline: n.timeline.filter(|_| n.state != Some(NodeState::Down)),
+                refuses_new: n.refuses_new.is_some(),
+            })
             .collect()
     }
 
     async fn decide_and_act(&mut self) {
-        let mut decision = decide::decide(self.believed, &self.observed());
-        if let Cluster::SplitBrain(masters) = &decision.cluster
-            && self.cfg.keep_connections
-        {
-            // Kept sessions can outlive a postmaster that refuses everyone else; ask each
-            // master again on a new connection before calling it split brain.
-            self.recheck_fresh(masters.clone()).await;
-            decision = decide::decide(self.believed, &self.observed());
-        }
-
-        let condition = match &decision.cluster {
-            Cluster::OneMaster(_) => None,
-            Cluster::NoMaster => Some(Condition::NoMaster),
-            Cluster::SplitBrain(m) => Some(Condition::SplitBrain(
-                m.iter().map(|i| self.nodes[*i].name.clone()).collect(),
-            )),
+        let mut decision = decide::decide(self.believed, &self.observed(), &self.memory);
+        let recheck: Vec<NodeId> = match (&decision.cluster, &decision.refusal) {
+            (Cluster::SplitBrain(masters), _) => masters.clone(),
+            (_, Some(Refusal::RefusesNewLogins(m))) => vec![*m],
+            _ => Vec::new(),
         };
-        for say in self.conditions.observe(condition, Instant::now()) {
-            self.log_condition(say);
+        if !recheck.is_empty() && self.cfg.keep_connections && self.recheck_fresh(recheck).await {
+            // Kept sessions can outlive a postmaster that refuses everyone else; what a new
+            // connection finds may only make the verdict more cautious (see decide).
+            decision = decide::decide(self.believed, &self.observed(), &self.memory);
         }
+        self.remember(&decision).await;
+        self.log_decision(&decision);
 
-        self.unsettled = !matches!(decision.cluster, Cluster::OneMaster(_));
+        self.unsettled =
+            !matches!(decision.cluster, Cluster::OneMaster(_)) || decision.refusal.is_some();
         if let Action::Switch(to) = decision.action {
             self.unsettled = true;
             let too_soon = self
@@ -379,17 +555,133 @@ impl Daemon {
         } else if !self.left_killed.is_empty() {
             self.resume_left_killed().await;
         }
+        self.last_decision = Some(decision);
         self.publish();
     }
 
+    /// Keep the decision's memory; write the timelines to the state file when they rose.
+    async fn remember(&mut self, decision: &Decision) {
+        let rose = decision.memory.timelines != self.memory.timelines;
+        self.memory = decision.memory.clone();
+        if rose {
+            let timelines = self.memory.timelines.timelines.clone();
+            let had_error = self.state.write_error().is_some();
+            if let Err(e) = self.state.update(|s| s.timelines = timelines).await {
+                if !had_error {
+                    warn!("{e}");
+                }
+            } else if had_error {
+                info!("state file {} written again", self.state.path().display());
+            }
+        }
+    }
+
+    fn log_decision(&mut self, decision: &Decision) {
+        let names = |ids: &[NodeId]| -> Vec<String> {
+            ids.iter().map(|i| self.nodes[*i].name.clone()).collect()
+        };
+        let condition = match &decision.cluster {
+            Cluster::OneMaster(_) => None,
+            Cluster::NoMaster => Some(Condition::NoMaster),
+            Cluster::SplitBrain(m) => Some(Condition::SplitBrain(names(m))),
+        };
+        let now = Instant::now().into_std();
+        for say in self.conditions.observe(condition, now) {
+            self.log_condition(say);
+        }
+
+        let stale: Vec<String> = decision
+            .stale
+            .iter()
+            .map(|s| self.nodes[s.node].name.clone())
+            .collect();
+        let active = self.active_name();
+        for say in self
+            .stale_log
+            .observe((!stale.is_empty()).then(|| stale.clone()), now)
+        {
+            match say {
+                Say::Started(_) => {
+                    for s in &decision.stale {
+                        error!(
+                            "stale primary: {} answers as master on timeline {}, but the cluster has reached timeline {} \
+                             (an old primary that was not rewound); refusing to route to it, PgBouncer stays pointed at {active}. \
+                             Stop it, or rewind it (pg_rewind) and start it as a standby",
+                            self.nodes[s.node].name, s.timeline, s.highest
+                        );
+                    }
+                }
+                Say::Reminder { key, lasted, .. } => error!(
+                    "stale primary {} still running after {} s; never routed to, PgBouncer stays pointed at {active}",
+                    key.join(", "),
+                    lasted.as_secs()
+                ),
+                Say::Ended { key, lasted } => info!(
+                    "stale primary {} no longer answers as master (after {} s)",
+                    key.join(", "),
+                    lasted.as_secs()
+                ),
+            }
+        }
+
+        let refusal = decision.refusal.as_ref().map(|r| self.refusal_text(r));
+        for say in self.refusal_log.observe(refusal, now) {
+            match say {
+                Say::Started(text) => error!("{text}"),
+                Say::Reminder { key, lasted, .. } => {
+                    error!("still, after {} s: {key}", lasted.as_secs())
+                }
+                Say::Ended { lasted, .. } => {
+                    info!("the refusal to switch is over after {} s", lasted.as_secs())
+                }
+            }
+        }
+    }
+
+    fn refusal_text(&self, r: &Refusal) -> String {
+        let active = self.active_name();
+        match r {
+            Refusal::RefusesNewLogins(m) => {
+                let n = &self.nodes[*m];
+                format!(
+                    "{} is the only master but refuses new connections ({}); not pointing PgBouncer at it, \
+                     which could not log in either; PgBouncer stays pointed at {active}",
+                    n.name,
+                    n.refuses_new.as_deref().unwrap_or("new connection failed")
+                )
+            }
+            Refusal::Unresolved {
+                master,
+                unreachable,
+            } => {
+                let others: Vec<&str> = unreachable
+                    .iter()
+                    .map(|i| self.nodes[*i].name.as_str())
+                    .collect();
+                format!(
+                    "split brain not resolved: {} is the only master answering, but {} stopped answering instead of \
+                     coming back as a standby and may still be the real primary; refusing to switch to {}, PgBouncer \
+                     stays pointed at {active}. Once {} is stopped for good, start it as a standby or restart rebouncer",
+                    self.nodes[*master].name,
+                    others.join(", "),
+                    self.nodes[*master].name,
+                    others.join(", ")
+                )
+            }
+        }
+    }
+
     async fn resume_left_killed(&mut self) {
-        match switch::resume(&self.bouncer, &self.left_killed).await {
+        match switch::resume(&self.console, &self.left_killed).await {
             Ok(()) => {
                 info!(
                     "database(s) {} resumed in PgBouncer; their clients are let through again",
                     self.left_killed.join(", ")
                 );
                 self.left_killed.clear();
+                if let Err(e) = self.state.update(|s| s.held.clear()).await {
+                    warn!("{e}");
+                }
             }
             Err((left, e)) => {
                 warn!(
@@ -401,14 +693,14 @@ impl Daemon {
         }
     }
 
-    async fn recheck_fresh(&mut self, masters: Vec<NodeId>) {
+    /// Ask these masters on a new connection, each at most every [`RECHECK_EVERY`]; true
+    /// if any was asked.
+    async fn recheck_fresh(&mut self, masters: Vec<NodeId>) -> bool {
         let deadline = Instant::now() + self.cfg.timeout + Duration::from_millis(250);
         let mut awaited = Vec::new();
         for id in masters {
             let n = &mut self.nodes[id];
-            if n.rechecked
-                .is_some_and(|t| t.elapsed() < SPLIT_BRAIN_RECHECK)
-            {
+            if n.rechecked.is_some_and(|t| t.elapsed() < RECHECK_EVERY) {
                 continue;
             }
             if !n.busy && n.requests.send(Request::Fresh).is_ok() {
@@ -417,17 +709,156 @@ impl Daemon {
                 awaited.push(id);
             }
         }
+        let asked = !awaited.is_empty();
         self.collect(&mut awaited, deadline).await;
+        asked
+    }
+
+    /// PgBouncer must be where rebouncer put it. The symlink is read every round; the
+    /// routes PgBouncer uses are compared with the active node's file every few rounds,
+    /// and at once when PgBouncer closed the admin session (a restart). Any difference
+    /// unconfirms the active node, and the decision then switches back through the
+    /// normal, confirmed switch.
+    async fn check_drift(&mut self) {
+        let Some(active) = self.believed.active.filter(|_| self.believed.confirmed) else {
+            return;
+        };
+        let behind = self.node_behind_symlink();
+        if behind != Some(active) {
+            let now_at = match behind {
+                Some(n) => format!("{}'s config", self.nodes[n].name),
+                None => match switch::link_target(&self.cfg.symlink) {
+                    Some(t) => format!("{}, no node's config", t.display()),
+                    None => "nothing (it is missing or not a symlink)".to_string(),
+                },
+            };
+            let what = format!(
+                "the symlink {} now points at {now_at}, not at {}'s config where rebouncer put it",
+                self.cfg.symlink.display(),
+                self.nodes[active].name
+            );
+            self.drifted(what, behind);
+            return;
+        }
+
+        let restarted = self.watch_session.as_ref().is_some_and(|s| s.is_closed());
+        self.rounds_since_drift_check += 1;
+        if !restarted && self.rounds_since_drift_check < DRIFT_CHECK_ROUNDS {
+            return;
+        }
+        self.rounds_since_drift_check = 0;
+        if restarted {
+            info!(
+                "PgBouncer closed rebouncer's admin session (restarted?); checking where it routes now"
+            );
+            self.watch_session = None;
+        }
+        if self.watch_session.is_none() {
+            match self.console.session().await {
+                Ok(s) => self.watch_session = Some(s),
+                Err(e) => {
+                    warn!("cannot check where PgBouncer routes: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(session) = &self.watch_session else {
+            return;
+        };
+        let databases = match admin::databases(session).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("cannot check where PgBouncer routes: {e}");
+                self.watch_session = None;
+                return;
+            }
+        };
+        self.note_paused(&databases);
+        let node_file = self.cfg.servers[active].node_file.clone();
+        let node =
+            match tokio::task::spawn_blocking(move || config::read_node_file(&node_file)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    warn!("cannot check where PgBouncer routes: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+        for want in &node.databases {
+            let route = admin::Route {
+                host: want.host.clone(),
+                port: want.port,
+            };
+            let got = databases.iter().find(|d| d.name == want.name);
+            if got.is_some_and(|d| d.route == route) {
+                continue;
+            }
+            let what = match got {
+                Some(d) => format!(
+                    "PgBouncer sends database {} to {}, not to {route} as {} says",
+                    want.name,
+                    d.route,
+                    node.path.display()
+                ),
+                None => format!(
+                    "PgBouncer has no database {} although {} defines it",
+                    want.name,
+                    node.path.display()
+                ),
+            };
+            self.drifted(what, behind);
+            return;
+        }
+        self.last_confirmed = Some(databases);
+    }
+
+    fn drifted(&mut self, what: String, behind: Option<NodeId>) {
+        let active = self.active_name();
+        error!(
+            "PgBouncer drifted: {what}; rebouncer had pointed it at {active}, and will switch it back to the master now"
+        );
+        self.drift = Some(Drift {
+            what,
+            since: SystemTime::now(),
+        });
+        self.believed = Believed {
+            active: behind,
+            confirmed: false,
+        };
+        self.unsettled = true;
+    }
+
+    fn note_paused(&mut self, databases: &[Database]) {
+        let held = &self.state.state().held;
+        let paused: Vec<Paused> = databases
+            .iter()
+            .filter(|d| d.paused)
+            .map(|d| Paused {
+                name: d.name.clone(),
+                by_rebouncer: held.contains(&d.name) || self.left_killed.contains(&d.name),
+            })
+            .collect();
+        if paused != self.paused {
+            for p in paused.iter().filter(|p| !p.by_rebouncer) {
+                if !self.paused.contains(p) {
+                    warn!(
+                        "database {} is paused in PgBouncer, not by rebouncer (an operator's PAUSE?); its clients wait until someone sends RESUME {} on the admin console",
+                        p.name, p.name
+                    );
+                }
+            }
+            self.paused = paused;
+        }
     }
 
     fn log_condition(&self, say: Say<Condition>) {
         let active = self.active_name();
         match say {
             Say::Started(Condition::NoMaster) => warn!(
-                "no master: no server answers as master; not touching PgBouncer, which stays pointed at {active}"
+                "no master: no server answers as master (stale primaries aside); not touching PgBouncer, which stays pointed at {active}"
             ),
             Say::Started(Condition::SplitBrain(names)) => error!(
-                "split brain: {} all answer as master; refusing to switch, PgBouncer stays pointed at {active}. \
+                "split brain: {} all answer as master (on the same timeline, or one that cannot be read); refusing to switch, PgBouncer stays pointed at {active}. \
                  Find the real primary and stop or demote the other",
                 names.join(", ")
             ),
@@ -472,7 +903,7 @@ impl Daemon {
         let started = Instant::now();
         self.last_switch_attempt = Some(started);
         let result = switch::switch_to(
-            &self.bouncer,
+            &self.console,
             &self.cfg.symlink,
             &node_file,
             &self.left_killed,
@@ -503,9 +934,13 @@ impl Daemon {
                     active: Some(to),
                     confirmed: true,
                 };
+                if let Some(d) = self.drift.take() {
+                    info!("PgBouncer is back on {name} after drifting ({})", d.what);
+                }
+                self.rounds_since_drift_check = 0;
                 self.last_switch = done.relinked.then(SystemTime::now).or(self.last_switch);
                 self.switch_failure = None;
-                for say in self.switch_errors.observe(None, Instant::now()) {
+                for say in self.switch_errors.observe(None, Instant::now().into_std()) {
                     if let Say::Ended { lasted, .. } = say {
                         info!(
                             "switch to {name} succeeded after failing for {} s",
@@ -535,10 +970,13 @@ impl Daemon {
                     since,
                 });
                 let key = format!("{name}: {error}");
-                for say in self.switch_errors.observe(Some(key), Instant::now()) {
+                for say in self
+                    .switch_errors
+                    .observe(Some(key), Instant::now().into_std())
+                {
                     match say {
                         Say::Started(_) => error!(
-                            "switch to {name} failed: {error}; PgBouncer points at {}; retrying every round",
+                            "switch to {name} failed: {error}; the symlink points at {}; retrying every round",
                             self.active_name()
                         ),
                         Say::Reminder { lasted, rounds, .. } => error!(
@@ -570,6 +1008,21 @@ impl Daemon {
 
     fn publish(&self) {
         let active = self.believed.active.map(|n| self.nodes[n].name.clone());
+        let (stale, refusal) = match &self.last_decision {
+            Some(d) => (
+                d.stale
+                    .iter()
+                    .map(|s| StaleStatus {
+                        name: self.nodes[s.node].name.clone(),
+                        timeline: s.timeline,
+                        highest: s.highest,
+                    })
+                    .collect(),
+                d.refusal.as_ref().map(|r| self.refusal_text(r)),
+            ),
+            None => (Vec::new(), None),
+        };
+        let now = Instant::now();
         self.status.send_modify(|s| {
             for (dst, src) in s.nodes.iter_mut().zip(&self.nodes) {
                 dst.state = src.state;
@@ -577,38 +1030,58 @@ impl Daemon {
                 dst.since = src.since;
                 dst.error = src.error.clone();
                 dst.took = src.took;
+                dst.timeline = src.timeline.map(|t| t.timeline);
+                dst.timeline_note = src.timeline_note.clone();
+                dst.refuses_new = src.refuses_new.clone();
+                dst.next_try = (src.failures > 1 && src.next_try > now)
+                    .then(|| src.next_try.duration_since(now));
             }
             s.last_round = self.last_round;
             s.active = active;
             s.confirmed = self.believed.confirmed;
             s.last_switch = self.last_switch;
             s.switch_failure = self.switch_failure.clone();
+            s.stale = stale;
+            s.refusal = refusal;
+            s.drift = self.drift.clone();
+            s.paused = self.paused.clone();
+            s.held = self.left_killed.clone();
+            s.state_file = self.state.path().display().to_string();
+            s.state_error = self.state.write_error().map(str::to_string);
         });
     }
 }
 
+fn on_timeline(t: Option<Timeline>) -> String {
+    t.map(|t| format!(" on timeline {}", t.timeline))
+        .unwrap_or_default()
+}
+
 /// One server's monitor: checks when asked, reports back. Runs until the daemon drops its
 /// request channel.
-async fn run_monitor(
+async fn run_monitor<P: Probe>(
     node: NodeId,
-    mut monitor: Monitor,
+    mut probe: P,
     mut requests: mpsc::UnboundedReceiver<Request>,
     reports: mpsc::UnboundedSender<Report>,
 ) {
     let mut last_fresh = Instant::now();
     while let Some(req) = requests.recv().await {
-        let due = monitor.keeps_connections() && last_fresh.elapsed() >= FRESH_CHECK_EVERY;
+        let due = last_fresh.elapsed() >= FRESH_CHECK_EVERY;
         let started = Instant::now();
-        let mut obs = monitor.check().await;
-        if (req == Request::Fresh || due) && obs.state != NodeState::Down {
+        let mut obs = probe.check().await;
+        if probe.keeps_connections()
+            && (req == Request::Fresh || due)
+            && obs.state != NodeState::Down
+        {
             last_fresh = Instant::now();
-            let fresh = monitor.check_fresh().await;
-            if fresh.state == NodeState::Down {
-                // Its old session still answers, but nobody else could log in: count it
-                // as down, and drop the session so the next check does not trust it.
-                monitor.forget_connection();
-                obs = fresh;
-            }
+            let fresh = probe.check_fresh().await;
+            obs.fresh = Some(match fresh.state {
+                NodeState::Down => Err(fresh
+                    .error
+                    .unwrap_or_else(|| "new connection failed".to_string())),
+                _ => Ok(()),
+            });
         }
         let took = started.elapsed();
         if reports.send(Report { node, obs, took }).is_err() {

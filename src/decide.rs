@@ -1,6 +1,18 @@
-//! The decision, kept pure: given what rebouncer believes about PgBouncer and what one
-//! round observed, say what the cluster looks like and whether to switch. No I/O, no
-//! clock, so every rule can be tested on its own.
+//! The decision, kept pure: given what rebouncer believes about PgBouncer, what it
+//! remembers, and what the servers answered, say what the cluster looks like and whether
+//! to switch. No I/O, no clock, so every rule can be tested on its own.
+//!
+//! The rules, most cautious first:
+//! - A master on a lower timeline than the highest the cluster has shown is a **stale
+//!   primary** (an old primary that came back without being rewound): never a target.
+//! - Several masters that are not stale: **split brain**, refuse.
+//! - A master that answered on its kept session but refuses new logins is not a target
+//!   (PgBouncer could not log in either); it still counts as a master for split brain.
+//! - A failed check may only make a verdict more cautious: when a split brain "ends"
+//!   because one of its masters stopped answering (not because it became a standby), the
+//!   other one is not switched to.
+
+use crate::state::{State, SystemId};
 
 /// Index of a server in the configuration file (file order).
 pub type NodeId = usize;
@@ -33,16 +45,74 @@ impl std::fmt::Display for NodeState {
     }
 }
 
+/// A server's place in the cluster's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeline {
+    pub timeline: u32,
+    /// The cluster's system identifier, when the monitoring role may read it.
+    pub system: SystemId,
+}
+
+/// What the loop knows of one server when it decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub state: NodeState,
+    pub timeline: Option<Timeline>,
+    /// Its kept session answers, but a new connection was refused or timed out.
+    pub refuses_new: bool,
+}
+
+impl Seen {
+    pub fn new(state: NodeState) -> Seen {
+        Seen {
+            state,
+            timeline: None,
+            refuses_new: false,
+        }
+    }
+    pub fn on(state: NodeState, timeline: u32) -> Seen {
+        Seen {
+            timeline: Some(Timeline {
+                timeline,
+                system: None,
+            }),
+            ..Seen::new(state)
+        }
+    }
+}
+
 /// The shape of the cluster after a round.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cluster {
-    /// Exactly one master: the only case in which rebouncer ever acts.
+    /// Exactly one master that is not stale.
     OneMaster(NodeId),
-    /// No server answered as master.
+    /// No server answered as a master that is not stale.
     NoMaster,
-    /// More than one master, in file order. Acting on this could send writes to an old
-    /// primary that came back after a failover, so rebouncer refuses.
+    /// More than one master on the same, highest timeline (or whose timelines cannot be
+    /// compared), in file order. Acting on this could send writes to the wrong one.
     SplitBrain(Vec<NodeId>),
+}
+
+/// Why the one master is not switched to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It answers on the kept session but refuses new logins: PgBouncer could not use it.
+    RefusesNewLogins(NodeId),
+    /// It was one of the masters of a split brain that has not been resolved: the others
+    /// stopped answering, none of them came back as a standby.
+    Unresolved {
+        master: NodeId,
+        unreachable: Vec<NodeId>,
+    },
+}
+
+/// A master on a lower timeline than the cluster has shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stale {
+    pub node: NodeId,
+    pub timeline: u32,
+    /// The highest timeline seen for its cluster.
+    pub highest: u32,
 }
 
 /// What rebouncer believes PgBouncer points at.
@@ -54,6 +124,16 @@ pub struct Believed {
     /// PgBouncer where it points. False at start-up and after a failed switch, so the
     /// next round tries again.
     pub confirmed: bool,
+}
+
+/// What the decision remembers from one round to the next. The timelines also survive
+/// restarts (the state file); the contested masters only live as long as the process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// The highest timeline seen per cluster.
+    pub timelines: State,
+    /// The masters of the last split brain that has not been resolved.
+    pub contested: Vec<NodeId>,
 }
 
 /// What to do after a round.
@@ -68,36 +148,97 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub cluster: Cluster,
+    /// Stale primaries, in file order.
+    pub stale: Vec<Stale>,
+    pub refusal: Option<Refusal>,
     pub action: Action,
+    /// The memory to keep for the next round.
+    pub memory: Memory,
 }
 
-/// Classify a round's observations (in file order).
-pub fn classify(observed: &[NodeState]) -> Cluster {
-    let masters: Vec<NodeId> = observed
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| **s == NodeState::Master)
-        .map(|(i, _)| i)
-        .collect();
-    match masters.as_slice() {
-        [] => Cluster::NoMaster,
-        [one] => Cluster::OneMaster(*one),
-        _ => Cluster::SplitBrain(masters),
+/// Decide after a round, from the servers' answers in file order.
+pub fn decide(believed: Believed, observed: &[Seen], memory: &Memory) -> Decision {
+    let mut next = memory.clone();
+    for t in observed.iter().filter_map(|s| s.timeline) {
+        next.timelines.raise(t.system, t.timeline);
     }
-}
 
-/// Decide after a round. A switch happens only with exactly one master, and only when
-/// PgBouncer is not already confirmed to point at it. Split brain and "no master"
-/// never change anything, however long they last.
-pub fn decide(believed: Believed, observed: &[NodeState]) -> Decision {
-    let cluster = classify(observed);
-    let action = match cluster {
-        Cluster::OneMaster(m) if believed.active != Some(m) || !believed.confirmed => {
-            Action::Switch(m)
+    let mut stale = Vec::new();
+    let mut live = Vec::new();
+    for (id, seen) in observed.iter().enumerate() {
+        if seen.state != NodeState::Master {
+            continue;
+        }
+        let behind = seen.timeline.and_then(|t| {
+            let highest = next.timelines.highest(t.system)?;
+            (t.timeline < highest).then_some(Stale {
+                node: id,
+                timeline: t.timeline,
+                highest,
+            })
+        });
+        match behind {
+            Some(s) => stale.push(s),
+            None => live.push(id),
+        }
+    }
+
+    let (cluster, refusal) = match live.as_slice() {
+        [] => (Cluster::NoMaster, None),
+        [m] => {
+            let m = *m;
+            // A contested master is free again once every other one was seen as a standby
+            // (demoted), as stale, or was taken out of the running otherwise; one that
+            // merely stopped answering may still be the real primary.
+            let unreachable: Vec<NodeId> = next
+                .contested
+                .iter()
+                .copied()
+                .filter(|&c| c != m && observed.get(c).is_none_or(|s| s.state == NodeState::Down))
+                .collect();
+            let refusal = if next.contested.contains(&m) && !unreachable.is_empty() {
+                Some(Refusal::Unresolved {
+                    master: m,
+                    unreachable,
+                })
+            } else {
+                next.contested.clear();
+                observed[m]
+                    .refuses_new
+                    .then_some(Refusal::RefusesNewLogins(m))
+            };
+            (Cluster::OneMaster(m), refusal)
+        }
+        many => {
+            // Remember every master of this split brain, and those of an earlier one that
+            // are still unreachable: the verdict only resolves on positive evidence.
+            let mut contested: Vec<NodeId> = many.to_vec();
+            for &c in &memory.contested {
+                if !contested.contains(&c)
+                    && observed.get(c).is_none_or(|s| s.state == NodeState::Down)
+                {
+                    contested.push(c);
+                }
+            }
+            contested.sort_unstable();
+            next.contested = contested;
+            (Cluster::SplitBrain(many.to_vec()), None)
+        }
+    };
+
+    let action = match (&cluster, &refusal) {
+        (Cluster::OneMaster(m), None) if believed.active != Some(*m) || !believed.confirmed => {
+            Action::Switch(*m)
         }
         _ => Action::Nothing,
     };
-    Decision { cluster, action }
+    Decision {
+        cluster,
+        stale,
+        refusal,
+        action,
+        memory: next,
+    }
 }
 
 #[cfg(test)]
@@ -112,54 +253,67 @@ mod tests {
         }
     }
 
+    fn plain(states: &[NodeState]) -> Vec<Seen> {
+        states.iter().map(|s| Seen::new(*s)).collect()
+    }
+
+    fn run(believed: Believed, states: &[NodeState]) -> Decision {
+        decide(believed, &plain(states), &Memory::default())
+    }
+
+    fn remembering(timeline: u32) -> Memory {
+        let mut m = Memory::default();
+        m.timelines.raise(None, timeline);
+        m
+    }
+
+    // --- the rules without timelines (a role that may not read them) ------------------
+
     #[test]
     fn one_master_already_active_does_nothing() {
-        let d = decide(at(0), &[Master, Standby, Standby]);
+        let d = run(at(0), &[Master, Standby, Standby]);
         assert_eq!(d.cluster, Cluster::OneMaster(0));
         assert_eq!(d.action, Action::Nothing);
     }
 
     #[test]
     fn master_moved_switches_to_the_new_one() {
-        let d = decide(at(0), &[Down, Master, Standby]);
+        let d = run(at(0), &[Down, Master, Standby]);
         assert_eq!(d.cluster, Cluster::OneMaster(1));
         assert_eq!(d.action, Action::Switch(1));
     }
 
     #[test]
-    fn old_primary_coming_back_beside_new_one_is_split_brain() {
-        let d = decide(at(1), &[Master, Master, Standby]);
+    fn old_primary_coming_back_beside_new_one_is_split_brain_without_timelines() {
+        let d = run(at(1), &[Master, Master, Standby]);
         assert_eq!(d.cluster, Cluster::SplitBrain(vec![0, 1]));
         assert_eq!(d.action, Action::Nothing);
+        assert_eq!(d.memory.contested, vec![0, 1]);
     }
 
     #[test]
     fn three_masters_are_split_brain_and_named_in_file_order() {
-        let d = decide(at(2), &[Master, Master, Master]);
+        let d = run(at(2), &[Master, Master, Master]);
         assert_eq!(d.cluster, Cluster::SplitBrain(vec![0, 1, 2]));
         assert_eq!(d.action, Action::Nothing);
     }
 
     #[test]
     fn split_brain_never_switches_even_when_unconfirmed() {
-        let believed = Believed {
-            active: None,
-            confirmed: false,
-        };
-        let d = decide(believed, &[Master, Standby, Master]);
+        let d = run(Believed::default(), &[Master, Standby, Master]);
         assert_eq!(d.action, Action::Nothing);
     }
 
     #[test]
     fn no_master_changes_nothing() {
-        let d = decide(at(0), &[Down, Standby, Standby]);
+        let d = run(at(0), &[Down, Standby, Standby]);
         assert_eq!(d.cluster, Cluster::NoMaster);
         assert_eq!(d.action, Action::Nothing);
     }
 
     #[test]
     fn all_down_changes_nothing() {
-        let d = decide(at(0), &[Down, Down, Down]);
+        let d = run(at(0), &[Down, Down, Down]);
         assert_eq!(d.cluster, Cluster::NoMaster);
         assert_eq!(d.action, Action::Nothing);
     }
@@ -171,7 +325,7 @@ mod tests {
             confirmed: false,
         };
         assert_eq!(
-            decide(start, &[Master, Standby, Standby]).action,
+            run(start, &[Master, Standby, Standby]).action,
             Action::Switch(0)
         );
     }
@@ -185,14 +339,14 @@ mod tests {
             confirmed: false,
         };
         assert_eq!(
-            decide(start, &[Master, Standby, Standby]).action,
+            run(start, &[Master, Standby, Standby]).action,
             Action::Switch(0)
         );
     }
 
     #[test]
     fn first_round_with_no_symlink_and_no_master_waits() {
-        let d = decide(Believed::default(), &[Down, Standby]);
+        let d = run(Believed::default(), &[Down, Standby]);
         assert_eq!(d.action, Action::Nothing);
     }
 
@@ -203,34 +357,267 @@ mod tests {
             confirmed: false,
         };
         assert_eq!(
-            decide(after_failure, &[Down, Master]).action,
+            run(after_failure, &[Down, Master]).action,
             Action::Switch(1)
         );
     }
 
     #[test]
-    fn flapping_follows_each_single_master_and_ignores_the_gaps() {
-        // Round by round: master 0; gone; 1 promoted; 0 back beside 1; 1 alone again.
-        let mut believed = at(0);
-        let rounds: [(&[NodeState], Action); 5] = [
-            (&[Master, Standby], Action::Nothing),
-            (&[Down, Standby], Action::Nothing),
-            (&[Down, Master], Action::Switch(1)),
-            (&[Master, Master], Action::Nothing),
-            (&[Down, Master], Action::Nothing),
-        ];
-        for (i, (observed, want)) in rounds.iter().enumerate() {
-            let d = decide(believed, observed);
-            assert_eq!(&d.action, want, "round {i}");
+    fn an_empty_cluster_has_no_master() {
+        assert_eq!(run(at(0), &[]).cluster, Cluster::NoMaster);
+    }
+
+    /// Round by round, carrying the memory and the belief as the daemon does.
+    fn rounds(mut believed: Believed, steps: &[(Vec<Seen>, Action)]) -> (Believed, Memory) {
+        let mut memory = Memory::default();
+        for (i, (seen, want)) in steps.iter().enumerate() {
+            let d = decide(believed, seen, &memory);
+            assert_eq!(&d.action, want, "round {i}: {d:?}");
             if let Action::Switch(to) = d.action {
                 believed = at(to);
             }
+            memory = d.memory;
         }
-        assert_eq!(believed, at(1));
+        (believed, memory)
     }
 
     #[test]
-    fn an_empty_cluster_has_no_master() {
-        assert_eq!(classify(&[]), Cluster::NoMaster);
+    fn flapping_follows_each_single_master_and_ignores_the_gaps() {
+        // Master 0; gone; 1 promoted; 0 back beside 1 (no timelines: split brain); 0 demoted.
+        let (b, _) = rounds(
+            at(0),
+            &[
+                (plain(&[Master, Standby]), Action::Nothing),
+                (plain(&[Down, Standby]), Action::Nothing),
+                (plain(&[Down, Master]), Action::Switch(1)),
+                (plain(&[Master, Master]), Action::Nothing),
+                (plain(&[Standby, Master]), Action::Nothing),
+            ],
+        );
+        assert_eq!(b, at(1));
+    }
+
+    // --- a failed check never produces a switch by itself ------------------------------
+
+    #[test]
+    fn split_brain_ended_by_the_active_master_going_silent_does_not_switch() {
+        // Issue 8 case 1 without timelines: PgBouncer on node1 (the new primary); node0,
+        // the old primary, comes back; then node1 hangs. node0 alone is not evidence.
+        let (b, memory) = rounds(
+            at(1),
+            &[
+                (plain(&[Master, Master, Standby]), Action::Nothing),
+                (plain(&[Master, Down, Standby]), Action::Nothing),
+                (plain(&[Master, Down, Standby]), Action::Nothing),
+            ],
+        );
+        assert_eq!(b, at(1));
+        assert_eq!(memory.contested, vec![0, 1]);
+        let d = decide(at(1), &plain(&[Master, Down, Standby]), &memory);
+        assert_eq!(
+            d.refusal,
+            Some(Refusal::Unresolved {
+                master: 0,
+                unreachable: vec![1]
+            })
+        );
+    }
+
+    #[test]
+    fn split_brain_resolved_by_a_demotion_lets_the_other_master_be_followed() {
+        // node1 is demoted and follows as a standby: positive evidence, so node0 is the
+        // primary and PgBouncer follows it.
+        rounds(
+            at(1),
+            &[
+                (plain(&[Master, Master]), Action::Nothing),
+                (plain(&[Master, Down]), Action::Nothing),
+                (plain(&[Master, Standby]), Action::Switch(0)),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_new_master_outside_the_split_brain_is_followed() {
+        rounds(
+            at(1),
+            &[
+                (plain(&[Master, Master, Standby]), Action::Nothing),
+                (plain(&[Down, Down, Master]), Action::Switch(2)),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_master_that_refuses_new_logins_is_no_target_but_still_a_master() {
+        let mut seen = plain(&[Down, Master]);
+        seen[1].refuses_new = true;
+        let d = decide(at(0), &seen, &Memory::default());
+        assert_eq!(d.cluster, Cluster::OneMaster(1));
+        assert_eq!(d.refusal, Some(Refusal::RefusesNewLogins(1)));
+        assert_eq!(d.action, Action::Nothing);
+
+        // Beside another master it keeps the split brain: refusing logins is no demotion.
+        let mut seen = plain(&[Master, Master]);
+        seen[1].refuses_new = true;
+        let d = decide(at(1), &seen, &Memory::default());
+        assert_eq!(d.cluster, Cluster::SplitBrain(vec![0, 1]));
+        assert_eq!(d.action, Action::Nothing);
+    }
+
+    // --- timelines --------------------------------------------------------------------
+
+    #[test]
+    fn a_master_behind_the_highest_timeline_is_stale_and_never_a_target() {
+        // Issue 8 case 1: node1 promoted (timeline 2), node0 back on timeline 1, node1 hung.
+        let d = decide(
+            at(1),
+            &[Seen::on(Master, 1), Seen::new(Down), Seen::on(Standby, 2)],
+            &remembering(2),
+        );
+        assert_eq!(d.cluster, Cluster::NoMaster);
+        assert_eq!(
+            d.stale,
+            vec![Stale {
+                node: 0,
+                timeline: 1,
+                highest: 2
+            }]
+        );
+        assert_eq!(d.action, Action::Nothing);
+    }
+
+    #[test]
+    fn a_standby_on_a_newer_timeline_is_enough_to_make_a_master_stale() {
+        // rebouncer never saw the promotion (it was down), but a standby already follows
+        // timeline 2: the master on timeline 1 is an old primary.
+        let d = decide(
+            Believed::default(),
+            &[Seen::on(Master, 1), Seen::on(Standby, 2)],
+            &Memory::default(),
+        );
+        assert_eq!(d.cluster, Cluster::NoMaster);
+        assert_eq!(d.stale.len(), 1);
+        assert_eq!(d.memory.timelines.highest(None), Some(2));
+    }
+
+    #[test]
+    fn of_several_masters_the_one_on_the_highest_timeline_is_the_primary() {
+        let d = decide(
+            at(0),
+            &[
+                Seen::on(Master, 1),
+                Seen::on(Master, 2),
+                Seen::on(Standby, 2),
+            ],
+            &Memory::default(),
+        );
+        assert_eq!(d.cluster, Cluster::OneMaster(1));
+        assert_eq!(d.stale.iter().map(|s| s.node).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(d.action, Action::Switch(1));
+    }
+
+    #[test]
+    fn several_masters_on_the_same_highest_timeline_are_split_brain() {
+        // Two standbys promoted from the same primary both start timeline 2.
+        let d = decide(
+            at(1),
+            &[Seen::on(Master, 2), Seen::on(Master, 2), Seen::on(Down, 1)],
+            &Memory::default(),
+        );
+        assert_eq!(d.cluster, Cluster::SplitBrain(vec![0, 1]));
+        assert_eq!(d.action, Action::Nothing);
+    }
+
+    #[test]
+    fn a_master_whose_timeline_cannot_be_read_keeps_the_split_brain() {
+        let d = decide(
+            at(1),
+            &[Seen::new(Master), Seen::on(Master, 2)],
+            &remembering(2),
+        );
+        assert_eq!(d.cluster, Cluster::SplitBrain(vec![0, 1]));
+        assert_eq!(d.action, Action::Nothing);
+    }
+
+    #[test]
+    fn a_stale_primary_stays_stale_whatever_else_is_down() {
+        let d = decide(
+            Believed::default(),
+            &[Seen::on(Master, 3), Seen::new(Down), Seen::new(Down)],
+            &remembering(4),
+        );
+        assert_eq!(d.action, Action::Nothing);
+        assert_eq!(d.stale[0].highest, 4);
+    }
+
+    #[test]
+    fn the_remembered_timeline_survives_a_restart_through_the_state() {
+        // Round 1 of the first run sees the promotion; the memory is what the state file
+        // keeps; a new run starting from it still refuses the old primary.
+        let first = decide(
+            at(0),
+            &[Seen::on(Standby, 1), Seen::on(Master, 2)],
+            &Memory::default(),
+        );
+        let restarted = Memory {
+            timelines: first.memory.timelines.clone(),
+            contested: Vec::new(),
+        };
+        let d = decide(
+            Believed::default(),
+            &[Seen::on(Master, 1), Seen::new(Down)],
+            &restarted,
+        );
+        assert_eq!(d.cluster, Cluster::NoMaster);
+        assert_eq!(d.stale.len(), 1);
+        assert_eq!(d.action, Action::Nothing);
+    }
+
+    #[test]
+    fn a_rebuilt_cluster_with_a_new_identity_starts_again_at_timeline_one() {
+        let mut memory = Memory::default();
+        memory.timelines.raise(Some(111), 5);
+        let new = |state, timeline| Seen {
+            state,
+            timeline: Some(Timeline {
+                timeline,
+                system: Some(222),
+            }),
+            refuses_new: false,
+        };
+        let d = decide(
+            Believed::default(),
+            &[new(Master, 1), new(Standby, 1)],
+            &memory,
+        );
+        assert_eq!(d.cluster, Cluster::OneMaster(0));
+        assert!(d.stale.is_empty());
+        assert_eq!(d.action, Action::Switch(0));
+        assert_eq!(d.memory.timelines.highest(Some(111)), Some(5));
+        assert_eq!(d.memory.timelines.highest(Some(222)), Some(1));
+    }
+
+    #[test]
+    fn stale_primary_with_the_true_one_refusing_new_logins_switches_nowhere() {
+        // Issue 8 case 2: PgBouncer on node1 (timeline 2), which refuses new logins now;
+        // node0 is back on timeline 1.
+        let mut seen = vec![
+            Seen::on(Master, 1),
+            Seen::on(Master, 2),
+            Seen::on(Standby, 2),
+        ];
+        seen[1].refuses_new = true;
+        let d = decide(at(1), &seen, &Memory::default());
+        assert_eq!(d.cluster, Cluster::OneMaster(1));
+        assert_eq!(d.stale.len(), 1);
+        assert_eq!(d.action, Action::Nothing);
+        // And while node1 is down for good: still nothing.
+        let d = decide(
+            at(1),
+            &[Seen::on(Master, 1), Seen::new(Down), Seen::on(Standby, 2)],
+            &d.memory,
+        );
+        assert_eq!(d.action, Action::Nothing);
     }
 }

@@ -15,6 +15,7 @@ use rebouncer::config::{self, Config};
 use rebouncer::conninfo::Env;
 use rebouncer::daemon::Daemon;
 use rebouncer::logging::{self, LogFile};
+use rebouncer::state::StateFile;
 use rebouncer::status::Snapshot;
 use rebouncer::{check, http};
 
@@ -80,6 +81,13 @@ async fn run(opts: Options) -> ExitCode {
         Err(e) => return fatal(to_log, &e.to_string()),
     };
 
+    // The state file holds the timelines that tell an old primary from the real one: a
+    // corrupt one is a reason to stop, not to forget them silently.
+    let state = match StateFile::load(&cfg.state_file) {
+        Ok(s) => s,
+        Err(e) => return fatal(to_log, &e.to_string()),
+    };
+
     let names: Vec<String> = cfg.servers.iter().map(|s| s.name.clone()).collect();
     let (status_tx, status_rx) = watch::channel(Snapshot::new(
         &names,
@@ -119,7 +127,7 @@ async fn run(opts: Options) -> ExitCode {
         Err(e) => return fatal(to_log, &format!("cannot install signal handlers: {e}")),
     };
 
-    Daemon::new(cfg, status_tx, shutdown_rx).run().await;
+    Daemon::new(cfg, state, status_tx, shutdown_rx).run().await;
 
     signals.abort();
     // A client that sent half a request would hold a graceful shutdown forever.

@@ -22,6 +22,38 @@ pub struct NodeStatus {
     pub error: Option<String>,
     /// How long the last check took to answer: a slow server shows here first.
     pub took: Option<Duration>,
+    /// Its timeline, where the monitoring role may read it.
+    pub timeline: Option<u32>,
+    /// Why its timeline cannot be read, if it cannot.
+    pub timeline_note: Option<String>,
+    /// It answers on rebouncer's kept session, but a new connection failed with this.
+    pub refuses_new: Option<String>,
+    /// A server that keeps failing is asked less often: the time to its next check.
+    pub next_try: Option<Duration>,
+}
+
+/// A master on a lower timeline than the cluster has reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleStatus {
+    pub name: String,
+    pub timeline: u32,
+    pub highest: u32,
+}
+
+/// PgBouncer found not where rebouncer put it; kept until a switch puts it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    pub what: String,
+    pub since: SystemTime,
+}
+
+/// A database PgBouncer shows as paused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paused {
+    pub name: String,
+    /// Paused by rebouncer's own switch (and resumed by it); otherwise by someone else,
+    /// whose pause rebouncer leaves alone.
+    pub by_rebouncer: bool,
 }
 
 /// The last finished round of checks.
@@ -71,6 +103,20 @@ pub struct Snapshot {
     /// Where the admin console is, for messages.
     pub pgbouncer: String,
     pub last_round: Option<RoundStats>,
+    /// Masters on an old timeline, never routed to.
+    pub stale: Vec<StaleStatus>,
+    /// Why the one master is not switched to, when it is not.
+    pub refusal: Option<String>,
+    pub drift: Option<Drift>,
+    /// Databases PgBouncer showed as paused at the last check of its routes.
+    pub paused: Vec<Paused>,
+    /// Databases a switch killed and could not resume yet (retried every round).
+    pub held: Vec<String>,
+    pub state_file: String,
+    /// Why the state file cannot be written, while it cannot.
+    pub state_error: Option<String>,
+    /// Problems in the configuration that did not stop rebouncer (unknown keys).
+    pub config_warnings: Vec<String>,
 }
 
 impl Snapshot {
@@ -86,6 +132,10 @@ impl Snapshot {
                     since: None,
                     error: None,
                     took: None,
+                    timeline: None,
+                    timeline_note: None,
+                    refuses_new: None,
+                    next_try: None,
                 })
                 .collect(),
             active: None,
@@ -96,7 +146,38 @@ impl Snapshot {
             started: SystemTime::now(),
             pgbouncer,
             last_round: None,
+            stale: Vec::new(),
+            refusal: None,
+            drift: None,
+            paused: Vec::new(),
+            held: Vec::new(),
+            state_file: String::new(),
+            state_error: None,
+            config_warnings: Vec::new(),
         }
+    }
+
+    /// "db1 (timeline 1, the cluster is on 2)", comma-separated.
+    fn stale_list(&self) -> String {
+        let list: Vec<String> = self
+            .stale
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} (timeline {}, the cluster is on {})",
+                    s.name, s.timeline, s.highest
+                )
+            })
+            .collect();
+        list.join(", ")
+    }
+
+    /// "; stale primary db1 (timeline 1, the cluster is on 2) never routed to", or "".
+    fn stale_suffix(&self) -> String {
+        if self.stale.is_empty() {
+            return String::new();
+        }
+        format!("; stale primary {} never routed to", self.stale_list())
     }
 
     fn names_in(&self, state: NodeState) -> Vec<&str> {
@@ -153,7 +234,12 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
         }
         return "WARNING: starting up, the first round of checks has not finished yet".into();
     }
-    let masters = s.names_in(NodeState::Master);
+    let stale_names: Vec<&str> = s.stale.iter().map(|x| x.name.as_str()).collect();
+    let masters: Vec<&str> = s
+        .names_in(NodeState::Master)
+        .into_iter()
+        .filter(|m| !stale_names.contains(m))
+        .collect();
     let standbys = s.names_in(NodeState::Standby).len();
     let down = s.names_in(NodeState::Down);
     let counts = format!(
@@ -162,14 +248,17 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
         down.len()
     );
     let pointed = s.active.as_deref().unwrap_or("nothing");
+    let stale = s.stale_suffix();
     match masters.as_slice() {
         [] => {
-            return format!("CRITICAL: no master ({counts}); PgBouncer left pointing at {pointed}");
+            return format!(
+                "CRITICAL: no master ({counts}){stale}; PgBouncer left pointing at {pointed}"
+            );
         }
         [_] => {}
         many => {
             return format!(
-                "CRITICAL: split brain: {} masters ({}), switching refused; PgBouncer left pointing at {pointed} ({counts})",
+                "CRITICAL: split brain: {} masters ({}), switching refused; PgBouncer left pointing at {pointed} ({counts}){stale}",
                 many.len(),
                 many.join(", ")
             );
@@ -177,16 +266,59 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
     }
     let master = masters[0];
     if let Some(f) = &s.switch_failure {
+        if s.active.as_deref() == Some(f.wanted.as_str()) {
+            // The link moved; PgBouncer did not follow. Say where it really routes.
+            return format!(
+                "CRITICAL: the symlink points at {}'s config but PgBouncer has not taken it, failing since {}: {}{stale}",
+                f.wanted,
+                local(f.since),
+                f.error
+            );
+        }
         return format!(
-            "CRITICAL: PgBouncer points at {pointed} but the master is {}: switch failing since {}: {}",
+            "CRITICAL: PgBouncer points at {pointed} but the master is {}: switch failing since {}: {}{stale}",
             f.wanted,
             local(f.since),
             f.error
         );
     }
+    if let Some(d) = &s.drift {
+        return format!(
+            "CRITICAL: PgBouncer drifted since {}: {}; switching back to {master}{stale}",
+            local(d.since),
+            d.what
+        );
+    }
+    if let Some(r) = &s.refusal {
+        return format!("CRITICAL: {r}{stale}");
+    }
     if s.active.as_deref() != Some(master) || !s.confirmed {
         return format!(
-            "CRITICAL: PgBouncer points at {pointed} but the master is {master}: switch not yet confirmed"
+            "CRITICAL: PgBouncer points at {pointed} but the master is {master}: switch not yet confirmed{stale}"
+        );
+    }
+    if !s.stale.is_empty() {
+        return format!(
+            "CRITICAL: stale primary {} accepts connections, never routed to; PgBouncer points at {master}, the primary",
+            s.stale_list()
+        );
+    }
+    if !s.held.is_empty() {
+        return format!(
+            "WARNING: database(s) {} still held by rebouncer's switch in PgBouncer, RESUME failing; retried every round",
+            s.held.join(", ")
+        );
+    }
+    let paused: Vec<&str> = s.paused.iter().map(|p| p.name.as_str()).collect();
+    if !paused.is_empty() {
+        let whose = if s.paused.iter().all(|p| p.by_rebouncer) {
+            "by rebouncer's switch"
+        } else {
+            "not by rebouncer; RESUME them on the admin console when done"
+        };
+        return format!(
+            "WARNING: database(s) {} paused in PgBouncer ({whose}); 1 master ({master}, PgBouncer points at it)",
+            paused.join(", ")
         );
     }
     if !down.is_empty() {
@@ -196,6 +328,21 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
             down.join(", "),
             plural(standbys, "standby", "standbys")
         );
+    }
+    let refusing: Vec<&str> = s
+        .nodes
+        .iter()
+        .filter(|n| n.refuses_new.is_some())
+        .map(|n| n.name.as_str())
+        .collect();
+    if !refusing.is_empty() {
+        return format!(
+            "WARNING: {} refuse(s) new connections (rebouncer's kept session still answers); 1 master ({master})",
+            refusing.join(", ")
+        );
+    }
+    if let Some(e) = &s.state_error {
+        return format!("WARNING: {e}");
     }
     let oldest = s.nodes.iter().filter_map(|n| n.last_check).min();
     if let Some(oldest) = oldest {
@@ -261,6 +408,52 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
             f.error
         );
     }
+    for st in &s.stale {
+        let _ = writeln!(
+            out,
+            "Stale primary: {} answers as master on timeline {}, but the cluster has reached timeline {}; never routed to",
+            st.name, st.timeline, st.highest
+        );
+    }
+    if let Some(r) = &s.refusal {
+        let _ = writeln!(out, "Not switching: {r}");
+    }
+    if let Some(d) = &s.drift {
+        let _ = writeln!(
+            out,
+            "PgBouncer drifted since {}: {}",
+            local(d.since),
+            d.what
+        );
+    }
+    for p in &s.paused {
+        let whose = if p.by_rebouncer {
+            "by rebouncer's switch"
+        } else {
+            "not by rebouncer (left for whoever paused it to RESUME)"
+        };
+        let _ = writeln!(out, "Paused in PgBouncer: {} ({whose})", p.name);
+    }
+    if !s.held.is_empty() {
+        let _ = writeln!(
+            out,
+            "Held by rebouncer, RESUME failing (retried every round): {}",
+            s.held.join(", ")
+        );
+    }
+    if !s.state_file.is_empty() {
+        match &s.state_error {
+            None => {
+                let _ = writeln!(out, "State file: {}", s.state_file);
+            }
+            Some(e) => {
+                let _ = writeln!(out, "State file: {e}");
+            }
+        }
+    }
+    for w in &s.config_warnings {
+        let _ = writeln!(out, "Config warning: {w}");
+    }
     let _ = writeln!(out, "\nNode status:");
     for n in &s.nodes {
         match (n.state, n.last_check) {
@@ -270,9 +463,13 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
                     .took
                     .map(|t| format!(" in {}", millis(t)))
                     .unwrap_or_default();
+                let timeline = n
+                    .timeline
+                    .map(|t| format!(", timeline {t}"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "{}: {} (last checked {}{took}, {} since {})",
+                    "{}: {} (last checked {}{took}, {} since {}{timeline})",
                     n.name,
                     state,
                     local(checked),
@@ -286,6 +483,19 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
         }
         if let Some(e) = &n.error {
             let _ = writeln!(out, "    last error: {e}");
+        }
+        if let Some(e) = &n.refuses_new {
+            let _ = writeln!(out, "    refuses new connections: {e}");
+        }
+        if let Some(note) = &n.timeline_note {
+            let _ = writeln!(out, "    timeline: {note}");
+        }
+        if let Some(t) = n.next_try {
+            let _ = writeln!(
+                out,
+                "    keeps failing: next check in {:.1} s (asked less often until it answers or something changes)",
+                t.as_secs_f64()
+            );
         }
     }
     out

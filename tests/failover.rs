@@ -130,7 +130,7 @@ fn failover_is_followed_without_waiting_for_the_interval() {
 }
 
 #[test]
-fn old_primary_coming_back_is_refused_as_split_brain() {
+fn old_primary_coming_back_is_refused_as_a_stale_primary() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
@@ -141,12 +141,67 @@ fn old_primary_coming_back_is_refused_as_split_brain() {
         c.bouncer_target_node() == Some(2)
     });
 
-    // The old primary restarts as it was: a second master.
+    // The old primary restarts as it was: a second master, on the old timeline.
     c.start_node(1);
-    d.wait_for(SHORT, "split brain on /nagios", |d| {
-        nagios(d).starts_with("CRITICAL: split brain: 2 masters (pg1, pg2)")
+    d.wait_for(SHORT, "stale primary on /nagios", |d| {
+        nagios(d).starts_with(
+            "CRITICAL: stale primary pg1 (timeline 1, the cluster is on 2) accepts connections",
+        )
     });
-    // Several rounds later nothing has moved.
+    let logins = c.monitor_logins(2);
+    std::thread::sleep(Duration::from_secs(4));
+    // Not a split brain: no re-check on new connections at the fast rate.
+    let new_logins = c.monitor_logins(2) - logins;
+    assert!(
+        new_logins <= 2,
+        "{new_logins} new monitoring logins to pg2 in 4 s"
+    );
+    assert_eq!(c.symlink_node(), Some(2));
+    assert_eq!(c.bouncer_target_node(), Some(2));
+    assert_eq!(c.bouncer_write("still on pg2").unwrap(), 2);
+    // /nodes keeps the Go tool's words: pg1 does answer as master.
+    assert_eq!(nodes(&d), "pg1: master\npg2: master\npg3: standby\n");
+    let root = d.http_get("/").unwrap();
+    assert!(
+        root.contains("Stale primary: pg1 answers as master on timeline 1"),
+        "{root}"
+    );
+    assert!(root.contains("pg2: master (last checked"), "{root}");
+    // Said once loudly, not at every round.
+    let log = d.log();
+    assert_eq!(
+        log.matches("stale primary: pg1 answers as master on timeline 1, but the cluster has reached timeline 2")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("split brain"), "{log}");
+
+    // The operator stops the old primary: the condition ends, PgBouncer stays on pg2.
+    c.stop_fast(1);
+    d.wait_log(SHORT, "stale primary pg1 no longer answers as master");
+    assert_eq!(c.symlink_node(), Some(2));
+    d.wait_for(SHORT, "/nagios back to a warning", |d| {
+        nagios(d).starts_with("WARNING: 1 server down (pg1)")
+    });
+}
+
+#[test]
+fn two_standbys_promoted_from_one_primary_are_split_brain() {
+    // Both start timeline 2 from the same history: the timelines cannot tell them apart.
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+    c.stop_fast(1);
+    c.promote(2);
+    d.wait_for(SHORT, "switch to pg2", |_| {
+        c.bouncer_target_node() == Some(2)
+    });
+    c.promote(3);
+    d.wait_for(SHORT, "split brain on /nagios", |d| {
+        nagios(d).starts_with("CRITICAL: split brain: 2 masters (pg2, pg3)")
+    });
     let logins = c.monitor_logins(2);
     std::thread::sleep(Duration::from_secs(4));
     // Rounds come every 0.1 s while it lasts, but each master is re-checked on a new
@@ -158,20 +213,17 @@ fn old_primary_coming_back_is_refused_as_split_brain() {
     );
     assert_eq!(c.symlink_node(), Some(2));
     assert_eq!(c.bouncer_target_node(), Some(2));
-    assert_eq!(c.bouncer_write("still on pg2").unwrap(), 2);
-    assert_eq!(nodes(&d), "pg1: master\npg2: master\npg3: standby\n");
-    // Said once loudly, not at every round.
     let log = d.log();
     assert_eq!(
-        log.matches("split brain: pg1, pg2 all answer as master")
+        log.matches("split brain: pg2, pg3 all answer as master")
             .count(),
         1,
         "{log}"
     );
 
-    // The operator stops the old primary: the condition ends, PgBouncer stays on pg2.
-    c.stop_fast(1);
-    d.wait_log(SHORT, "split brain (pg1, pg2) is over");
+    // The operator stops the wrong one: the condition ends, PgBouncer stays on pg2.
+    c.stop_fast(3);
+    d.wait_log(SHORT, "split brain (pg2, pg3) is over");
     assert_eq!(c.symlink_node(), Some(2));
 }
 
@@ -263,18 +315,18 @@ fn a_hung_primary_is_replaced_by_the_promoted_standby() {
         c.bouncer_target_node() == Some(2)
     });
     c.sigcont(1);
-    // pg1 comes back as a master beside pg2: refused.
-    d.wait_for(SHORT, "split brain", |d| {
-        nagios(d).starts_with("CRITICAL: split brain")
+    // pg1 comes back as a master beside pg2, on the old timeline: refused.
+    d.wait_for(SHORT, "stale primary", |d| {
+        nagios(d).starts_with("CRITICAL: stale primary pg1")
     });
     assert_eq!(c.symlink_node(), Some(2));
 }
 
 #[test]
-fn a_master_that_refuses_new_connections_counts_as_down() {
+fn a_master_whose_postmaster_hangs_is_flagged_and_never_followed_back() {
     // Only pg1's postmaster stops: the daemon's kept session to pg1 still answers
-    // "master", but nobody can log in any more (patroni/patroni#1371). Once pg2 is
-    // promoted, the fresh re-check before calling it split brain finds pg1 unusable.
+    // "master", but nobody can log in any more (patroni/patroni#1371). pg2 is promoted:
+    // pg1 is then a stale primary, whatever its kept session says.
     let c = Cluster::start(Opts::default().standbys(1).link(common::Link::Node(1)));
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
@@ -287,7 +339,8 @@ fn a_master_that_refuses_new_connections_counts_as_down() {
         || d.wait_for(SHORT, "switch to pg2", |_| c.symlink_node() == Some(2)),
         || common::signal(&postmaster.to_string(), "CONT").unwrap(),
     );
-    assert!(d.log().contains("new connection"), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("stale primary: pg1"), "{log}");
 }
 
 fn open_fds(pid: u32) -> usize {
