@@ -485,12 +485,10 @@ impl<C: Console> Daemon<C> {
                 }
                 n.refuses_new = Some(e);
             }
-            Some(Ok(())) => {
-                if n.refuses_new.take().is_some() {
-                    info!("{}: accepts new connections again", n.name);
-                }
+            Some(Ok(())) if n.refuses_new.take().is_some() => {
+                info!("{}: accepts new connections again", n.name);
             }
-            None => {}
+            _ => {}
         }
         if obs.state == NodeState::Down {
             n.failures = n.failures.saturating_add(1);

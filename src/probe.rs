@@ -229,18 +229,18 @@ impl Monitor {
     }
 
     async fn check_inner(&mut self) -> Result<(NodeState, Option<Timeline>), String> {
-        if let Some(k) = self.kept.take() {
-            if !k.client.is_closed() {
-                match query_state(&k.client, &mut self.access).await {
-                    Ok(s) => {
-                        self.kept = Some(k);
-                        return Ok(s);
-                    }
-                    Err(_) if k.client.is_closed() => {} // broke under us: reconnect below
-                    Err(e) => {
-                        self.kept = Some(k);
-                        return Err(format!("{}: {e}", self.target.endpoint));
-                    }
+        if let Some(k) = self.kept.take()
+            && !k.client.is_closed()
+        {
+            match query_state(&k.client, &mut self.access).await {
+                Ok(s) => {
+                    self.kept = Some(k);
+                    return Ok(s);
+                }
+                Err(_) if k.client.is_closed() => {} // broke under us: reconnect below
+                Err(e) => {
+                    self.kept = Some(k);
+                    return Err(format!("{}: {e}", self.target.endpoint));
                 }
             }
         }
