@@ -935,7 +935,9 @@ impl<C: Console> Daemon<C> {
                 if let Some(d) = self.drift.take() {
                     info!("PgBouncer is back on {name} after drifting ({})", d.what);
                 }
-                self.rounds_since_drift_check = 0;
+                // Check the routes at the next round: that also opens the admin session
+                // whose closing tells of a PgBouncer restart.
+                self.rounds_since_drift_check = DRIFT_CHECK_ROUNDS;
                 self.last_switch = done.relinked.then(SystemTime::now).or(self.last_switch);
                 self.switch_failure = None;
                 for say in self.switch_errors.observe(None, Instant::now().into_std()) {
@@ -1085,5 +1087,520 @@ async fn run_monitor<P: Probe>(
         if reports.send(Report { node, obs, took }).is_err() {
             break;
         }
+    }
+}
+
+/// The loop over time, on a fake cluster and a fake PgBouncer, on tokio's paused clock:
+/// every rule of the loop (rounds, back-off, re-checks, drift, the state file at start)
+/// is exercised here without a process; the integration tests cover the real I/O.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::time::sleep;
+
+    use super::*;
+    use crate::conninfo::Env;
+    use crate::fake_bouncer::FakeBouncer;
+    use crate::state::State;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Is {
+        Master(u32),
+        Standby(u32),
+        /// Refuses connections at once.
+        Down,
+        /// Accepts, never answers.
+        Hung,
+    }
+
+    #[derive(Debug)]
+    struct Server {
+        is: Is,
+        /// New connections are refused (pg_hba.conf, too many clients), kept ones live on.
+        refuses_new: bool,
+        /// Connection attempts (a fork and a log line each on a real server).
+        attempts: usize,
+        /// Bumped to close kept sessions (a restart).
+        generation: u64,
+    }
+
+    type Shared = Arc<Mutex<Server>>;
+
+    struct FakeProbe {
+        server: Shared,
+        connected: Option<u64>,
+        timeout: Duration,
+    }
+
+    impl FakeProbe {
+        fn answer(is: Is) -> Observation {
+            let on = |t| {
+                Some(Timeline {
+                    timeline: t,
+                    system: Some(42),
+                })
+            };
+            match is {
+                Is::Master(t) => Observation::up(NodeState::Master, on(t)),
+                Is::Standby(t) => Observation::up(NodeState::Standby, on(t)),
+                Is::Down | Is::Hung => unreachable!(),
+            }
+        }
+        async fn connect(&mut self) -> Result<Is, Observation> {
+            let (is, refused) = {
+                let mut s = self.server.lock().unwrap();
+                s.attempts += 1;
+                (s.is, s.refuses_new)
+            };
+            match is {
+                Is::Hung => {
+                    sleep(self.timeout).await;
+                    Err(Observation::hung("no answer (timeout)".into()))
+                }
+                Is::Down => Err(Observation::down("connection refused".into())),
+                _ if refused => Err(Observation::down("pg_hba.conf rejects connection".into())),
+                is => Ok(is),
+            }
+        }
+    }
+
+    impl Probe for FakeProbe {
+        async fn check(&mut self) -> Observation {
+            let (is, generation) = {
+                let s = self.server.lock().unwrap();
+                (s.is, s.generation)
+            };
+            if self.connected == Some(generation) {
+                match is {
+                    Is::Hung => {
+                        sleep(self.timeout).await;
+                        self.connected = None;
+                        return Observation::hung("no answer (timeout)".into());
+                    }
+                    Is::Down => self.connected = None,
+                    is => return FakeProbe::answer(is),
+                }
+            }
+            match self.connect().await {
+                Ok(is) => {
+                    self.connected = Some(generation);
+                    FakeProbe::answer(is)
+                }
+                Err(obs) => {
+                    self.connected = None;
+                    obs
+                }
+            }
+        }
+        async fn check_fresh(&mut self) -> Observation {
+            match self.connect().await {
+                Ok(is) => FakeProbe::answer(is),
+                Err(obs) => obs,
+            }
+        }
+        fn keeps_connections(&self) -> bool {
+            true
+        }
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        root: std::path::PathBuf,
+        servers: Vec<Shared>,
+        bouncer: FakeBouncer,
+        status: watch::Receiver<Snapshot>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    const PORT: u16 = 5430;
+
+    /// A cluster of servers in the given states, a PgBouncer whose symlink points at
+    /// `linked`'s file, and the daemon running with `interval` 2 s and `timeout` 2 s.
+    async fn world(start: &[Is], linked: usize, state: State) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir(root.join("nodes")).unwrap();
+        let mut servers_ini = String::new();
+        for i in 1..=start.len() {
+            std::fs::write(
+                root.join(format!("nodes/pg{i}.ini")),
+                format!(
+                    "[databases]\nappdb = host=127.0.0.1 port={} dbname=appdb\n[pgbouncer]\nlisten_port = 6432\n",
+                    PORT + i as u16
+                ),
+            )
+            .unwrap();
+            servers_ini += &format!(
+                "pg{i}=host=127.0.0.1 port={} dbname=postgres user=postgres sslmode=disable\n",
+                PORT + i as u16
+            );
+        }
+        std::os::unix::fs::symlink(
+            root.join(format!("nodes/pg{linked}.ini")),
+            root.join("pgbouncer.ini"),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("rebouncer.ini"),
+            format!(
+                "[global]\npgbouncer=host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer sslmode=disable\n\
+                 symlink={0}/pgbouncer.ini\nconfigdir={0}/nodes\ninterval=2\ntimeout=2\nstate_file={0}/rebouncer.state\n\
+                 [servers]\n{servers_ini}",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let env = Env {
+            os_user: Some("postgres".into()),
+            ..Env::default()
+        };
+        let cfg = config::load(&root.join("rebouncer.ini"), &root, &env).unwrap();
+        let mut file = StateFile::load(&cfg.state_file).unwrap();
+        file.update(|s| *s = state).await.unwrap();
+
+        let bouncer = FakeBouncer::new(root.join("pgbouncer.ini"));
+        let servers: Vec<Shared> = start
+            .iter()
+            .map(|is| {
+                Arc::new(Mutex::new(Server {
+                    is: *is,
+                    refuses_new: false,
+                    attempts: 0,
+                    generation: 0,
+                }))
+            })
+            .collect();
+        let probes = servers
+            .iter()
+            .map(|s| FakeProbe {
+                server: s.clone(),
+                connected: None,
+                timeout: cfg.timeout,
+            })
+            .collect();
+        let names: Vec<String> = cfg.servers.iter().map(|s| s.name.clone()).collect();
+        let (status_tx, status) =
+            watch::channel(Snapshot::new(&names, cfg.interval, "fake".into()));
+        let (stop, stop_rx) = watch::channel(false);
+        let (_lost_tx, lost) = mpsc::unbounded_channel();
+        let daemon =
+            Daemon::with_parts(cfg, bouncer.clone(), probes, lost, file, status_tx, stop_rx);
+        let task = tokio::spawn(async move {
+            let _keep = _lost_tx;
+            daemon.run().await
+        });
+        World {
+            _dir: dir,
+            root,
+            servers,
+            bouncer,
+            status,
+            stop,
+            task,
+        }
+    }
+
+    impl World {
+        fn set(&self, node: usize, is: Is) {
+            let mut s = self.servers[node - 1].lock().unwrap();
+            if matches!(is, Is::Down) || matches!(s.is, Is::Down) {
+                s.generation += 1;
+            }
+            s.is = is;
+        }
+        fn refuse_new(&self, node: usize, on: bool) {
+            self.servers[node - 1].lock().unwrap().refuses_new = on;
+        }
+        fn attempts(&self, node: usize) -> usize {
+            self.servers[node - 1].lock().unwrap().attempts
+        }
+        /// The node PgBouncer routes `appdb` to.
+        fn routed(&self) -> Option<usize> {
+            let port = self.bouncer.databases().first()?.route.port;
+            Some((port - PORT) as usize)
+        }
+        fn snapshot(&self) -> Snapshot {
+            self.status.borrow().clone()
+        }
+        fn nagios(&self) -> String {
+            crate::status::render_nagios(&self.snapshot(), SystemTime::now())
+        }
+        /// Advance the paused clock in steps of 50 ms, checking `ok` at every step.
+        async fn during(&self, d: Duration, mut ok: impl FnMut(&World) -> bool, what: &str) {
+            let end = Instant::now() + d;
+            while Instant::now() < end {
+                sleep(Duration::from_millis(50)).await;
+                assert!(
+                    ok(self),
+                    "{what}, at {:?}: {}",
+                    end - Instant::now(),
+                    self.nagios()
+                );
+            }
+        }
+        async fn until(&self, d: Duration, mut ok: impl FnMut(&World) -> bool, what: &str) {
+            let end = Instant::now() + d;
+            while !ok(self) {
+                assert!(
+                    Instant::now() < end,
+                    "{what} not within {d:?}: {}",
+                    self.nagios()
+                );
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+        async fn stop(self) {
+            self.stop.send(true).unwrap();
+            self.task.await.unwrap();
+        }
+    }
+
+    use Is::{Down, Hung, Master, Standby};
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_promotion_is_followed_within_a_fast_round() {
+        let w = world(&[Master(1), Standby(1), Standby(1)], 2, State::default()).await;
+        w.until(S(1), |w| w.routed() == Some(1), "initial switch to pg1")
+            .await;
+        w.until(S(1), |w| w.nagios().starts_with("OK"), "settled")
+            .await;
+        w.set(1, Down);
+        sleep(S(1)).await;
+        w.set(2, Master(2));
+        let promoted = Instant::now();
+        w.until(S(3), |w| w.routed() == Some(2), "switch to pg2")
+            .await;
+        // Rounds come every `interval` (2 s) while settled, then fast once pg1 is gone.
+        assert!(promoted.elapsed() <= S(2) + Duration::from_millis(200));
+        assert_eq!(
+            w.bouncer.paused(),
+            Vec::<String>::new(),
+            "KILL was followed by RESUME"
+        );
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_primary_is_never_switched_to_while_the_new_primary_hangs() {
+        // Issue 8 case 1: pg1 fails over to pg2; pg1 comes back unchanged (timeline 1);
+        // then pg2 hangs for 15 s.
+        let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
+        w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.set(3, Standby(2));
+        w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
+            .await;
+        w.set(1, Master(1));
+        w.until(
+            S(4),
+            |w| !w.snapshot().stale.is_empty(),
+            "pg1 seen as stale",
+        )
+        .await;
+        assert!(
+            w.nagios()
+                .starts_with("CRITICAL: stale primary pg1 (timeline 1, the cluster is on 2)"),
+            "{}",
+            w.nagios()
+        );
+        w.set(2, Hung);
+        w.during(
+            S(15),
+            |w| w.routed() == Some(2),
+            "PgBouncer must stay off the stale pg1",
+        )
+        .await;
+        assert!(w.nagios().contains("stale primary pg1"), "{}", w.nagios());
+        w.set(2, Master(2));
+        w.during(S(5), |w| w.routed() == Some(2), "and after pg2 recovers")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_remembered_timeline_protects_after_a_restart() {
+        // The daemon restarts while pg2 (timeline 2) is down and the old pg1 is back:
+        // only the state file knows that pg1 is behind.
+        let mut state = State::default();
+        state.raise(Some(42), 2);
+        let w = world(&[Master(1), Down, Standby(1)], 2, state).await;
+        w.during(
+            S(10),
+            |w| w.routed() == Some(2),
+            "no switch to the stale pg1",
+        )
+        .await;
+        assert_eq!(w.snapshot().stale.len(), 1);
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_brain_master_refusing_new_logins_does_not_make_the_other_a_target() {
+        // Issue 8 case 2 without timelines to help: both masters on timeline 2; pg2, the
+        // true primary PgBouncer is on, refuses new logins. Nothing may move.
+        let w = world(&[Standby(2), Master(2), Standby(2)], 2, State::default()).await;
+        w.until(S(2), |w| w.routed() == Some(2), "pg2").await;
+        w.set(1, Master(2));
+        w.until(
+            S(3),
+            |w| w.nagios().starts_with("CRITICAL: split brain"),
+            "split brain",
+        )
+        .await;
+        w.refuse_new(2, true);
+        w.during(
+            S(20),
+            |w| w.routed() == Some(2),
+            "PgBouncer must stay on pg2",
+        )
+        .await;
+        // pg2 then stops answering altogether: pg1 alone is still not evidence.
+        w.set(2, Down);
+        w.during(S(10), |w| w.routed() == Some(2), "still on pg2")
+            .await;
+        assert!(
+            w.nagios().contains("split brain not resolved"),
+            "{}",
+            w.nagios()
+        );
+        // pg2 comes back as a standby (demoted): now pg1 is the primary.
+        w.refuse_new(2, false);
+        w.set(2, Standby(2));
+        w.until(S(3), |w| w.routed() == Some(1), "pg1 once pg2 is demoted")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_server_is_asked_less_and_less_often() {
+        // Issue 8 case 7: no master for 20 s and a standby whose pg_hba.conf rejects the
+        // monitoring login. Fast rounds (0.1 s) would try it 200 times.
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
+        w.set(1, Down);
+        w.set(2, Standby(1));
+        w.refuse_new(2, true);
+        w.set(2, Down); // closes the kept session; Down now, refusing afterwards
+        w.set(2, Standby(1));
+        let before = w.attempts(2);
+        sleep(S(20)).await;
+        let attempts = w.attempts(2) - before;
+        // 0.1, 0.2, 0.4, 0.8, 1.6, then every 2 s (interval): about 14 in 20 s.
+        assert!((8..=20).contains(&attempts), "{attempts} attempts in 20 s");
+        // Something else changes (a promotion elsewhere would): it is asked at once again.
+        w.refuse_new(2, false);
+        w.set(1, Standby(1));
+        w.until(
+            S(3),
+            |w| w.snapshot().nodes[1].state == Some(NodeState::Standby),
+            "pg2 re-checked",
+        )
+        .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_symlink_changed_by_hand_is_switched_back() {
+        // Issue 8 case 3.
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        crate::switch::replace_symlink(
+            &w.root.join("pgbouncer.ini"),
+            &w.root.join("nodes/pg2.ini"),
+        )
+        .unwrap();
+        w.bouncer
+            .session()
+            .await
+            .unwrap()
+            .command("RELOAD")
+            .await
+            .unwrap();
+        assert_eq!(w.routed(), Some(2));
+        w.until(S(3), |w| w.routed() == Some(1), "back on pg1")
+            .await;
+        w.until(S(1), |w| w.snapshot().drift.is_none(), "drift cleared")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_changed_behind_the_symlink_are_found_after_a_pgbouncer_restart() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        sleep(S(1)).await;
+        // PgBouncer restarts on pg2's config (started by hand with another file, say);
+        // the symlink itself still points at pg1's.
+        let link = w.root.join("pgbouncer.ini");
+        crate::switch::replace_symlink(&link, &w.root.join("nodes/pg2.ini")).unwrap();
+        w.bouncer.restart();
+        crate::switch::replace_symlink(&link, &w.root.join("nodes/pg1.ini")).unwrap();
+        assert_eq!(w.routed(), Some(2));
+        // Found at the next round (every 2 s here) because the admin session closed, not
+        // only at the periodic comparison (every 3 rounds), and switched back.
+        w.until(
+            Duration::from_millis(2500),
+            |w| w.routed() == Some(1),
+            "back on pg1 after the restart",
+        )
+        .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn databases_a_killed_rebouncer_left_paused_are_resumed_at_start_and_no_others() {
+        let state = State {
+            held: vec!["appdb".into()],
+            ..State::default()
+        };
+        let w = world(&[Master(1), Standby(1)], 1, state).await;
+        // What a SIGKILL between KILL and RESUME leaves behind.
+        w.bouncer.pause_by_hand("appdb");
+        w.until(S(2), |w| w.bouncer.paused().is_empty(), "appdb resumed")
+            .await;
+        let file = StateFile::load(&w.root.join("rebouncer.state")).unwrap();
+        assert!(file.state().held.is_empty(), "{:?}", file.state());
+        // An operator's own pause is left alone, and shown.
+        w.bouncer.pause_by_hand("appdb");
+        w.until(S(10), |w| !w.snapshot().paused.is_empty(), "pause shown")
+            .await;
+        assert!(
+            w.nagios()
+                .starts_with("WARNING: database(s) appdb paused in PgBouncer (not by rebouncer"),
+            "{}",
+            w.nagios()
+        );
+        sleep(S(10)).await;
+        assert_eq!(w.bouncer.paused(), vec!["appdb".to_string()]);
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_state_file_that_cannot_be_written_is_a_warning_not_a_stop() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled")
+            .await;
+        // The directory disappears: the next timeline change cannot be remembered.
+        std::fs::remove_file(w.root.join("rebouncer.state")).unwrap();
+        let moved = w.root.with_extension("gone");
+        std::fs::rename(&w.root, &moved).unwrap();
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.until(
+            S(4),
+            |w| w.snapshot().state_error.is_some(),
+            "write error shown",
+        )
+        .await;
+        std::fs::rename(&moved, &w.root).unwrap();
+        let _ = Path::new("");
+        w.stop().await;
     }
 }
