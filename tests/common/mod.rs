@@ -1762,6 +1762,340 @@ impl Drop for Cluster {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Safety helpers: pg_hba.conf edits, server-log counting, background writers/samplers
+// ---------------------------------------------------------------------------------------
+
+/// Marker appended to every pg_hba.conf line the fixture adds, so `hba_restore` removes
+/// exactly those.
+const HBA_MARK: &str = "# rebouncer-fixture";
+
+/// One write attempted by a [`BouncerWriter`].
+#[derive(Clone, Debug)]
+pub struct WriteRecord {
+    /// When the attempt started.
+    pub at: Instant,
+    /// How long it took.
+    pub took: Duration,
+    /// Node that took the write (from `inet_server_port()`), None when it failed.
+    pub node: Option<usize>,
+    /// The error when it failed (psql's stderr, or a timeout).
+    pub error: Option<String>,
+}
+
+/// What a [`BouncerWriter`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct WriteLog {
+    pub records: Vec<WriteRecord>,
+}
+
+impl WriteLog {
+    /// Writes that landed on node `i`.
+    pub fn on(&self, i: usize) -> usize {
+        self.records.iter().filter(|r| r.node == Some(i)).count()
+    }
+    pub fn failed(&self) -> usize {
+        self.records.iter().filter(|r| r.node.is_none()).count()
+    }
+    pub fn total(&self) -> usize {
+        self.records.len()
+    }
+    /// Writes on node `i` that started at or after `t`.
+    pub fn on_since(&self, i: usize, t: Instant) -> usize {
+        self.records
+            .iter()
+            .filter(|r| r.node == Some(i) && r.at >= t)
+            .count()
+    }
+    /// "N writes: pg1 x, pg2 y, failed z (first error: ...)" for messages.
+    pub fn summary(&self) -> String {
+        let mut nodes: Vec<usize> = self.records.iter().filter_map(|r| r.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut s = format!("{} writes:", self.total());
+        for n in nodes {
+            s += &format!(" pg{n} {},", self.on(n));
+        }
+        s += &format!(" failed {}", self.failed());
+        if let Some(e) = self.records.iter().find_map(|r| r.error.as_deref()) {
+            s += &format!(" (first error: {})", e.lines().next().unwrap_or(""));
+        }
+        s
+    }
+}
+
+/// A client that writes through PgBouncer in a loop (one new psql connection per
+/// write: `INSERT INTO t(node) VALUES (<tag>) RETURNING inet_server_port()` in `appdb`)
+/// on a background thread until stopped; records per write which node took it.
+pub struct BouncerWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<WriteLog>>,
+    pub tag: String,
+}
+
+impl BouncerWriter {
+    /// Stops the loop (after the write in flight, at most `per_write` later) and returns
+    /// what it saw.
+    pub fn stop(mut self) -> WriteLog {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap_or_default()
+    }
+}
+
+impl Drop for BouncerWriter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One sample of a [`RouteSampler`]: when, and the node PgBouncer routed to (None when it
+/// did not answer or routed to an unknown port).
+pub type RouteSample = (Instant, Option<usize>);
+
+/// Samples where PgBouncer routes `postgres` (`SHOW DATABASES`) every 100 ms on a
+/// background thread until stopped.
+pub struct RouteSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<RouteSample>>>,
+}
+
+impl RouteSampler {
+    /// Stops sampling; returns every sample (time, node or None when PgBouncer did not
+    /// answer or routed to an unknown port).
+    pub fn stop(mut self) -> Vec<RouteSample> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap_or_default()
+    }
+}
+
+impl Drop for RouteSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn node_of(ports: &[u16], port: u16) -> Option<usize> {
+    ports.iter().position(|p| *p == port).map(|p| p + 1)
+}
+
+impl Cluster {
+    /// `pg_ctl reload` of node i (SIGHUP; works even when pg_hba.conf rejects every login).
+    pub fn reload(&self, i: usize) {
+        let n = self.node(i);
+        if let Err(e) = pg_ctl(&n.data, &["reload"], &self.root, Duration::from_secs(20)) {
+            panic!("reload {}: {e}", n.name);
+        }
+    }
+
+    pub fn hba_path(&self, i: usize) -> PathBuf {
+        self.node(i).data.join("pg_hba.conf")
+    }
+
+    /// Puts `lines` (pg_hba.conf syntax, one per line) IN FRONT of node i's pg_hba.conf,
+    /// each marked so that [`Cluster::hba_restore`] removes them, then `pg_ctl reload`.
+    /// The reload is asynchronous: wait for its effect (e.g. [`Cluster::login_rejected`]).
+    /// Existing sessions are not affected: PostgreSQL checks pg_hba.conf at login only.
+    pub fn hba_prepend(&self, i: usize, lines: &[&str]) {
+        let p = self.hba_path(i);
+        let old = fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let mut new = String::new();
+        for l in lines {
+            new += &format!("{l} {HBA_MARK}\n");
+        }
+        new += &old;
+        // Written in place: owner and mode stay the server's.
+        fs::write(&p, new).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        self.reload(i);
+    }
+
+    /// Removes every line the fixture added to node i's pg_hba.conf and reloads.
+    pub fn hba_restore(&self, i: usize) {
+        let p = self.hba_path(i);
+        let old = fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let new: String = old
+            .lines()
+            .filter(|l| !l.ends_with(HBA_MARK))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&p, new).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        self.reload(i);
+    }
+
+    /// Node i refuses every NEW login (TCP and unix socket, any user and database;
+    /// replication connections are not matched by `all`), while existing sessions,
+    /// PgBouncer's server connections and the daemon's kept connection live on. Returns
+    /// once a new login is refused (the reload has taken effect).
+    pub fn hba_reject_new_logins(&self, i: usize) {
+        self.hba_prepend(
+            i,
+            &[
+                "local all all reject",
+                "host all all 0.0.0.0/0 reject",
+                "host all all ::/0 reject",
+            ],
+        );
+        self.wait_until(
+            Duration::from_secs(20),
+            &format!(
+                "{} to refuse new logins after the pg_hba.conf reload",
+                self.name(i)
+            ),
+            |c| c.login_rejected(i, "postgres"),
+        );
+    }
+
+    /// Node i refuses TCP logins to database `postgres` (what the daemon's monitoring
+    /// connection uses: `host=127.0.0.1 ... dbname=postgres`); `appdb` and unix-socket
+    /// logins still work. Returns once the reload has taken effect.
+    pub fn hba_reject_monitoring(&self, i: usize) {
+        self.hba_prepend(i, &["host postgres all 127.0.0.1/32 reject"]);
+        self.wait_until(
+            Duration::from_secs(20),
+            &format!("{} to refuse TCP logins to database postgres", self.name(i)),
+            |c| c.login_rejected(i, "postgres"),
+        );
+    }
+
+    /// True when a new TCP login as postgres to database `db` on node i is refused by
+    /// pg_hba.conf (not merely failing for another reason).
+    pub fn login_rejected(&self, i: usize, db: &str) -> bool {
+        match psql_conninfo(&tcp_conninfo(self.port(i), db), "SELECT 1", QUERY_TIMEOUT) {
+            Ok(_) => false,
+            Err(e) => e.contains("pg_hba.conf rejects connection"),
+        }
+    }
+
+    /// Current length in bytes of node i's server log: a mark for `node_log_since`.
+    pub fn node_log_len(&self, i: usize) -> u64 {
+        fs::metadata(&self.node(i).log)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Node i's server log from byte offset `mark` on.
+    pub fn node_log_since(&self, i: usize, mark: u64) -> String {
+        let b = fs::read(&self.node(i).log).unwrap_or_default();
+        String::from_utf8_lossy(&b[(mark as usize).min(b.len())..]).into_owned()
+    }
+
+    /// Logins node i refused because of pg_hba.conf since `mark` (one
+    /// `FATAL:  pg_hba.conf rejects connection for host ...` line per attempt).
+    pub fn hba_rejections_since(&self, i: usize, mark: u64) -> usize {
+        self.node_log_since(i, mark)
+            .lines()
+            .filter(|l| l.contains("FATAL:") && l.contains("pg_hba.conf rejects connection"))
+            .count()
+    }
+
+    /// Connection attempts node i received since `mark` (`log_connections`'s
+    /// `connection received:` lines; every attempt, accepted or refused, forks a backend).
+    pub fn connections_received_since(&self, i: usize, mark: u64) -> usize {
+        self.node_log_since(i, mark)
+            .lines()
+            .filter(|l| l.contains("LOG:  connection received:"))
+            .count()
+    }
+
+    /// Rows of appdb's `t` with `node = tag` on node i, read directly (not through
+    /// PgBouncer): proof of where writes landed, even when the client never saw an answer.
+    pub fn rows_tagged(&self, i: usize, tag: &str) -> Result<usize, String> {
+        self.query_db(
+            i,
+            "appdb",
+            &format!(
+                "SELECT count(*) FROM t WHERE node = '{}'",
+                tag.replace('\'', "''")
+            ),
+        )?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e}"))
+    }
+
+    /// Starts a [`BouncerWriter`]: writes rows tagged `tag` through PgBouncer in a loop,
+    /// each a new connection with a `per_write` limit (psql is killed after it; PgBouncer's
+    /// own query_wait_timeout is 8 s), then 50 ms pause.
+    pub fn start_writer(&self, tag: &str, per_write: Duration) -> BouncerWriter {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        let conninfo = tcp_conninfo(self.bouncer_port, "appdb");
+        let sql = format!(
+            "INSERT INTO t(node) VALUES ('{}') RETURNING inet_server_port()",
+            tag.replace('\'', "''")
+        );
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut log = WriteLog::default();
+            while !s.load(Ordering::SeqCst) {
+                let at = Instant::now();
+                let r = psql_conninfo(&conninfo, &sql, per_write);
+                let took = at.elapsed();
+                let (node, error) = match r {
+                    Ok(out) => match out.trim().parse::<u16>() {
+                        Ok(p) => match node_of(&ports, p) {
+                            Some(n) => (Some(n), None),
+                            None => (None, Some(format!("unknown port {p}"))),
+                        },
+                        Err(e) => (None, Some(format!("bad output {out:?}: {e}"))),
+                    },
+                    Err(e) => (None, Some(e)),
+                };
+                log.records.push(WriteRecord {
+                    at,
+                    took,
+                    node,
+                    error,
+                });
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            log
+        });
+        BouncerWriter {
+            stop,
+            handle: Some(handle),
+            tag: tag.to_string(),
+        }
+    }
+
+    /// Starts a [`RouteSampler`] on PgBouncer's admin console.
+    pub fn start_route_sampler(&self) -> RouteSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        let conninfo = self.pgbouncer_conninfo();
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                let at = Instant::now();
+                let node = psql_conninfo(&conninfo, "SHOW DATABASES", Duration::from_secs(5))
+                    .ok()
+                    .and_then(|out| {
+                        out.lines().find_map(|l| {
+                            let f: Vec<&str> = l.split('|').collect();
+                            (f.first() == Some(&"postgres"))
+                                .then(|| f.get(2)?.parse::<u16>().ok())
+                                .flatten()
+                        })
+                    })
+                    .and_then(|p| node_of(&ports, p));
+                samples.push((at, node));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        RouteSampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
 fn make_cert(root: &Path) -> Tls {
     let dir = root.join("tls");
     fs::create_dir(&dir).unwrap();
