@@ -79,6 +79,9 @@ async fn run(opts: Options) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fatal(to_log, &e.to_string()),
     };
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
 
     let names: Vec<String> = cfg.servers.iter().map(|s| s.name.clone()).collect();
     let (status_tx, status_rx) = watch::channel(Snapshot::new(
