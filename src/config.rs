@@ -677,8 +677,8 @@ fn parse_target(
     env: &Env,
     connect_timeout: Duration,
 ) -> Result<Target, ConfigError> {
-    let mut target =
-        Target::parse(&e.value, env).map_err(|err| at(file, e.line, format!("{who}: {err}")))?;
+    let mut target = Target::parse_one_server(&e.value, env)
+        .map_err(|err| at(file, e.line, format!("{who}: {err}")))?;
     target.set_connect_timeout(connect_timeout);
     Ok(target)
 }
@@ -1901,6 +1901,40 @@ http=:7100",
             "{e}"
         );
         assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn a_server_or_pgbouncer_with_several_hosts_is_refused() {
+        let d = Dir::new();
+        for (line, who) in [
+            ("db1=host=10.0.0.1,10.0.0.9 user=r", "server db1"),
+            ("db1=host=10.0.0.1 port=5432,5433 user=r", "server db1"),
+            (
+                "db1=postgresql://r:s3cret@10.0.0.1,10.0.0.9/postgres",
+                "server db1",
+            ),
+        ] {
+            let e = d.err(&format!("{GLOBAL}\n[servers]\n{line}\n"));
+            assert!(
+                e.starts_with(&format!(
+                    "config error: rebouncer.ini:7: {who}: the connection string names 2 "
+                )),
+                "{line}: {e}"
+            );
+            assert!(e.contains("a check must reach one known server"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let e = d.err(&with_global("").replace(
+            "host=/tmp port=6432",
+            "host=/tmp,/var/run/postgresql port=6432",
+        ));
+        assert!(
+            e.starts_with(
+                "config error: rebouncer.ini:2: pgbouncer: the connection string names 2 hosts; "
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -168,22 +168,15 @@ impl Target {
     /// defaults from `env` (values in the string win), reads the password file and the TLS
     /// files, and builds the TLS connector. Every problem is a one-line `ConnInfoError`.
     pub fn parse(s: &str, env: &Env) -> Result<Target, ConnInfoError> {
-        let pairs = match url_rest(s) {
-            Some(rest) => parse_url(rest)?,
-            None => parse_keyword_value(s)?,
-        };
-        let mut p = Params::default();
-        for (k, v) in pairs {
-            check_keyword(&k)?;
-            p.set(&k, v, Source::Conninfo);
-        }
-        for (key, var) in ENV_DEFAULTS {
-            if p.get(key).is_none()
-                && let Some(v) = env.var(var)
-            {
-                p.set(key, v.to_string(), Source::Env(var));
-            }
-        }
+        build(params(s, env)?, env)
+    }
+
+    /// [`Target::parse`] for a connection that must reach exactly one server: a list of
+    /// hosts or ports is refused. libpq (and tokio-postgres) try the next host when one
+    /// fails, so a check could get its answer from another server than the one it names.
+    pub fn parse_one_server(s: &str, env: &Env) -> Result<Target, ConnInfoError> {
+        let p = params(s, env)?;
+        one_server(&p)?;
         build(p, env)
     }
 
@@ -322,6 +315,54 @@ impl Target {
         }
         None
     }
+}
+
+/// Tokenise `s` (key/value or URL) and fill libpq's defaults from `env`; values in the
+/// string win.
+fn params(s: &str, env: &Env) -> Result<Params, ConnInfoError> {
+    let pairs = match url_rest(s) {
+        Some(rest) => parse_url(rest)?,
+        None => parse_keyword_value(s)?,
+    };
+    let mut p = Params::default();
+    for (k, v) in pairs {
+        check_keyword(&k)?;
+        p.set(&k, v, Source::Conninfo);
+    }
+    for (key, var) in ENV_DEFAULTS {
+        if p.get(key).is_none()
+            && let Some(v) = env.var(var)
+        {
+            p.set(key, v.to_string(), Source::Env(var));
+        }
+    }
+    Ok(p)
+}
+
+/// A list in host, hostaddr or port means several servers; see [`Target::parse_one_server`].
+fn one_server(p: &Params) -> Result<(), ConnInfoError> {
+    for (key, what) in [
+        ("host", "hosts"),
+        ("hostaddr", "addresses"),
+        ("port", "ports"),
+    ] {
+        let Some((_, v, src)) = p.0.iter().find(|(k, _, _)| k == key) else {
+            continue;
+        };
+        let n = v.split(',').count();
+        if n > 1 {
+            let who = match src {
+                Source::Env(var) => (*var).to_string(),
+                _ => "the connection string".to_string(),
+            };
+            return Err(ConnInfoError(format!(
+                "{who} names {n} {what}; a check must reach one known server, and with several \
+                 a failed connection silently falls through to the next one: give exactly one \
+                 host and one port"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The whole `source()` chain of an error joined with ": ", because tokio-postgres's own
@@ -1886,6 +1927,51 @@ mod tests {
             ca.display()
         ));
         assert!(e.contains("add host="), "{e}");
+    }
+
+    #[test]
+    fn one_server_refuses_lists_of_hosts_addresses_and_ports() {
+        let one = |s: &str| Target::parse_one_server(s, &env()).map(|t| t.endpoint);
+        assert_eq!(one("host=a port=5433").unwrap(), "a:5433");
+        assert_eq!(one("postgresql://a:5433/db").unwrap(), "a:5433");
+        assert_eq!(one("host=/tmp").unwrap(), "/tmp/.s.PGSQL.5432");
+        for (s, what) in [
+            ("host=a,b", "the connection string names 2 hosts"),
+            ("host=a,b,c port=1", "the connection string names 3 hosts"),
+            (
+                "host=a port=5432,5433",
+                "the connection string names 2 ports",
+            ),
+            ("port=5432,5433", "the connection string names 2 ports"),
+            (
+                "host=a hostaddr=10.0.0.1,10.0.0.2",
+                "the connection string names 2 addresses",
+            ),
+            ("postgresql://a,b/db", "the connection string names 2 hosts"),
+            (
+                "postgresql://u:hunter2@a:5432,b:5433/db",
+                "the connection string names 2 hosts",
+            ),
+            (
+                "postgresql://:5432,:5433/db",
+                "the connection string names 2 ports",
+            ),
+        ] {
+            let e = one(s).unwrap_err().0;
+            assert!(e.starts_with(what), "{s}: {e}");
+            assert!(e.contains("falls through to the next one"), "{s}: {e}");
+            assert!(
+                e.ends_with("give exactly one host and one port"),
+                "{s}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let e = Target::parse_one_server("dbname=x", &env_with(&[("PGHOST", "a,b")]))
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("PGHOST names 2 hosts"), "{e}");
+        // The general parser still reads lists, as libpq does.
+        assert_eq!(parse("host=a,b port=1").endpoint, "a:1,b:1");
     }
 
     #[test]
