@@ -278,17 +278,16 @@ impl Target {
             // an unknown role: the server says which in its own language, the code is the same.
             Cause::Server(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
                 os_user_hint().or_else(|| {
-                    let mut h = "the server refused this login (SQLSTATE 28000): its pg_hba.conf \
-                         has no line admitting this user, database and address, or a reject line, \
-                         or the role does not exist; fix pg_hba.conf on the server (then reload \
-                         it) or user=/dbname= here"
+                    let mut h = "the server refused this login (SQLSTATE 28000): no pg_hba.conf \
+                         line admits this user, database and address, a reject line matches, or \
+                         the role does not exist; fix pg_hba.conf on the server and reload it, or \
+                         user=/dbname= here"
                         .to_string();
                     // A fact, not a diagnosis: the code cannot say whether a hostssl line
                     // was what failed to match (and a socket never matches one).
                     if self.tls.is_none() && !self.endpoint.contains("/.s.PGSQL.") {
                         h.push_str(&format!(
-                            " (this connection used no TLS, sslmode={mode}, so hostssl lines \
-                             do not match it)"
+                            " (sslmode={mode}: no TLS, so hostssl lines do not match)"
                         ));
                     }
                     Some(h)
@@ -300,8 +299,8 @@ impl Target {
                     .into(),
             ),
             Cause::Server(code) if *code == SqlState::INVALID_CATALOG_NAME => Some(
-                "the database does not exist on this server (SQLSTATE 3D000; without dbname= it \
-                 is the user name): set dbname= to an existing one, e.g. dbname=postgres"
+                "SQLSTATE 3D000: set dbname= to a database that exists there, e.g. \
+                 dbname=postgres (without dbname= the user name is used)"
                     .into(),
             ),
             Cause::Server(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => Some(
@@ -2304,7 +2303,10 @@ mod tests {
         let t = parse("host=h user=u sslmode=disable");
         let h = t.hint(&code("28000")).unwrap();
         assert!(h.contains("pg_hba.conf"), "{h}");
-        assert!(h.contains("hostssl lines do not match it"), "{h}");
+        assert!(
+            h.contains("sslmode=disable: no TLS, so hostssl lines do not match"),
+            "{h}"
+        );
         assert!(!h.contains("accepts only TLS"), "{h}");
         // With TLS, or over a socket, TLS is not mentioned at all.
         for s in ["host=h user=u sslmode=require", "host=/tmp user=u"] {
@@ -2313,7 +2315,7 @@ mod tests {
         }
         for (c, want) in [
             ("53300", "no free connection slot"),
-            ("3D000", "set dbname= to an existing one"),
+            ("3D000", "set dbname= to a database that exists there"),
             ("42501", "GRANT CONNECT"),
             ("57P03", "hot_standby=off"),
         ] {
