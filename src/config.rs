@@ -84,7 +84,7 @@ pub struct DatabaseEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFile {
     pub path: PathBuf,
-    /// Named databases in file order; the `*` fallback entry is not listed.
+    /// Named databases in file order, at least one; the `*` fallback entry is not listed.
     pub databases: Vec<DatabaseEntry>,
 }
 
@@ -706,7 +706,7 @@ fn parse_decimal_seconds(s: &str) -> Option<Duration> {
 /// The known `[global]` key that `key` most likely means, if it is that close: the same
 /// but for case, `_` and `-` (`fast-interval`, `Timeout`, `keepconnections`), or at most
 /// two edits away (`intervall`, `timout`, `symlnik`). Every known key has 7 letters or
-/// more, so two edits cannot turn an unrelated short key into one.
+/// more, so a key that close shares most of one: `http`, `logfile` or `debug` are not.
 fn near_miss(key: &str) -> Option<&'static str> {
     let squash = |s: &str| -> String {
         s.chars()
