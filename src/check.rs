@@ -34,6 +34,9 @@ pub async fn run(path: &Path) -> ExitCode {
         cfg.interval.as_secs(),
         cfg.timeout.as_secs()
     );
+    for w in &cfg.warnings {
+        println!("warning: {w}");
+    }
     let pointed = switch::link_target(&cfg.symlink);
     println!(
         "symlink {}: {}",

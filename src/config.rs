@@ -57,6 +57,9 @@ pub struct Config {
     pub state_file: PathBuf,
     /// In file order.
     pub servers: Vec<Server>,
+    /// Things that do not stop rebouncer but an operator should see (log at start,
+    /// `-check`, `/`): one line each, `file:line: message`, never a connection string.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +84,7 @@ pub struct DatabaseEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFile {
     pub path: PathBuf,
-    /// Named databases in file order; the `*` fallback entry is not listed.
+    /// Named databases in file order, at least one; the `*` fallback entry is not listed.
     pub databases: Vec<DatabaseEntry>,
 }
 
@@ -124,7 +127,8 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
     let text = read_config_file(path, cwd)?;
     let sections = scan(path, &text)?;
     let (global, servers) = known_sections(path, &sections)?;
-    let g = Global::new(path, global)?;
+    let mut warnings = Vec::new();
+    let g = Global::new(path, global, &mut warnings)?;
     // The three keys without a default first: a file missing one is not a rebouncer config.
     let (pgbouncer_entry, symlink_entry, configdir_entry) = (
         g.required("pgbouncer")?,
@@ -171,6 +175,7 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
         keep_connections,
         state_file,
         servers,
+        warnings,
     })
 }
 
@@ -203,6 +208,13 @@ fn shown(key: &str) -> String {
         format!("\"{key}\"")
     } else {
         "this key".to_string()
+    }
+}
+
+fn unknown_key(key: &str) -> String {
+    match shown(key).as_str() {
+        "this key" => "an unknown key".to_string(),
+        name => format!("unknown key {name}"),
     }
 }
 
@@ -486,24 +498,42 @@ struct Global<'a> {
 }
 
 impl<'a> Global<'a> {
-    fn new(file: &'a Path, section: &'a Section) -> Result<Global<'a>, ConfigError> {
+    /// The Go tool ignored keys it did not know, so a config that ran under it may carry
+    /// some: those only warn. A near miss of a known key is refused, though: ignoring
+    /// `intervall=5` would silently run with the default interval.
+    fn new(
+        file: &'a Path,
+        section: &'a Section,
+        warnings: &mut Vec<String>,
+    ) -> Result<Global<'a>, ConfigError> {
         for e in &section.entries {
-            if !GLOBAL_KEYS.contains(&e.key.as_str()) {
-                let hint = GLOBAL_KEYS
-                    .iter()
-                    .find(|k| k.eq_ignore_ascii_case(&e.key))
-                    .map(|k| format!(" (keys are case-sensitive: {k})"))
-                    .unwrap_or_default();
+            if GLOBAL_KEYS.contains(&e.key.as_str()) {
+                continue;
+            }
+            if let Some(meant) = near_miss(&e.key) {
+                let how = if meant.eq_ignore_ascii_case(&e.key) {
+                    "keys are case-sensitive"
+                } else {
+                    "a misspelling"
+                };
                 return Err(at(
                     file,
                     e.line,
                     format!(
-                        "unknown key {} in [global]{hint}; the keys are {}",
-                        shown(&e.key),
+                        "{} in [global], probably {meant} ({how}); write {meant}= \
+                         (the keys are {})",
+                        unknown_key(&e.key),
                         GLOBAL_KEYS.join(", ")
                     ),
                 ));
             }
+            warnings.push(format!(
+                "{}:{}: {} in [global] is ignored, as the Go tool did; \
+                 remove it or check its spelling",
+                file.display(),
+                e.line,
+                unknown_key(&e.key)
+            ));
         }
         Ok(Global { file, section })
     }
@@ -647,8 +677,8 @@ fn parse_target(
     env: &Env,
     connect_timeout: Duration,
 ) -> Result<Target, ConfigError> {
-    let mut target =
-        Target::parse(&e.value, env).map_err(|err| at(file, e.line, format!("{who}: {err}")))?;
+    let mut target = Target::parse_one_server(&e.value, env)
+        .map_err(|err| at(file, e.line, format!("{who}: {err}")))?;
     target.set_connect_timeout(connect_timeout);
     Ok(target)
 }
@@ -671,6 +701,56 @@ fn parse_decimal_seconds(s: &str) -> Option<Duration> {
         format!("{frac:0<9}").parse().ok()?
     };
     Some(Duration::new(secs, nanos))
+}
+
+/// The known `[global]` key that `key` most likely means, if it is that close: the same
+/// but for case, `_` and `-` (`fast-interval`, `Timeout`, `keepconnections`), or at most
+/// two edits away (`intervall`, `timout`, `symlnik`). Every known key has 7 letters or
+/// more, so a key that close shares most of one: `http`, `logfile` or `debug` are not.
+fn near_miss(key: &str) -> Option<&'static str> {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !matches!(c, '_' | '-'))
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let lower = key.to_ascii_lowercase();
+    GLOBAL_KEYS
+        .iter()
+        .filter_map(|k| {
+            let d = if squash(key) == squash(k) {
+                0
+            } else {
+                edit_distance(&lower, k)
+            };
+            (d <= 2).then_some((d, *k))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) to turn `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // d[i][j]: distance between the first i chars of a and the first j of b.
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -907,6 +987,8 @@ struct Prepared {
     database_lines: HashMap<String, usize>,
     /// `%include` was used: sections may come from another file.
     includes: bool,
+    /// Line of the first `[databases]` header.
+    databases_header: Option<usize>,
 }
 
 /// Where PgBouncer's parser (libusual `parse_ini_file`) and rust-ini part ways:
@@ -922,6 +1004,7 @@ fn prepare_node_text(text: &str) -> Result<Prepared, (usize, String)> {
     let mut out = String::with_capacity(text.len() + 16);
     let mut database_lines = HashMap::new();
     let mut includes = false;
+    let mut databases_header = None;
     let mut section: Option<&str> = None;
     for (i, raw) in text.lines().enumerate() {
         let no = i + 1;
@@ -935,6 +1018,9 @@ fn prepare_node_text(text: &str) -> Result<Prepared, (usize, String)> {
             Line::Blank => line.clear(),
             Line::Section { name, rest } => {
                 section = Some(name);
+                if name == "databases" && databases_header.is_none() {
+                    databases_header = Some(no);
+                }
                 // PgBouncer reads on after the `]`: a comment there is fine for it, while
                 // rust-ini calls it an inline comment and fails.
                 if rest.starts_with('#') || rest.starts_with(';') {
@@ -986,6 +1072,7 @@ fn prepare_node_text(text: &str) -> Result<Prepared, (usize, String)> {
         text: out,
         database_lines,
         includes,
+        databases_header,
     })
 }
 
@@ -1047,6 +1134,27 @@ fn parse_node_file(path: &Path) -> Result<NodeFile, NodeProblem> {
                 None => databases.push(entry),
             }
         }
+    }
+    if databases.is_empty() {
+        // A switch is confirmed by finding each named database in SHOW DATABASES, routed
+        // where this file says; with none named, any config PgBouncer ends up with would
+        // pass as confirmed.
+        let has_star = prepared.database_lines.contains_key("*");
+        let what = match (has_star, prepared.includes) {
+            (true, true) => "only the \"*\" fallback, and databases in %include files are not read",
+            (true, false) => "only the \"*\" fallback",
+            (false, true) => "databases in %include files are not read",
+            (false, false) => "the section is empty",
+        };
+        return Err(problem(
+            prepared.databases_header,
+            format!(
+                "[databases] names no database ({what}); rebouncer confirms a switch by \
+                 finding these databases in PgBouncer's SHOW DATABASES, so with none a wrong \
+                 config would pass: add a line for each database the applications use, \
+                 e.g. appdb = host=<this node> port=5432 dbname=appdb"
+            ),
+        ));
     }
     Ok(NodeFile {
         path: path.to_path_buf(),
@@ -1576,11 +1684,101 @@ mod tests {
     fn an_unknown_global_key_lists_the_known_ones() {
         assert_eq!(
             Dir::new().err(&with_global("intervall=5")),
-            "config error: rebouncer.ini:5: unknown key \"intervall\" in [global]; the keys are \
-             pgbouncer, symlink, configdir, interval, timeout, fast_interval, keep_connections, state_file"
+            "config error: rebouncer.ini:5: unknown key \"intervall\" in [global], probably interval \
+             (a misspelling); write interval= (the keys are pgbouncer, symlink, configdir, interval, \
+             timeout, fast_interval, keep_connections, state_file)"
         );
         let e = Dir::new().err(&with_global("Interval=5"));
-        assert!(e.contains("(keys are case-sensitive: interval)"), "{e}");
+        assert!(
+            e.contains("probably interval (keys are case-sensitive); write interval="),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_near_miss_of_a_global_key_is_refused_naming_the_key_it_meant() {
+        let d = Dir::new();
+        for (bad, meant) in [
+            ("intervall", "interval"),
+            ("fast-interval", "fast_interval"),
+            ("Timeout", "timeout"),
+            ("TIMEOUT", "timeout"),
+            ("keepconnections", "keep_connections"),
+            ("keep-Connections", "keep_connections"),
+            ("timout", "timeout"),
+            ("intreval", "interval"),
+            ("symlnik", "symlink"),
+            ("config_dir", "configdir"),
+            ("statefile", "state_file"),
+            ("state_files", "state_file"),
+            ("pg_bouncer", "pgbouncer"),
+            ("fast_intervals", "fast_interval"),
+        ] {
+            let e = d.err(&with_global(&format!("{bad}=5")));
+            assert!(
+                e.starts_with(&format!(
+                    "config error: rebouncer.ini:5: unknown key \"{bad}\" in [global], probably {meant} ("
+                )),
+                "{bad}: {e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn any_other_unknown_global_key_is_ignored_with_a_warning_as_the_go_tool_did() {
+        let d = Dir::new();
+        let c = d
+            .load(&with_global(
+                "logfile=/var/log/x.log
+debug=1
+interval=7
+http=:7100",
+            ))
+            .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(7));
+        assert_eq!(
+            c.warnings,
+            [
+                "rebouncer.ini:5: unknown key \"logfile\" in [global] is ignored, as the Go tool did; \
+                 remove it or check its spelling",
+                "rebouncer.ini:6: unknown key \"debug\" in [global] is ignored, as the Go tool did; \
+                 remove it or check its spelling",
+                "rebouncer.ini:8: unknown key \"http\" in [global] is ignored, as the Go tool did; \
+                 remove it or check its spelling",
+            ]
+        );
+        // A key that may be a pasted secret is not repeated.
+        let c = d
+            .load(&with_global("postgresql://u:s3cret@h/db?x=1"))
+            .unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].starts_with("rebouncer.ini:5: an unknown key in [global] is ignored"),
+            "{:?}",
+            c.warnings
+        );
+        assert!(!c.warnings[0].contains("s3cret"));
+        // A clean config has none.
+        assert!(d.load(&with_global("")).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn near_miss_and_edit_distance() {
+        assert_eq!(edit_distance("interval", "interval"), 0);
+        assert_eq!(edit_distance("intreval", "interval"), 1);
+        assert_eq!(edit_distance("intervall", "interval"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(near_miss("keep_connection"), Some("keep_connections"));
+        assert_eq!(near_miss("timeout_"), Some("timeout"));
+        // Unrelated keys, including short ones, are not near misses.
+        for other in [
+            "logfile", "pidfile", "http", "listen", "debug", "user", "loglevel", "port", "config",
+            "",
+        ] {
+            assert_eq!(near_miss(other), None, "{other}");
+        }
     }
 
     #[test]
@@ -1703,6 +1901,40 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn a_server_or_pgbouncer_with_several_hosts_is_refused() {
+        let d = Dir::new();
+        for (line, who) in [
+            ("db1=host=10.0.0.1,10.0.0.9 user=r", "server db1"),
+            ("db1=host=10.0.0.1 port=5432,5433 user=r", "server db1"),
+            (
+                "db1=postgresql://r:s3cret@10.0.0.1,10.0.0.9/postgres",
+                "server db1",
+            ),
+        ] {
+            let e = d.err(&format!("{GLOBAL}\n[servers]\n{line}\n"));
+            assert!(
+                e.starts_with(&format!(
+                    "config error: rebouncer.ini:7: {who}: the connection string names 2 "
+                )),
+                "{line}: {e}"
+            );
+            assert!(e.contains("a check must reach one known server"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let e = d.err(&with_global("").replace(
+            "host=/tmp port=6432",
+            "host=/tmp,/var/run/postgresql port=6432",
+        ));
+        assert!(
+            e.starts_with(
+                "config error: rebouncer.ini:2: pgbouncer: the connection string names 2 hosts; "
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2034,6 +2266,66 @@ mod tests {
             e,
             "config error: N:3: not a valid INI file (missing key); PgBouncer would not load it either"
         );
+    }
+
+    #[test]
+    fn node_file_naming_no_database_is_refused_with_the_line_and_why() {
+        for (text, what, line) in [
+            (
+                "[databases]\n* = host=10.0.0.1\n[pgbouncer]\n",
+                "only the \"*\" fallback",
+                1,
+            ),
+            (
+                "; node db1\n\n[databases]\n%include /etc/pgbouncer/dbs.ini\n[pgbouncer]\n",
+                "databases in %include files are not read",
+                3,
+            ),
+            (
+                "[pgbouncer]\nlisten_port=1\n[databases]  ; none\n\n",
+                "the section is empty",
+                3,
+            ),
+            (
+                "[databases]\n* = host=x\n%include /etc/x.ini\n[pgbouncer]\n",
+                "only the \"*\" fallback, and databases in %include files are not read",
+                1,
+            ),
+        ] {
+            let e = node(text).unwrap_err().0;
+            assert_eq!(
+                e,
+                format!(
+                    "config error: N:{line}: [databases] names no database ({what}); rebouncer confirms a switch \
+                     by finding these databases in PgBouncer's SHOW DATABASES, so with none a wrong config would \
+                     pass: add a line for each database the applications use, e.g. appdb = host=<this node> \
+                     port=5432 dbname=appdb"
+                ),
+                "{text}"
+            );
+        }
+        // One named database next to `*` is enough.
+        let n = node("[databases]\n* = host=x\na = host=x\n[pgbouncer]\n").unwrap();
+        assert_eq!(n.databases, [db("a", Some("x"), 5432)]);
+    }
+
+    #[test]
+    fn a_star_only_node_file_is_refused_at_start_naming_server_and_file() {
+        let d = Dir::new();
+        d.write(
+            "nodes/db2.ini",
+            "[databases]\n* = host=10.0.0.2 port=5432\n[pgbouncer]\nlisten_port=6432\n",
+        );
+        let e = d.err(&with_global(""));
+        assert!(
+            e.starts_with(&format!(
+                "config error: rebouncer.ini:7: server db2: {}:1: [databases] names no database \
+                 (only the \"*\" fallback); ",
+                d.path().join("nodes/db2.ini").display()
+            )),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 
     #[test]

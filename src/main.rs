@@ -80,6 +80,9 @@ async fn run(opts: Options) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fatal(to_log, &e.to_string()),
     };
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
 
     // The state file holds the timelines that tell an old primary from the real one: a
     // corrupt one is a reason to stop, not to forget them silently.

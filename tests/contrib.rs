@@ -29,6 +29,17 @@ fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
     (o.status.code(), out, err)
 }
 
+/// A tool a static check needs. A missing one fails the test: a check that passes
+/// without having run proves nothing (`.ci/run` installs them).
+fn required_program(name: &str, package: &str) -> PathBuf {
+    find_program(name).unwrap_or_else(|| {
+        panic!(
+            "{name} is not installed, so this check cannot run; install it \
+             (apt-get install {package}, as .ci/run does)"
+        )
+    })
+}
+
 fn find_program(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -61,6 +72,7 @@ struct InitFiles {
     lockfile: PathBuf,
     log: PathBuf,
     listen: String,
+    statedir: PathBuf,
 }
 
 /// Writes `<dir>/sysconfig` pointing the init script at the built binary, `config`, and
@@ -72,6 +84,7 @@ fn init_files(dir: &Path, config: &Path) -> InitFiles {
         lockfile: dir.join("lock/rebouncer"),
         log: dir.join("rebouncer.log"),
         listen: format!("127.0.0.1:{}", common::alloc_port()),
+        statedir: dir.join("state"),
     };
     let text = format!(
         "# written by tests/contrib.rs\n\
@@ -81,14 +94,16 @@ fn init_files(dir: &Path, config: &Path) -> InitFiles {
          REBOUNCERCONFIG='{}'\n\
          REBOUNCERLOG='{}'\n\
          REBOUNCERLISTEN='{}'\n\
-         REBOUNCERUSER='{}'\n",
+         REBOUNCERUSER='{}'\n\
+         statedir='{}'\n",
         common::rebouncer_bin().display(),
         f.pidfile.display(),
         f.lockfile.display(),
         config.display(),
         f.log.display(),
         f.listen,
-        daemon_user()
+        daemon_user(),
+        f.statedir.display()
     );
     fs::write(&f.sysconfig, text).unwrap();
     f
@@ -182,7 +197,20 @@ fn init_script_starts_reports_and_stops_the_daemon() {
             uid,
             "pid file directory owner"
         );
+        assert_eq!(
+            fs::metadata(&f.statedir).unwrap().uid(),
+            uid,
+            "state directory owner"
+        );
     }
+    assert!(f.statedir.is_dir(), "state directory made");
+    // The daemon was told where it is, as systemd's StateDirectory= tells it.
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let want = format!("STATE_DIRECTORY={}", f.statedir.display());
+    assert!(
+        environ.split(|b| *b == 0).any(|v| v == want.as_bytes()),
+        "{want} not in the daemon's environment"
+    );
 
     // status
     let (code, out, _) = init(&f, "status");
@@ -296,10 +324,7 @@ fn init_script_refuses_a_broken_config_and_prints_the_error() {
 
 #[test]
 fn shell_scripts_pass_shellcheck() {
-    let Some(sc) = find_program("shellcheck") else {
-        eprintln!("NOTE: shellcheck is not installed; skipping (apt-get install shellcheck)");
-        return;
-    };
+    let sc = required_program("shellcheck", "shellcheck");
     let (code, out, err) = run(Command::new(sc)
         .args([
             "contrib/rebouncer.init",
@@ -313,10 +338,7 @@ fn shell_scripts_pass_shellcheck() {
 
 #[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
-    let Some(sa) = find_program("systemd-analyze") else {
-        eprintln!("NOTE: systemd-analyze is not installed; skipping (apt-get install systemd)");
-        return;
-    };
+    let sa = required_program("systemd-analyze", "systemd");
     // verify checks that the Exec*= binaries exist: point them at the built one.
     let unit = fs::read_to_string(repo().join("contrib/rebouncer.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/rebouncer "), "{unit}");
