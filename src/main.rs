@@ -97,6 +97,7 @@ async fn run(opts: Options) -> ExitCode {
         cfg.interval,
         cfg.pgbouncer.endpoint.clone(),
     ));
+    status_tx.send_modify(|s| s.config_warnings = cfg.warnings.clone());
     let listener = match http::bind(&opts.http).await {
         Ok(l) => l,
         Err(e) => return fatal(to_log, &e.to_string()),

@@ -662,7 +662,13 @@ mod tests {
             answered: 2,
             took: Duration::from_micros(1500),
         });
+        s.config_warnings =
+            vec!["rebouncer.ini:7: unknown key \"loglevel\" in [global] is ignored".into()];
         let text = render_root(&s, SystemTime::now());
+        assert!(
+            text.contains("Config warning: rebouncer.ini:7: unknown key \"loglevel\""),
+            "{text}"
+        );
         assert!(
             text.contains("Last round: 2 of 2 servers answered in 1.5 ms"),
             "{text}"
