@@ -138,9 +138,11 @@ impl fmt::Display for SwitchError {
                     }
                     _ => "",
                 };
+                // "cannot replace symlink <path>: <error>" is what the README tells operators to look for.
                 write!(
                     f,
-                    "cannot point {} at {}: {error}{fix}; stopped before RELOAD: {link}, and PgBouncer keeps its old config",
+                    "cannot replace symlink {} to point it at {}: {error}{fix}; stopped before RELOAD: {link}, \
+                     and PgBouncer keeps its old config",
                     link.symlink.display(),
                     target.display()
                 )
@@ -1233,11 +1235,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with(&format!("cannot point {} at {db1}: ", gone.display()))
-                && e.ends_with(&format!(
-                    "stopped before RELOAD: {} does not exist, and PgBouncer keeps its old config",
-                    gone.display()
-                )),
+            e.starts_with(&format!(
+                "cannot replace symlink {} to point it at {db1}: ",
+                gone.display()
+            )) && e.ends_with(&format!(
+                "stopped before RELOAD: {} does not exist, and PgBouncer keeps its old config",
+                gone.display()
+            )),
             "{e}"
         );
     }
