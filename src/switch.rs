@@ -490,9 +490,32 @@ async fn kill_and_resume<C: Console>(
             ));
         }
     }
+    let hold = test_hold_after_kill();
     let mut conn = Conn { console, session };
+    let mut resumed_with_kill = Vec::new();
     for db in moved {
-        match conn.command(&format!("KILL {}", quote_ident(db))).await {
+        let kill = format!("KILL {}", quote_ident(db));
+        // KILL and RESUME are pipelined on one session, so PgBouncer reads them together
+        // and no client sees the database paused. A client that arrives while it is paused
+        // makes PgBouncer start a server login that the pause closes at once ("closing
+        // because: pause mode"); PgBouncer counts that as a failed login, and that
+        // database's next logins then wait out server_login_retry (15 s by default;
+        // measured with tests/crash_safety.rs's window held open: 13 s after the RESUME).
+        let killed = if hold.is_none() && ours.contains(db) {
+            let resume = format!("RESUME {}", quote_ident(db));
+            match conn.pair(&kill, &resume).await {
+                Ok((killed, resumed)) => {
+                    if is_resumed(&resumed) {
+                        resumed_with_kill.push(db.clone());
+                    }
+                    killed
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            conn.command(&kill).await
+        };
+        match killed {
             Ok(()) => {
                 r.reset.push(db.clone());
                 if theirs.contains(db) {
@@ -512,8 +535,11 @@ async fn kill_and_resume<C: Console>(
             }
         }
     }
-    if !moved.is_empty() {
-        test_hold_after_kill().await;
+    if let Some(ms) = hold.filter(|_| !moved.is_empty()) {
+        tracing::warn!(
+            "{TEST_HOLD_AFTER_KILL_ENV}={ms} is set: holding killed databases {ms} ms before RESUME; this is a test-only hook, unset it"
+        );
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     // A failed KILL may still have gone through (a lost answer), so it is resumed too:
     // "is not paused" then says it did not.
@@ -523,7 +549,9 @@ async fn kill_and_resume<C: Console>(
             to_resume.push(db.clone());
         }
     }
-    let (done, left, error) = resume_each(&mut conn, &to_resume).await;
+    to_resume.retain(|db| !resumed_with_kill.contains(db));
+    let (mut done, left, error) = resume_each(&mut conn, &to_resume).await;
+    done.extend(resumed_with_kill);
     r.resumed = done
         .iter()
         .filter(|db| held_before.contains(db))
@@ -559,17 +587,23 @@ async fn forget_held(state: &mut StateFile, done: &[String]) -> Option<String> {
     }
 }
 
-async fn test_hold_after_kill() {
-    let Some(ms) = std::env::var(TEST_HOLD_AFTER_KILL_ENV)
+fn test_hold_after_kill() -> Option<u64> {
+    std::env::var(TEST_HOLD_AFTER_KILL_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-    else {
-        return;
-    };
-    tracing::warn!(
-        "{TEST_HOLD_AFTER_KILL_ENV}={ms} is set: holding killed databases {ms} ms before RESUME; this is a test-only hook, unset it"
-    );
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// RESUME went through, or there was nothing to resume: "is not paused" (an earlier
+/// attempt got through, or PgBouncer restarted) or "no such database" (gone from the
+/// config).
+fn is_resumed(result: &Result<(), AdminError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(AdminError::Command { detail, .. }) => {
+            detail.contains("is not paused") || detail.contains("no such database")
+        }
+        Err(_) => false,
+    }
 }
 
 /// An admin session that is opened again after a failure that may have closed it.
@@ -584,14 +618,36 @@ impl<C: Console> Conn<'_, C> {
             Some(s) if !s.is_closed() => s,
             _ => self.console.session().await?,
         };
-        let result = s.command(command).await;
-        // PgBouncer answered with an error: the session is fine. A timeout or a closed
-        // connection: log in anew for the next command.
-        if result.is_ok() || matches!(result, Err(AdminError::Command { .. })) {
+        let result = s.command(command).await.map(|_| ());
+        if answered(&result) {
             self.session = Some(s);
         }
-        result.map(|_| ())
+        result
     }
+
+    /// Two commands sent back to back, before the first answer (`Err`: no login).
+    async fn pair(
+        &mut self,
+        first: &str,
+        second: &str,
+    ) -> Result<(Result<(), AdminError>, Result<(), AdminError>), AdminError> {
+        let s = match self.session.take() {
+            Some(s) if !s.is_closed() => s,
+            _ => self.console.session().await?,
+        };
+        let (a, b) = tokio::join!(s.command(first), s.command(second));
+        let (a, b) = (a.map(|_| ()), b.map(|_| ()));
+        if answered(&a) && answered(&b) {
+            self.session = Some(s);
+        }
+        Ok((a, b))
+    }
+}
+
+/// PgBouncer answered (maybe with an error), so the session is fine. A timeout or a
+/// closed connection: log in anew for the next command.
+fn answered(result: &Result<(), AdminError>) -> bool {
+    matches!(result, Ok(()) | Err(AdminError::Command { .. }))
 }
 
 /// `RESUME` each database; a failure is tried once more (on a new session if it was
@@ -607,19 +663,12 @@ async fn resume_each<C: Console>(
         let command = format!("RESUME {}", quote_ident(db));
         let mut resumed = false;
         for _attempt in 0..2 {
-            match conn.command(&command).await {
-                Ok(()) => resumed = true,
-                Err(AdminError::Command { detail, .. })
-                    if detail.contains("is not paused") || detail.contains("no such database") =>
-                {
-                    resumed = true
-                }
-                Err(e) => {
-                    last_error = Some(e);
-                    continue;
-                }
+            let result = conn.command(&command).await;
+            if is_resumed(&result) {
+                resumed = true;
+                break;
             }
-            break;
+            last_error = result.err();
         }
         if resumed {
             done.push(db.clone());
@@ -963,6 +1012,12 @@ mod tests {
         assert!(t.fake.paused().is_empty());
         assert!(t.state.state().held.is_empty());
         assert!(!t.state_on_disk().contains("held"), "{}", t.state_on_disk());
+        // Each RESUME is sent right behind its KILL, before the KILL's answer.
+        let log = t.fake.log();
+        for db in ["appdb", "other"] {
+            let k = log.iter().position(|c| *c == format!("KILL {db}")).unwrap();
+            assert_eq!(log[k + 1], format!("RESUME {db}"), "{log:?}");
+        }
     }
 
     #[tokio::test]
