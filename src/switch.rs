@@ -1069,6 +1069,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_route_changed_by_hand_since_the_last_confirmation_also_counts_as_moved() {
+        let mut t = setup();
+        let db2 = t.db2.clone();
+        // Confirmed on db2 once; then someone pointed the link at db1 and reloaded.
+        let confirmed_on_db2 = t.switch(&db2, None).await.unwrap().confirmed;
+        replace_symlink(&t.link, &t.db1).unwrap();
+        let by_hand = FakeBouncer::new(t.link.clone());
+        t.fake = by_hand;
+        let done = t.switch(&db2, Some(&confirmed_on_db2)).await.unwrap();
+        assert_eq!(done.resets.reset, names(&["appdb", "other"]));
+    }
+
+    #[tokio::test]
+    async fn reset_sends_nothing_when_the_console_does_not_answer() {
+        let mut t = setup();
+        t.fake.set_up(false);
+        let e = reset(&t.fake, &mut t.state, &names(&["appdb"]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        assert_eq!(t.fake.count("KILL"), 0);
+        assert!(t.state.state().held.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_failed_kill_is_reported_and_retried_by_reset() {
         let mut t = setup();
         t.fake.fail_after("KILL appdb", "admin access needed", 0, 1);
