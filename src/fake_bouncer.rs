@@ -4,7 +4,6 @@
 //! when it cannot; `KILL` and `PAUSE` leave a database paused until `RESUME`; `RESUME` of a
 //! database that is not paused is an error. Faults are injected per command.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,10 +19,50 @@ struct Inner {
     databases: Vec<Database>,
     /// Every command received, in order (logins as "LOGIN").
     log: Vec<String>,
-    /// Command prefix -> error detail, for every session.
-    failing: HashMap<String, String>,
+    /// Injected faults, for every session; the first that matches a command decides.
+    faults: Vec<Fault>,
+    /// A file whose contents are noted with every command (see `watch_file`).
+    watched: Option<PathBuf>,
+    /// (command, contents of the watched file when the command arrived).
+    seen: Vec<(String, String)>,
     /// Incremented by `restart`: sessions from before it count as closed.
     generation: u64,
+}
+
+#[derive(Debug)]
+struct Fault {
+    prefix: String,
+    detail: String,
+    /// Matching commands still to let through before failing.
+    skip: usize,
+    /// Failures left; None: for ever.
+    times: Option<usize>,
+}
+
+impl Inner {
+    fn arrived(&mut self, command: &str) {
+        self.log.push(command.to_string());
+        if let Some(p) = &self.watched {
+            let contents = std::fs::read_to_string(p).unwrap_or_default();
+            self.seen.push((command.to_string(), contents));
+        }
+    }
+
+    /// The error detail if an injected fault hits `command` (`LOGIN` for a login).
+    fn fault(&mut self, command: &str) -> Option<String> {
+        let f = self
+            .faults
+            .iter_mut()
+            .find(|f| command.starts_with(f.prefix.as_str()) && f.times != Some(0))?;
+        if f.skip > 0 {
+            f.skip -= 1;
+            return None;
+        }
+        if let Some(t) = &mut f.times {
+            *t -= 1;
+        }
+        Some(f.detail.clone())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -83,12 +122,43 @@ impl FakeBouncer {
     }
 
     /// Make every command starting with `prefix` fail with `detail` (None: stop failing).
+    /// "LOGIN" makes logins fail.
     pub fn fail(&self, prefix: &str, detail: Option<&str>) {
         let mut i = self.inner.lock().unwrap();
-        match detail {
-            Some(d) => i.failing.insert(prefix.to_string(), d.to_string()),
-            None => i.failing.remove(prefix),
-        };
+        i.faults.retain(|f| f.prefix != prefix);
+        if let Some(d) = detail {
+            i.faults.push(Fault {
+                prefix: prefix.into(),
+                detail: d.into(),
+                skip: 0,
+                times: None,
+            });
+        }
+    }
+
+    /// Let the next `skip` commands starting with `prefix` through, then fail `times` of them.
+    pub fn fail_after(&self, prefix: &str, detail: &str, skip: usize, times: usize) {
+        self.inner.lock().unwrap().faults.push(Fault {
+            prefix: prefix.into(),
+            detail: detail.into(),
+            skip,
+            times: Some(times),
+        });
+    }
+
+    /// Note the contents of `path` (empty when unreadable) as every later command arrives:
+    /// what a crash at that command would leave on disk.
+    pub fn watch_file(&self, path: PathBuf) {
+        self.inner.lock().unwrap().watched = Some(path);
+    }
+
+    /// The watched file's contents when the first command starting with `prefix` arrived.
+    pub fn file_at(&self, prefix: &str) -> Option<String> {
+        let i = self.inner.lock().unwrap();
+        i.seen
+            .iter()
+            .find(|(c, _)| c.starts_with(prefix))
+            .map(|(_, f)| f.clone())
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -144,12 +214,12 @@ impl Console for FakeBouncer {
 
     async fn session(&self) -> Result<FakeSession, AdminError> {
         let mut i = self.inner.lock().unwrap();
-        i.log.push("LOGIN".into());
+        i.arrived("LOGIN");
         if !i.up {
             return Err(error("the login", "connection refused"));
         }
-        if let Some(d) = i.failing.get("LOGIN") {
-            return Err(error("the login", d));
+        if let Some(d) = i.fault("LOGIN") {
+            return Err(error("the login", &d));
         }
         Ok(FakeSession {
             inner: self.inner.clone(),
@@ -167,17 +237,13 @@ impl Session for FakeSession {
         }
         let reload = {
             let mut i = self.inner.lock().unwrap();
-            i.log.push(command.to_string());
+            i.arrived(command);
             if !i.up || i.generation != self.generation {
                 self.closed.store(true, Ordering::SeqCst);
                 return Err(error(command, "connection closed"));
             }
-            if let Some((_, d)) = i
-                .failing
-                .iter()
-                .find(|(p, _)| command.starts_with(p.as_str()))
-            {
-                return Err(error(command, d));
+            if let Some(d) = i.fault(command) {
+                return Err(error(command, &d));
             }
             let word = |c: &str| {
                 c.split_whitespace()

@@ -1,0 +1,81 @@
+//! A switch `KILL`s the databases that moved and then `RESUME`s them; PgBouncer holds every
+//! new client of a killed database until the `RESUME`, and the pause outlives the admin
+//! session that made it. A rebouncer killed in between (SIGKILL, the OOM killer, systemd's
+//! stop timeout) must not leave those clients held forever: it records the databases in
+//! its state file before the `KILL`, and the next rebouncer resumes what the file lists.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::{Cluster, Link, Opts};
+
+const SHORT: Duration = Duration::from_secs(20);
+
+/// The test-only hook of src/switch.rs (`switch::TEST_HOLD_AFTER_KILL_ENV`): how long a
+/// switch waits between its `KILL`s and its `RESUME`s.
+const HOLD_AFTER_KILL: &str = "REBOUNCER_TEST_HOLD_AFTER_KILL_MS";
+
+/// The `paused` column of `SHOW DATABASES` for `db` ("1" or "0"; "" when unknown).
+fn paused(c: &Cluster, db: &str) -> String {
+    let Ok(rows) = c.admin("SHOW DATABASES") else {
+        return String::new();
+    };
+    rows.lines()
+        .find(|l| l.split('|').next() == Some(db))
+        .and_then(|row| row.split('|').nth(11))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_rebouncer_killed_between_kill_and_resume_is_cleaned_up_by_the_next_one() {
+    let c = Cluster::start(Opts::default().link(Link::Node(1)));
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let state = c.root().join("rebouncer.state");
+    let held = || fs::read_to_string(&state).unwrap_or_default();
+
+    let mut cmd = c.daemon_cmd(&cfg);
+    cmd.env.push((HOLD_AFTER_KILL.into(), "600000".into()));
+    let mut d = cmd.start();
+    d.wait_log(SHORT, "PgBouncer now points at pg1");
+    assert_eq!(c.bouncer_write("before").unwrap(), 1);
+
+    c.stop_fast(1);
+    c.promote(2);
+    d.wait_for(
+        SHORT,
+        "appdb and postgres KILLed by the switch to pg2, and listed as held in the state file",
+        |_| {
+            paused(&c, "appdb") == "1"
+                && paused(&c, "postgres") == "1"
+                && held().contains("held appdb\n")
+                && held().contains("held postgres\n")
+        },
+    );
+    assert_eq!(c.bouncer_target_node(), Some(2));
+    d.kill9();
+
+    // Nobody resumes them now: PgBouncer holds every new client. (Probed on `postgres`
+    // only: the held client makes PgBouncer start a server login that the pause closes,
+    // and PgBouncer then delays that database's next logins by server_login_retry, 15 s.)
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(paused(&c, "appdb"), "1");
+    assert!(
+        c.bouncer_query_timeout("postgres", "SELECT 1", Duration::from_secs(2))
+            .is_err(),
+        "a killed database should hold its clients until RESUME"
+    );
+
+    let mut d = c.daemon(&cfg);
+    d.wait_for(
+        SHORT,
+        "appdb and postgres resumed by the restarted rebouncer",
+        |_| paused(&c, "appdb") == "0" && paused(&c, "postgres") == "0",
+    );
+    assert_eq!(c.bouncer_write("after").unwrap(), 2);
+    d.wait_for(SHORT, "the state file no longer listing them", |_| {
+        !held().contains("held ")
+    });
+}
