@@ -18,7 +18,7 @@ use crate::decide::{
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
 use crate::status::{Drift, Paused, Phase, RoundStats, Snapshot, StaleStatus, SwitchFailure};
-use crate::switch;
+use crate::switch::{self, SwitchPlan};
 use crate::throttle::{Say, Throttle};
 
 /// How often PgBouncer's admin console is tried at start-up until it answers.
@@ -110,9 +110,9 @@ pub struct Daemon<C: Console> {
     switch_errors: Throttle<String>,
     last_round: Option<RoundStats>,
     last_decision: Option<Decision>,
-    /// Databases a switch told PgBouncer to `KILL` and could not `RESUME`: their new
-    /// clients wait until a `RESUME` gets through, so it is retried every round.
-    left_killed: Vec<String>,
+    /// Databases that moved in a switch but whose `KILL` failed: their clients may still
+    /// be on the old server, so the `KILL` is retried every round.
+    not_reset: Vec<String>,
     /// A kept admin session: when PgBouncer closes it (a restart), its routes are checked
     /// at once.
     watch_session: Option<C::Session>,
@@ -210,7 +210,7 @@ impl<C: Console> Daemon<C> {
             switch_errors: Throttle::new(REMINDER_EVERY),
             last_round: None,
             last_decision: None,
-            left_killed: Vec::new(),
+            not_reset: Vec::new(),
             watch_session: None,
             rounds_since_drift_check: 0,
             drift: None,
@@ -346,20 +346,52 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    /// Databases a previous run paused or killed and did not resume (it was killed in
-    /// between) wait for a `RESUME` that nobody else will send. Only what the state file
-    /// lists: a pause an operator made is theirs to end.
+    /// Databases a previous run killed and did not resume (it was killed in between)
+    /// wait for a `RESUME` that nobody else will send. Only what the state file lists: a
+    /// pause an operator made is theirs to end.
     async fn resume_held_from_last_run(&mut self) {
-        let held = self.state.state().held.clone();
-        if held.is_empty() {
-            return;
+        if !self.state.state().held.is_empty() {
+            self.resume_held("left paused by a rebouncer stopped between KILL and RESUME")
+                .await;
         }
-        warn!(
-            "database(s) {} were left paused in PgBouncer by a rebouncer that stopped in the middle of a switch; resuming them",
-            held.join(", ")
-        );
-        self.left_killed = held;
-        self.resume_left_killed().await;
+    }
+
+    async fn resume_held(&mut self, why: &str) {
+        match switch::resume_held(&self.console, &mut self.state).await {
+            Ok(done) => {
+                if !done.resumed.is_empty() {
+                    info!(
+                        "resumed database(s) {} in PgBouncer, {why}; their clients are let through again",
+                        done.resumed.join(", ")
+                    );
+                }
+                if let Some(w) = done.warning {
+                    warn!("{w}");
+                }
+            }
+            Err(e) => warn!("{e}"),
+        }
+    }
+
+    async fn reset_not_reset(&mut self) {
+        match switch::reset(&self.console, &mut self.state, &self.not_reset).await {
+            Ok(r) => {
+                if !r.reset.is_empty() {
+                    info!(
+                        "connections to the old server dropped for database(s) {} (KILL retried)",
+                        r.reset.join(", ")
+                    );
+                }
+                for w in &r.warnings {
+                    warn!("{w}");
+                }
+                self.not_reset = r.not_reset;
+            }
+            Err(e) => warn!(
+                "cannot retry KILL of database(s) {}: {e}; retrying next round",
+                self.not_reset.join(", ")
+            ),
+        }
     }
 
     /// Ask every server that is due, wait for the answers, then decide. A server that
@@ -550,8 +582,14 @@ impl<C: Console> Daemon<C> {
             if !too_soon {
                 self.switch(to).await;
             }
-        } else if !self.left_killed.is_empty() {
-            self.resume_left_killed().await;
+        } else {
+            if !self.not_reset.is_empty() {
+                self.reset_not_reset().await;
+            }
+            if !self.state.state().held.is_empty() {
+                self.resume_held("left paused by an earlier RESUME that failed")
+                    .await;
+            }
         }
         self.last_decision = Some(decision);
         self.publish();
@@ -665,28 +703,6 @@ impl<C: Console> Daemon<C> {
                     self.nodes[*master].name,
                     others.join(", ")
                 )
-            }
-        }
-    }
-
-    async fn resume_left_killed(&mut self) {
-        match switch::resume(&self.console, &self.left_killed).await {
-            Ok(()) => {
-                info!(
-                    "database(s) {} resumed in PgBouncer; their clients are let through again",
-                    self.left_killed.join(", ")
-                );
-                self.left_killed.clear();
-                if let Err(e) = self.state.update(|s| s.held.clear()).await {
-                    warn!("{e}");
-                }
-            }
-            Err((left, e)) => {
-                warn!(
-                    "database(s) {} still killed in PgBouncer, RESUME failed: {e}; retrying next round",
-                    left.join(", ")
-                );
-                self.left_killed = left;
             }
         }
     }
@@ -833,7 +849,7 @@ impl<C: Console> Daemon<C> {
             .filter(|d| d.paused)
             .map(|d| Paused {
                 name: d.name.clone(),
-                by_rebouncer: held.contains(&d.name) || self.left_killed.contains(&d.name),
+                by_rebouncer: held.contains(&d.name),
             })
             .collect();
         if paused != self.paused {
@@ -900,34 +916,38 @@ impl<C: Console> Daemon<C> {
         }
         let started = Instant::now();
         self.last_switch_attempt = Some(started);
-        let result = switch::switch_to(
-            &self.console,
-            &self.cfg.symlink,
-            &node_file,
-            &self.left_killed,
-        )
-        .await;
+        let plan = SwitchPlan {
+            symlink: &self.cfg.symlink,
+            node_file: &node_file,
+            last_confirmed: self.last_confirmed.as_deref(),
+        };
+        let result = switch::run(&self.console, &mut self.state, plan).await;
         match result {
             Ok(done) => {
                 let ms = started.elapsed().as_millis();
-                let reset = if done.reset.is_empty() {
+                let reset = if done.resets.reset.is_empty() {
                     String::new()
                 } else {
                     format!(
                         "; connections to the old server dropped for database(s) {}",
-                        done.reset.join(", ")
+                        done.resets.reset.join(", ")
                     )
                 };
                 info!(
                     "PgBouncer now points at {name} ({}), confirmed by SHOW DATABASES in {ms} ms{reset}",
                     node_file.display()
                 );
-                for (db, e) in &done.not_reset {
-                    warn!(
-                        "KILL of database {db} failed after the switch: {e}; its clients may stay on the old server until they reconnect, and new logins may wait out PgBouncer's server_login_retry"
+                for w in done.link_warning.iter().chain(&done.resets.warnings) {
+                    warn!("{w}");
+                }
+                if !done.resets.resumed.is_empty() {
+                    info!(
+                        "resumed database(s) {}, left paused by an earlier attempt",
+                        done.resets.resumed.join(", ")
                     );
                 }
-                self.left_killed.clear();
+                self.not_reset = done.resets.not_reset;
+                self.last_confirmed = Some(done.confirmed);
                 self.believed = Believed {
                     active: Some(to),
                     confirmed: true,
@@ -950,9 +970,6 @@ impl<C: Console> Daemon<C> {
                 }
             }
             Err(e) => {
-                if let switch::SwitchError::LeftKilled { databases, .. } = &e {
-                    self.left_killed = databases.clone();
-                }
                 let error = e.to_string();
                 // The link may or may not have moved; believe only what it says now.
                 self.believed = Believed {
@@ -1045,7 +1062,7 @@ impl<C: Console> Daemon<C> {
             s.refusal = refusal;
             s.drift = self.drift.clone();
             s.paused = self.paused.clone();
-            s.held = self.left_killed.clone();
+            s.held = self.state.state().held.clone();
             s.state_file = self.state.path().display().to_string();
             s.state_error = self.state.write_error().map(str::to_string);
         });

@@ -109,13 +109,6 @@ pub enum SwitchError {
     /// The link points at the node and `RELOAD` was sent, but PgBouncer does not (provably)
     /// route as the node's config says.
     NotApplied { link: LinkState, why: String },
-    /// Returned only by the legacy [`switch_to`]: PgBouncer uses the node's config, but
-    /// databases it sent `KILL` to could not be resumed.
-    LeftKilled {
-        node_file: PathBuf,
-        databases: Vec<String>,
-        error: String,
-    },
 }
 
 impl fmt::Display for SwitchError {
@@ -154,16 +147,6 @@ impl fmt::Display for SwitchError {
             SwitchError::NotApplied { link, why } => {
                 write!(f, "{link} and RELOAD was sent, but {why}")
             }
-            SwitchError::LeftKilled {
-                node_file,
-                databases,
-                error,
-            } => write!(
-                f,
-                "PgBouncer now uses {}, but database(s) {} stay paused after KILL: {error}",
-                node_file.display(),
-                databases.join(", ")
-            ),
         }
     }
 }
@@ -692,72 +675,6 @@ pub async fn resume<C: Console>(
         (_, left, Some(e)) if !left.is_empty() => Err((left, e)),
         _ => Ok(()),
     }
-}
-
-/// The result of the legacy [`switch_to`].
-#[derive(Debug, Default)]
-pub struct LegacySwitched {
-    pub relinked: bool,
-    pub reset: Vec<String>,
-    pub not_reset: Vec<(String, String)>,
-}
-
-/// LEGACY, only for today's daemon.rs; remove once the daemon calls [`run`] with its state
-/// file. Same switch as [`run`], but nothing held is recorded on disk (the state is kept in
-/// memory for this call), and what moved is taken from the `SHOW DATABASES` before `RELOAD`.
-pub async fn switch_to<C: Console>(
-    bouncer: &C,
-    symlink: &Path,
-    node_file: &Path,
-    resume: &[String],
-) -> Result<LegacySwitched, SwitchError> {
-    // A path under /dev/null can never be written: every update stays in memory.
-    let mut state = StateFile::in_memory(Path::new("/dev/null/rebouncer-legacy.state"));
-    let held = resume.to_vec();
-    let _ = state.update(|s| s.held = held).await;
-    let done = run(
-        bouncer,
-        &mut state,
-        SwitchPlan {
-            symlink,
-            node_file,
-            last_confirmed: None,
-        },
-    )
-    .await?;
-    let r = done.resets;
-    if !r.still_held.is_empty() {
-        let error = r
-            .warnings
-            .iter()
-            .find(|w| w.contains("RESUME failed"))
-            .cloned()
-            .unwrap_or_default();
-        return Err(SwitchError::LeftKilled {
-            node_file: node_file.to_path_buf(),
-            databases: r.still_held,
-            error,
-        });
-    }
-    let not_reset = r
-        .not_reset
-        .iter()
-        .map(|db| {
-            let prefix = format!("KILL of database {db} failed: ");
-            let why = r
-                .warnings
-                .iter()
-                .find_map(|w| w.strip_prefix(&prefix))
-                .and_then(|w| w.split("; ").next())
-                .unwrap_or("unknown error");
-            (db.clone(), why.to_string())
-        })
-        .collect();
-    Ok(LegacySwitched {
-        relinked: done.relinked,
-        reset: r.reset,
-        not_reset,
-    })
 }
 
 /// Run blocking file I/O on tokio's blocking pool: the runtime is single-threaded, and a
@@ -1322,21 +1239,6 @@ mod tests {
                 "stopped before RELOAD: {} does not exist, and PgBouncer keeps its old config",
                 gone.display()
             )),
-            "{e}"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_legacy_switch_to_still_kills_and_resumes() {
-        let t = setup();
-        let done = switch_to(&t.fake, &t.link, &t.db2, &[]).await.unwrap();
-        assert_eq!(done.reset, names(&["appdb", "other"]));
-        assert!(t.fake.paused().is_empty());
-        t.fake.fail("RESUME", Some("timeout"));
-        let db1 = t.db1.clone();
-        let e = switch_to(&t.fake, &t.link, &db1, &[]).await.unwrap_err();
-        assert!(
-            matches!(&e, SwitchError::LeftKilled { databases, .. } if *databases == names(&["appdb", "other"])),
             "{e}"
         );
     }
