@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # rebouncer demo: builds rebouncer, sets up a throw-away PostgreSQL 15 primary + 2
 # streaming standbys + PgBouncer on loopback ports of their own, and walks through a
-# failover and a split brain, narrating each step. Then it stops and removes everything.
+# failover and an old primary coming back, narrating each step. Then it stops and removes everything.
 #
 # Usage (on Debian, as root or as a user with sudo):  bash contrib/demo.sh
 #

@@ -1,5 +1,5 @@
 //! The README's first command (`bash contrib/demo.sh`) runs this: a narrated walk through
-//! a failover and a split brain on a real local cluster, with the same fixture as the
+//! a failover and an old primary coming back (a stale primary) on a real local cluster, with the same fixture as the
 //! integration tests. Ignored by `cargo test`; run it with
 //! `cargo test --release --test demo -- --ignored --nocapture`.
 //!
@@ -302,11 +302,12 @@ fn demo() {
         n.say("rebouncer's log:");
         show_new_log(&n, &d, &mut cursor);
 
-        // --- 4. split brain -----------------------------------------------------------
-        n.step("6. Split brain: the old primary comes back");
+        // --- 4. the old primary comes back ------------------------------------------
+        n.step("6. The old primary comes back: a stale primary");
         n.say(
             "pg_ctl start pg1: it still thinks it is the primary (as after a reboot of a\n\
-             machine that was only unreachable), so there are two masters now",
+             machine that was only unreachable), so there are two masters now; but pg1 is\n\
+             still on timeline 1, and pg2's promotion started timeline 2",
         );
         let pg1_back = Instant::now();
         c.start_node(1);
@@ -321,17 +322,18 @@ fn demo() {
             "pg1 is up and takes writes from anyone who connects to it directly: {direct}"
         ));
         n.say(&format!(
-            "rebouncer sees it at its next round (down servers are retried every interval, {INTERVAL} s)"
+            "rebouncer sees it at its next check of pg1 (a server that keeps failing is retried\n\
+             less and less often, up to every interval, {INTERVAL} s)"
         ));
         // Detection of a returning server waits for the next round: up to one interval.
         d.wait_for(
             Duration::from_secs(INTERVAL + TIMEOUT + 15),
-            "split brain on /nagios",
-            |d| page(d, "/nagios").starts_with("CRITICAL: split brain"),
+            "stale primary on /nagios",
+            |d| page(d, "/nagios").starts_with("CRITICAL: stale primary pg1"),
         );
         let detected = Instant::now();
         n.say(&format!(
-            "/nagios says split brain {} ms after pg1 came back:",
+            "/nagios names pg1 a stale primary {} ms after it came back:",
             ms(pg1_back.elapsed())
         ));
         n.show(&page(&d, "/nagios"));
@@ -339,8 +341,7 @@ fn demo() {
         show_new_log(&n, &d, &mut cursor);
 
         n.say(
-            "a few seconds later (tens of rounds: with no single master they come every 0.1 s),\n\
-             nothing has moved:",
+            "a few seconds later, nothing has moved:",
         );
         let logins_before = (c.monitor_logins(1), c.monitor_logins(2));
         let pause = Instant::now();
@@ -375,18 +376,18 @@ fn demo() {
             page(&d, "/nodes").trim().replace('\n', ", ")
         ));
         n.show(&format!(
-            "new monitoring connections in these {:.1} s (each master is re-checked on a new\n\
-             connection when a split brain starts, then every 5 s): {} to pg1, {} to pg2",
+            "new monitoring connections in these {:.1} s (none needed: the timelines settle it,\n\
+             no re-check of the masters on new connections): {} to pg1, {} to pg2",
             pause.as_secs_f64(),
             logins.0,
             logins.1
         ));
         let log = d.log();
         let loud = log
-            .matches("split brain: pg1, pg2 all answer as master")
+            .matches("stale primary: pg1 answers as master on timeline 1")
             .count();
         n.say(&format!(
-            "the split brain was logged {} in {:.1} s: once when it started, then once a minute",
+            "the stale primary was logged {} in {:.1} s: once when it started, then once a minute",
             plural(loud, "time", "times"),
             detected.elapsed().as_secs_f64()
         ));
