@@ -72,8 +72,16 @@ pub async fn run(path: &Path) -> ExitCode {
     results.sort_by_key(|(id, _)| *id);
     for (id, obs) in results {
         let s = &cfg.servers[id];
+        let timeline = match (obs.timeline, &obs.timeline_note) {
+            (Some(t), _) => format!(", timeline {}", t.timeline),
+            (None, Some(note)) => format!("; {note}"),
+            (None, None) => String::new(),
+        };
         match obs.error {
-            None => println!("{} ({}): {}", s.name, s.target.endpoint, obs.state),
+            None => println!(
+                "{} ({}): {}{timeline}",
+                s.name, s.target.endpoint, obs.state
+            ),
             Some(e) => println!("{}: down: {e}", s.name),
         }
     }

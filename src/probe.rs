@@ -283,7 +283,10 @@ impl Monitor {
         let result = tokio::time::timeout(timeout, work).await;
         self.access = access;
         match result {
-            Ok(Ok((state, timeline))) => Observation::up(state, timeline),
+            Ok(Ok((state, timeline))) => Observation {
+                timeline_note: self.access.note().map(str::to_string),
+                ..Observation::up(state, timeline)
+            },
             Ok(Err(e)) => Observation::down(format!("new connection failed: {e}")),
             Err(_) => Observation::hung(format!(
                 "{}: a new connection got no answer within {} s (timeout)",

@@ -340,9 +340,7 @@ fn demo() {
         n.say("rebouncer's log:");
         show_new_log(&n, &d, &mut cursor);
 
-        n.say(
-            "a few seconds later, nothing has moved:",
-        );
+        n.say("a few seconds later, nothing has moved:");
         let logins_before = (c.monitor_logins(1), c.monitor_logins(2));
         let pause = Instant::now();
         std::thread::sleep(Duration::from_secs(3));

@@ -189,8 +189,8 @@ fn check_mode_validates_and_tries_each_server_once() {
         "{text}"
     );
     assert!(text.contains("pgbouncer (127.0.0.1:"), "{text}");
-    assert!(text.contains(": master"), "{text}");
-    assert!(text.contains(": standby"), "{text}");
+    assert!(text.contains(": master, timeline 1"), "{text}");
+    assert!(text.contains(": standby, timeline 1"), "{text}");
     assert!(text.contains("gone: down:"), "{text}");
     // Nothing was switched by a check.
     assert_eq!(c.symlink_node(), Some(2));
