@@ -1112,7 +1112,6 @@ async fn run_monitor<P: Probe>(
 /// is exercised here without a process; the integration tests cover the real I/O.
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::sync::{Arc, Mutex};
 
     use tokio::time::sleep;
@@ -1604,20 +1603,31 @@ mod tests {
         let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
         w.until(S(3), |w| w.nagios().starts_with("OK"), "settled")
             .await;
-        // The directory disappears: the next timeline change cannot be remembered.
-        std::fs::remove_file(w.root.join("rebouncer.state")).unwrap();
-        let moved = w.root.with_extension("gone");
-        std::fs::rename(&w.root, &moved).unwrap();
+        // A directory now stands where the file was: the next timeline change cannot be
+        // written, and rebouncer goes on with it in memory.
+        let path = w.root.join("rebouncer.state");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), "").unwrap();
         w.set(1, Down);
         w.set(2, Master(2));
         w.until(
             S(4),
+            |w| w.routed() == Some(2),
+            "failover followed all the same",
+        )
+        .await;
+        w.until(
+            S(1),
             |w| w.snapshot().state_error.is_some(),
             "write error shown",
         )
         .await;
-        std::fs::rename(&moved, &w.root).unwrap();
-        let _ = Path::new("");
+        let root = crate::status::render_root(&w.snapshot(), SystemTime::now());
+        assert!(
+            root.contains("State file: cannot write state file"),
+            "{root}"
+        );
         w.stop().await;
     }
 }
