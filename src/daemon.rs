@@ -61,6 +61,18 @@ struct Hold {
     deadline: Instant,
 }
 
+/// How a hold ends when no switch ends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The lost master answers as master again: plain RESUME, clients go on where they were.
+    MasterBack,
+    /// No single master in time, split brain, only a stale primary, a refused master:
+    /// clients get PgBouncer's errors as they would have without the pause.
+    GiveUp,
+    /// rebouncer stops: RESUME, and PgBouncer deals with the clients as without rebouncer.
+    Shutdown,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Request {
     Check,
@@ -342,7 +354,8 @@ impl<C: Console> Daemon<C> {
         if self.hold.is_some() {
             // PgBouncer keeps a pause after its admin session is gone: nobody else would
             // ever resume these clients.
-            self.end_hold("rebouncer is shutting down", false).await;
+            self.end_hold("rebouncer is shutting down", Ending::Shutdown)
+                .await;
         }
         info!(
             "shutting down; PgBouncer stays pointed at {}",
@@ -637,13 +650,13 @@ impl<C: Console> Daemon<C> {
                         self.nodes[to].name,
                         self.cfg.pause_timeout.as_secs()
                     ),
-                    false,
+                    Ending::GiveUp,
                 )
                 .await;
             }
         } else {
-            if let Some(why) = self.hold_over(&decision) {
-                self.end_hold(&why, true).await;
+            if let Some((why, how)) = self.hold_over(&decision) {
+                self.end_hold(&why, how).await;
             }
             if !self.not_reset.is_empty() {
                 self.reset_not_reset().await;
@@ -1012,7 +1025,7 @@ impl<C: Console> Daemon<C> {
                 for w in done.link_warning.iter().chain(&done.resets.warnings) {
                     warn!("{w}");
                 }
-                if !done.resets.resumed.is_empty() {
+                if !done.resets.resumed.is_empty() && self.hold.is_none() {
                     info!(
                         "resumed database(s) {}, left paused by an earlier attempt",
                         done.resets.resumed.join(", ")
@@ -1117,30 +1130,35 @@ impl<C: Console> Daemon<C> {
             }
             Some(NodeState::Master) | None => return None,
             Some(NodeState::Standby) => "it answers as a standby".to_string(),
-            Some(NodeState::Down) => {
-                format!("it is down ({})", n.error.as_deref().unwrap_or("no answer"))
-            }
+            // The line logged when it went down has the error.
+            Some(NodeState::Down) => "it is down".to_string(),
         };
         Some(why)
     }
 
     /// Why a hold must end without a switch, if it must.
-    fn hold_over(&self, decision: &Decision) -> Option<String> {
+    fn hold_over(&self, decision: &Decision) -> Option<(String, Ending)> {
         let h = self.hold.as_ref()?;
         let lost = &self.nodes[h.lost];
         if lost.state == Some(NodeState::Master) && !decision.stale.iter().any(|s| s.node == h.lost)
         {
-            return Some(format!("{} answers as master again", lost.name));
+            return Some((
+                format!("{} answers as master again", lost.name),
+                Ending::MasterBack,
+            ));
         }
         if let Cluster::SplitBrain(m) = &decision.cluster {
             let names: Vec<&str> = m.iter().map(|i| self.nodes[*i].name.as_str()).collect();
-            return Some(format!(
-                "split brain ({}): no switch until it is resolved",
-                names.join(", ")
+            return Some((
+                format!(
+                    "split brain ({}): no switch until it is resolved",
+                    names.join(", ")
+                ),
+                Ending::GiveUp,
             ));
         }
         if let Some(r) = &decision.refusal {
-            return Some(self.refusal_text(r));
+            return Some((self.refusal_text(r), Ending::GiveUp));
         }
         if !decision.stale.is_empty() {
             let names: Vec<&str> = decision
@@ -1148,15 +1166,21 @@ impl<C: Console> Daemon<C> {
                 .iter()
                 .map(|s| self.nodes[s.node].name.as_str())
                 .collect();
-            return Some(format!(
-                "only a stale primary ({}) answers as master, never switched to",
-                names.join(", ")
+            return Some((
+                format!(
+                    "only a stale primary ({}) answers as master, never switched to",
+                    names.join(", ")
+                ),
+                Ending::GiveUp,
             ));
         }
         if h.deadline <= Instant::now() {
-            return Some(format!(
-                "no master appeared within pause_timeout ({} s)",
-                self.cfg.pause_timeout.as_secs()
+            return Some((
+                format!(
+                    "no master appeared within pause_timeout ({} s)",
+                    self.cfg.pause_timeout.as_secs()
+                ),
+                Ending::GiveUp,
             ));
         }
         None
@@ -1319,28 +1343,41 @@ impl<C: Console> Daemon<C> {
         self.publish();
     }
 
-    /// End the hold without a switch: `RESUME` what it paused. `back`: the master may be
-    /// back (its pool's login failure is cleared, see switch::resume_paused).
-    async fn end_hold(&mut self, why: &str, back: bool) {
+    /// End the hold without a switch.
+    async fn end_hold(&mut self, why: &str, how: Ending) {
         let Some(h) = self.hold.take() else {
             return;
         };
         let waiting = self.waiting_clients(&h.databases).await;
-        let result = if back && why.ends_with("answers as master again") {
-            switch::resume_paused(&self.console, &mut self.state, &h.databases).await
-        } else {
-            switch::resume_held(&self.console, &mut self.state).await
+        let result = match how {
+            Ending::MasterBack => {
+                switch::resume_paused(&self.console, &mut self.state, &h.databases)
+                    .await
+                    .map(|done| done.warning.into_iter().collect::<Vec<_>>())
+                    .map_err(|e| e.to_string())
+            }
+            // Held clients are waiting for a server that is gone; after RESUME PgBouncer
+            // fails new clients at once ("server login has been failing") and the held
+            // ones at query_wait_timeout. KILL would fail the held ones now, but the pool
+            // it leaves has no cached server parameters, so every new client would then
+            // wait for a server login instead of failing: worse for all later clients.
+            Ending::GiveUp | Ending::Shutdown => {
+                switch::resume_held(&self.console, &mut self.state)
+                    .await
+                    .map(|done| done.warning.into_iter().collect())
+                    .map_err(|e| e.to_string())
+            }
         };
         match result {
-            Ok(done) => {
-                if let Some(w) = done.warning {
+            Ok(warnings) => {
+                for w in warnings {
                     warn!("{w}");
                 }
                 self.log_hold_end(h, &format!("resumed without a switch: {why}"), waiting);
             }
             Err(e) => {
                 error!(
-                    "ending the pause ({why}) failed: {e}; clients keep waiting until RESUME gets through"
+                    "ending the pause ({why}) failed: {e}; clients keep waiting until RESUME gets through (retried every round)"
                 );
                 self.log_hold_end(h, &format!("RESUME failed ({why})"), waiting);
             }
