@@ -1123,6 +1123,10 @@ impl<C: Console> Daemon<C> {
         if matches!(decision.action, Action::Switch(_)) {
             return None;
         }
+        // A pause that the same verdict would end at once helps nobody.
+        if self.no_hold_verdict(decision, a).is_some() {
+            return None;
+        }
         let n = &self.nodes[a];
         let why = match n.state {
             Some(NodeState::Master) if decision.stale.iter().any(|s| s.node == a) => {
@@ -1147,32 +1151,8 @@ impl<C: Console> Daemon<C> {
                 Ending::MasterBack,
             ));
         }
-        if let Cluster::SplitBrain(m) = &decision.cluster {
-            let names: Vec<&str> = m.iter().map(|i| self.nodes[*i].name.as_str()).collect();
-            return Some((
-                format!(
-                    "split brain ({}): no switch until it is resolved",
-                    names.join(", ")
-                ),
-                Ending::GiveUp,
-            ));
-        }
-        if let Some(r) = &decision.refusal {
-            return Some((self.refusal_text(r), Ending::GiveUp));
-        }
-        if !decision.stale.is_empty() {
-            let names: Vec<&str> = decision
-                .stale
-                .iter()
-                .map(|s| self.nodes[s.node].name.as_str())
-                .collect();
-            return Some((
-                format!(
-                    "only a stale primary ({}) answers as master, never switched to",
-                    names.join(", ")
-                ),
-                Ending::GiveUp,
-            ));
+        if let Some(why) = self.no_hold_verdict(decision, h.lost) {
+            return Some((why, Ending::GiveUp));
         }
         if h.deadline <= Instant::now() {
             return Some((
@@ -1181,6 +1161,36 @@ impl<C: Console> Daemon<C> {
                     self.cfg.pause_timeout.as_secs()
                 ),
                 Ending::GiveUp,
+            ));
+        }
+        None
+    }
+
+    /// A verdict that will not end in a switch by itself soon, so clients are better off
+    /// with their errors now: split brain, only a stale primary, a refused master. The
+    /// lost master itself turning out stale is the loss, not such a verdict.
+    fn no_hold_verdict(&self, decision: &Decision, lost: NodeId) -> Option<String> {
+        if let Cluster::SplitBrain(m) = &decision.cluster {
+            let names: Vec<&str> = m.iter().map(|i| self.nodes[*i].name.as_str()).collect();
+            return Some(format!(
+                "split brain ({}): no switch until it is resolved",
+                names.join(", ")
+            ));
+        }
+        if let Some(r) = &decision.refusal {
+            return Some(self.refusal_text(r));
+        }
+        let stale: Vec<&str> = decision
+            .stale
+            .iter()
+            .filter(|s| s.node != lost)
+            .map(|s| self.nodes[s.node].name.as_str())
+            .collect();
+        if !stale.is_empty() {
+            let names = stale;
+            return Some(format!(
+                "only a stale primary ({}) answers as master, never switched to",
+                names.join(", ")
             ));
         }
         None
@@ -2156,6 +2166,27 @@ mod tests {
             w.snapshot().hold
         );
         w.during(S(5), |w| w.routed() == Some(1), "no switch in split brain")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_stale_primary_while_paused_releases_the_clients_without_a_switch() {
+        let mut state = State::default();
+        state.raise(Some(42), 2);
+        let w = world_with(&[Master(2), Standby(2), Standby(2)], 1, state, PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        // An old primary, restored from a backup on timeline 1, starts as a master.
+        w.set(3, Master(1));
+        w.until(S(2), |w| w.bouncer.paused().is_empty(), "resumed")
+            .await;
+        assert_eq!(w.routed(), Some(1));
+        assert!(
+            last_hold_outcome(&w).is_some_and(|o| o.contains("only a stale primary (pg3)")),
+            "{:?}",
+            w.snapshot().hold
+        );
+        w.during(S(5), |w| w.routed() == Some(1), "never to the stale pg3")
             .await;
         w.stop().await;
     }
