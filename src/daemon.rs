@@ -1400,11 +1400,17 @@ impl<C: Console> Daemon<C> {
         // Shown until the next comparison of routes would notice.
         self.paused.retain(|p| !h.databases.contains(&p.name));
         let clients = waiting.map_or("an unknown number of".to_string(), |w| w.to_string());
-        info!(
+        let line = format!(
             "pause of database(s) {} in PgBouncer ended after {} ms, {clients} client(s) were waiting: {outcome}",
             h.databases.join(", "),
             lasted.as_millis()
         );
+        // Released without a new master, the held clients get errors: worth a warning.
+        if outcome.starts_with("switched to") && !outcome.contains("failed") {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
         self.last_hold = Some(HoldStatus {
             databases: h.databases,
             lost: self.nodes[h.lost].name.clone(),

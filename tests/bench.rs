@@ -484,6 +484,9 @@ struct LedgerRun {
     failed_logins: usize,
     failed_after_gone: usize,
     longest: Duration,
+    /// From the stop or SIGKILL being sent until `pg_ctl promote -w` returned: the time
+    /// without a primary that a held client has to wait out.
+    outage: Duration,
     lost: usize,
     errors: Vec<String>,
 }
@@ -577,7 +580,8 @@ fn ledger_failover(pause: bool, loss: Loss) -> Option<LedgerRun> {
             all
         })
     });
-    std::thread::sleep(Duration::from_millis(1000) + random_below(Duration::from_secs(1)));
+    std::thread::sleep(Duration::from_millis(500) + random_below(Duration::from_secs(1)));
+    let failing = Instant::now();
     match loss {
         Loss::Stop(_) | Loss::Switchover => c.stop_fast(1),
         Loss::Kill9(_) => c.kill9(1),
@@ -585,10 +589,11 @@ fn ledger_failover(pause: bool, loss: Loss) -> Option<LedgerRun> {
     let gone = Instant::now();
     std::thread::sleep(loss.gap());
     c.promote(2);
+    let outage = failing.elapsed();
     let recovered = common::poll_until(Duration::from_secs(60), || {
         c.bouncer_target_node() == Some(2)
     });
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let attempts = load.join().unwrap();
     if !recovered {
@@ -609,6 +614,7 @@ fn ledger_failover(pause: bool, loss: Loss) -> Option<LedgerRun> {
         .collect();
     let mut r = LedgerRun {
         attempts: attempts.len(),
+        outage,
         ..LedgerRun::default()
     };
     for a in &attempts {
@@ -648,14 +654,15 @@ fn bench_pause_through_failover() {
     let n: usize = std::env::var("REBOUNCER_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(3);
     println!(
         "\n{CLIENTS} ledger clients through PgBouncer (transaction pooling, query_wait_timeout=60), \
          a new connection and one numbered INSERT per transaction, reconnecting on error; \
          interval=30 timeout=3, pause_timeout=15; {n} repetitions per line, figures summed \
          (longest: the maximum); `after gone`: failures that started after the old primary was \
          gone (pg_ctl stop or the SIGKILL returned); `lost`: acknowledged rows absent on the new \
-         primary:"
+         primary; `no primary for`: from the stop or SIGKILL until `pg_ctl promote -w` returned (the \
+         maximum):"
     );
     let loss: Vec<Loss> = vec![
         Loss::Stop(Duration::from_millis(500)),
@@ -681,6 +688,7 @@ fn bench_pause_through_failover() {
                 total.failed_logins += r.failed_logins;
                 total.failed_after_gone += r.failed_after_gone;
                 total.longest = total.longest.max(r.longest);
+                total.outage = total.outage.max(r.outage);
                 total.lost += r.lost;
                 for e in r.errors {
                     if total.errors.len() < 2 && !total.errors.contains(&e) {
@@ -689,7 +697,7 @@ fn bench_pause_through_failover() {
                 }
             }
             println!(
-                "  {:31} pausing {:3}: {runs} runs, {:5} transactions, failed: {:3} tx + {:3} logins, {:3} after gone | longest wait {:6} ms (gap {:4} ms) | lost {}{}",
+                "  {:31} pausing {:3}: {runs} runs, {:5} transactions, failed: {:4} tx + {:3} logins, {:4} after gone | longest wait {:5} ms (no primary for {:5} ms) | lost {}{}",
                 l.label(),
                 if pause { "on" } else { "off" },
                 total.attempts,
@@ -697,7 +705,7 @@ fn bench_pause_through_failover() {
                 total.failed_logins,
                 total.failed_after_gone,
                 total.longest.as_millis(),
-                l.gap().as_millis(),
+                total.outage.as_millis(),
                 total.lost,
                 if total.errors.is_empty() {
                     String::new()
