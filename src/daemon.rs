@@ -301,6 +301,7 @@ impl<C: Console> Daemon<C> {
             return;
         }
         self.resume_held_from_last_run().await;
+        self.check_pause_settings().await;
         let mut next_round = Instant::now();
         let mut next_beat = Instant::now() + HEARTBEAT;
         loop {
@@ -404,6 +405,37 @@ impl<C: Console> Daemon<C> {
                 "left paused by a rebouncer stopped between its PAUSE or KILL and the RESUME",
             )
             .await;
+        }
+    }
+
+    /// PgBouncer settings that defeat `pause_on_failover`, said once at start.
+    async fn check_pause_settings(&self) {
+        if !self.cfg.pause_on_failover {
+            return;
+        }
+        let Ok(s) = self.console.session().await else {
+            return;
+        };
+        let secs = |v: Option<String>| v.and_then(|v| v.trim().parse::<f64>().ok());
+        let wait = secs(
+            admin::setting(&s, "query_wait_timeout")
+                .await
+                .ok()
+                .flatten(),
+        );
+        let limit = self.cfg.pause_timeout.as_secs_f64();
+        if let Some(w) = wait.filter(|w| *w > 0.0 && *w <= limit) {
+            warn!(
+                "PgBouncer's query_wait_timeout ({w} s) is not above pause_timeout ({limit} s): clients held through a failover get query_wait_timeout errors before the pause ends; raise it or lower pause_timeout"
+            );
+        }
+        if let Ok(Some(mode)) = admin::setting(&s, "pool_mode").await
+            && mode == "session"
+        {
+            warn!(
+                "PgBouncer's pool_mode is session: a failover PAUSE waits until every connected client disconnects, so it will usually be given up after {} ms and clients not held; pause_on_failover works with transaction pooling",
+                self.cfg.timeout.min(PAUSE_BOUND).as_millis()
+            );
         }
     }
 

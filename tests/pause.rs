@@ -280,3 +280,18 @@ fn without_a_promotion_clients_are_released_after_pause_timeout_and_get_errors()
         nagios(&d)
     );
 }
+
+#[test]
+fn pgbouncer_settings_that_defeat_pausing_are_named_at_start() {
+    // The fixture's PgBouncer: session pooling, query_wait_timeout = 8.
+    let c = Cluster::start(Opts::default().standbys(1));
+    let cfg = c.write_rebouncer_config(2, 2, "pause_on_failover=on\npause_timeout=10");
+    let mut d = c.daemon(&cfg);
+    d.wait_log(SHORT, "pool_mode is session");
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l
+            .contains("PgBouncer's query_wait_timeout (8 s) is not above pause_timeout (10 s)")),
+        "{log}"
+    );
+}
