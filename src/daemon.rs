@@ -1521,7 +1521,19 @@ impl<C: Console> Daemon<C> {
                     timeout: self.cfg.pause_timeout,
                     ended: None,
                 }),
-                None => self.last_hold.clone(),
+                // A hold whose RESUME keeps failing still holds clients: shown as lasting,
+                // so /nagios turns CRITICAL once it outlasts pause_timeout.
+                None => self.last_hold.clone().map(|mut h| {
+                    let stuck = h.databases.iter().any(|d| s.held.contains(d));
+                    if stuck
+                        && h.ended
+                            .as_ref()
+                            .is_some_and(|e| e.1.contains("RESUME failed"))
+                    {
+                        h.ended = None;
+                    }
+                    h
+                }),
             };
             s.state_file = self.state.path().display().to_string();
             s.state_error = self.state.write_error().map(str::to_string);
@@ -2308,6 +2320,43 @@ mod tests {
         )
         .await;
         assert!(held_in_file(&w).is_empty());
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clients_still_held_after_pause_timeout_because_resume_fails_are_critical() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        w.bouncer.fail("RESUME", Some("connection closed"));
+        w.set(2, Master(2));
+        w.until(S(2), |w| w.routed() == Some(2), "switched to pg2")
+            .await;
+        assert_eq!(w.bouncer.paused(), ["appdb"]);
+        assert!(
+            w.nagios()
+                .starts_with("WARNING: database(s) appdb paused by rebouncer"),
+            "{}",
+            w.nagios()
+        );
+        // The status pages run on the wall clock, which the paused test clock does not move.
+        let later = crate::status::render_nagios(&w.snapshot(), SystemTime::now() + S(11));
+        assert!(
+            later.starts_with("CRITICAL: database(s) appdb paused by rebouncer for 11 s"),
+            "{later}"
+        );
+        w.bouncer.fail("RESUME", None);
+        w.until(
+            S(3),
+            |w| w.bouncer.paused().is_empty(),
+            "resumed in the end",
+        )
+        .await;
+        w.until(
+            S(1),
+            |w| !w.nagios().contains("paused by rebouncer"),
+            "no longer shown as paused",
+        )
+        .await;
         w.stop().await;
     }
 
