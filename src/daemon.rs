@@ -2361,6 +2361,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn no_pause_without_a_record_of_it_in_the_state_file() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        // The state file cannot be replaced any more (here: a directory took its name).
+        let file = w.root.join("rebouncer.state");
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        w.set(1, Down);
+        sleep(S(3)).await;
+        assert_eq!(w.bouncer.count("PAUSE"), 0, "{:?}", w.bouncer.log());
+        w.set(2, Master(2));
+        w.until(S(3), |w| w.routed() == Some(2), "pg2 as without pausing")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn with_pausing_off_nothing_is_ever_paused() {
         let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
         w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
