@@ -66,6 +66,9 @@ struct Failover {
     logs: Vec<WriteLog>,
     /// When `pg_ctl stop -m fast` of the old primary returned.
     gone: Instant,
+    /// From `pg_ctl stop` being called until `pg_ctl promote -w` returned: how long a
+    /// held client may have to wait.
+    outage: Duration,
 }
 
 impl Failover {
@@ -93,9 +96,10 @@ impl Failover {
         let total: usize = self.logs.iter().map(|l| l.total()).sum();
         let failed: usize = self.logs.iter().map(|l| l.failed()).sum();
         format!(
-            "{total} writes, {failed} failed, {} of them started after the old primary was gone; longest wait after it was gone {} ms",
+            "{total} writes, {failed} failed, {} of them started after the old primary was gone; longest wait after it was gone {} ms; no primary for {} ms",
             self.failed_after_gone().len(),
-            self.longest_after_gone().as_millis()
+            self.longest_after_gone().as_millis(),
+            self.outage.as_millis()
         )
     }
 }
@@ -107,10 +111,12 @@ fn failover_under_writes(c: &Cluster, d: &mut Daemon) -> Failover {
         .map(|i| c.start_writer(&format!("w{i}"), Duration::from_secs(20)))
         .collect();
     std::thread::sleep(Duration::from_secs(1));
+    let stopping = Instant::now();
     c.stop_fast(1);
     let gone = Instant::now();
     std::thread::sleep(GAP.saturating_sub(gone.elapsed()));
     c.promote(2);
+    let outage = stopping.elapsed();
     d.wait_for(SHORT, "PgBouncer on pg2", |_| {
         c.bouncer_target_node() == Some(2)
     });
@@ -123,7 +129,7 @@ fn failover_under_writes(c: &Cluster, d: &mut Daemon) -> Failover {
             l.summary()
         );
     }
-    Failover { logs, gone }
+    Failover { logs, gone, outage }
 }
 
 #[test]
@@ -141,9 +147,9 @@ fn with_pausing_no_write_that_starts_after_the_primary_is_gone_fails() {
         f.summary(),
         d.log()
     );
-    // Clients waited for the promotion, not much longer.
+    // Clients waited for the promotion, not much longer (the issue: half a second).
     assert!(
-        f.longest_after_gone() <= GAP + Duration::from_millis(1500),
+        f.longest_after_gone() <= f.outage + Duration::from_millis(500),
         "{}",
         f.summary()
     );
