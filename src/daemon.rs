@@ -1333,14 +1333,14 @@ impl<C: Console> Daemon<C> {
             }
             Ok(Err(e)) => {
                 warn!(
-                    "{name} stopped being master ({why}), but PAUSE {} failed: {e}; resuming, clients get errors until a new master is switched to",
+                    "{name} stopped being master ({why}), but PAUSE {} failed: {e}; resumed, the failover goes on without holding clients",
                     databases.join(", ")
                 );
                 self.resume_and_verify(&databases).await;
             }
             Err(_) => {
                 warn!(
-                    "{name} stopped being master ({why}), but PAUSE {} did not complete within {} ms (long transactions or session-pooled clients hold server connections); resuming, clients get errors until a new master is switched to",
+                    "{name} stopped being master ({why}), but PAUSE {} did not complete within {} ms (running queries hold server connections: a hung primary, long transactions or session-pooled clients); resumed, the failover goes on without holding clients",
                     databases.join(", "),
                     bound.as_millis()
                 );

@@ -301,3 +301,30 @@ fn pgbouncer_settings_that_defeat_pausing_are_named_at_start() {
         "{log}"
     );
 }
+
+#[test]
+fn a_pause_that_cannot_complete_is_given_up_and_resumed() {
+    let (c, mut d) = settled("pause_on_failover=on\npause_timeout=30");
+    // A query running on pg1 through PgBouncer keeps its server connection busy; once pg1
+    // hangs it never ends, so PAUSE can never complete.
+    let conninfo = common::tcp_conninfo(c.bouncer_port(), "appdb");
+    let busy = std::thread::spawn(move || {
+        common::psql_conninfo(&conninfo, "SELECT pg_sleep(8)", Duration::from_secs(30))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    c.sigstop(1);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        d.wait_log(SHORT, "did not complete within 2000 ms");
+        d.wait_for(Duration::from_secs(5), "appdb and postgres resumed", |_| {
+            none_paused(&c)
+        });
+        let state = fs::read_to_string(c.root().join("rebouncer.state")).unwrap_or_default();
+        assert!(!state.contains("held "), "{state}");
+    }));
+    c.sigcont(1);
+    let _ = busy.join();
+    if let Err(p) = result {
+        eprintln!("{}", d.log());
+        std::panic::resume_unwind(p);
+    }
+}
