@@ -157,6 +157,30 @@ pub async fn databases<S: Session>(s: &S) -> Result<Vec<Database>, AdminError> {
 }
 
 /// PgBouncer's admin parser takes a database name as a bare word or in double quotes.
+/// Clients waiting for a server in these databases (`SHOW POOLS`, `cl_waiting` summed
+/// over users): the clients a pause is holding.
+pub async fn waiting_clients<S: Session>(s: &S, databases: &[String]) -> Result<u64, AdminError> {
+    let rows = s.command("SHOW POOLS").await?;
+    Ok(rows
+        .iter()
+        .filter(|r| {
+            r.get("database")
+                .is_some_and(|d| databases.iter().any(|x| x == d))
+        })
+        .filter_map(|r| r.get("cl_waiting").and_then(|w| w.parse::<u64>().ok()))
+        .sum())
+}
+
+/// A setting's current value (`SHOW CONFIG`).
+pub async fn setting<S: Session>(s: &S, key: &str) -> Result<Option<String>, AdminError> {
+    let rows = s.command("SHOW CONFIG").await?;
+    Ok(rows
+        .iter()
+        .find(|r| r.get("key") == Some(key))
+        .and_then(|r| r.get("value"))
+        .map(str::to_string))
+}
+
 pub fn quote_ident(name: &str) -> String {
     if name
         .chars()

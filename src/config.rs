@@ -55,6 +55,11 @@ pub struct Config {
     /// key `state_file`; default `$STATE_DIRECTORY/rebouncer.state`, else
     /// `/var/lib/rebouncer/rebouncer.state`).
     pub state_file: PathBuf,
+    /// Hold clients with `PAUSE` while the active master is gone, until a new one is
+    /// switched to or `pause_timeout` passes (optional key `pause_on_failover`, default off).
+    pub pause_on_failover: bool,
+    /// The longest rebouncer keeps PgBouncer paused (optional key `pause_timeout`).
+    pub pause_timeout: Duration,
     /// In file order.
     pub servers: Vec<Server>,
     /// Things that do not stop rebouncer but an operator should see (log at start,
@@ -106,9 +111,13 @@ const INTERVAL_RANGE: (u64, u64) = (1, 86_400);
 /// At least 2: the network timeout is one second less (as in the Go tool), and must not be 0.
 const TIMEOUT_RANGE: (u64, u64) = (2, 3_600);
 const MIN_FAST_INTERVAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_PAUSE_TIMEOUT_SECS: u64 = 10;
+/// Clients wait this long at most; PgBouncer's own `query_wait_timeout` (120 s by default)
+/// must stay above it, so more than a few minutes is a mistake.
+const PAUSE_TIMEOUT_RANGE: (u64, u64) = (1, 300);
 
 /// The keys of `[global]`, in the order the error message lists them.
-const GLOBAL_KEYS: [&str; 8] = [
+const GLOBAL_KEYS: [&str; 10] = [
     "pgbouncer",
     "symlink",
     "configdir",
@@ -117,6 +126,8 @@ const GLOBAL_KEYS: [&str; 8] = [
     "fast_interval",
     "keep_connections",
     "state_file",
+    "pause_on_failover",
+    "pause_timeout",
 ];
 
 /// Read and validate the configuration file and every node file it names.
@@ -142,6 +153,12 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
     let timeout = g.whole_seconds("timeout", DEFAULT_TIMEOUT_SECS, TIMEOUT_RANGE)?;
     let fast_interval = g.fast_interval(interval)?;
     let keep_connections = g.boolean("keep_connections", true)?;
+    let pause_on_failover = g.boolean("pause_on_failover", false)?;
+    let pause_timeout = g.whole_seconds(
+        "pause_timeout",
+        DEFAULT_PAUSE_TIMEOUT_SECS,
+        PAUSE_TIMEOUT_RANGE,
+    )?;
     // The Go tool passed `connect_timeout=<timeout-1>` to the driver and gave up on the whole
     // check at `timeout`; the same split for PgBouncer's console and every server.
     let connect_timeout = Duration::from_secs(timeout.as_secs() - 1);
@@ -174,6 +191,8 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
         fast_interval,
         keep_connections,
         state_file,
+        pause_on_failover,
+        pause_timeout,
         servers,
         warnings,
     })
@@ -1654,6 +1673,32 @@ mod tests {
     }
 
     #[test]
+    fn pause_on_failover_is_off_by_default_and_pause_timeout_is_checked() {
+        let d = Dir::new();
+        let c = d.load(&with_global("")).unwrap();
+        assert!(!c.pause_on_failover);
+        assert_eq!(c.pause_timeout, Duration::from_secs(10));
+        let c = d
+            .load(&with_global("pause_on_failover=on\npause_timeout=20"))
+            .unwrap();
+        assert!(c.pause_on_failover);
+        assert_eq!(c.pause_timeout, Duration::from_secs(20));
+        assert_eq!(
+            d.err(&with_global("pause_on_failover=sometimes")),
+            "config error: rebouncer.ini:5: pause_on_failover=sometimes is not a yes/no value; \
+             write true or false (also on/off, yes/no, 1/0)"
+        );
+        assert_eq!(
+            d.err(&with_global("pause_timeout=0")),
+            "config error: rebouncer.ini:5: pause_timeout=0 is out of range; it must be 1 to 300 seconds"
+        );
+        assert!(
+            d.err(&with_global("pause_timeout=2.5"))
+                .contains("rebouncer.ini:5: pause_timeout=2.5 is not a whole number of seconds")
+        );
+    }
+
+    #[test]
     fn keep_connections_takes_the_usual_yes_no_words() {
         let d = Dir::new();
         for (v, want) in [
@@ -1686,7 +1731,7 @@ mod tests {
             Dir::new().err(&with_global("intervall=5")),
             "config error: rebouncer.ini:5: unknown key \"intervall\" in [global], probably interval \
              (a misspelling); write interval= (the keys are pgbouncer, symlink, configdir, interval, \
-             timeout, fast_interval, keep_connections, state_file)"
+             timeout, fast_interval, keep_connections, state_file, pause_on_failover, pause_timeout)"
         );
         let e = Dir::new().err(&with_global("Interval=5"));
         assert!(

@@ -17,7 +17,9 @@ use crate::decide::{
 };
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
-use crate::status::{Drift, Paused, Phase, RoundStats, Snapshot, StaleStatus, SwitchFailure};
+use crate::status::{
+    Drift, Hold as HoldStatus, Paused, Phase, RoundStats, Snapshot, StaleStatus, SwitchFailure,
+};
 use crate::switch::{self, SwitchPlan};
 use crate::throttle::{Say, Throttle};
 
@@ -42,6 +44,34 @@ const SWITCH_RETRY_MIN: Duration = Duration::from_secs(1);
 /// (and at once when the admin session closes: PgBouncer restarted). The symlink itself is
 /// read at every round.
 const DRIFT_CHECK_ROUNDS: u32 = 3;
+
+/// A `PAUSE` that has not completed by then is abandoned: it waits for running
+/// transactions, and every client arriving meanwhile waits too (together with `timeout`,
+/// whichever is shorter).
+const PAUSE_BOUND: Duration = Duration::from_secs(2);
+
+/// Clients held in PgBouncer while the active master is gone (`pause_on_failover`).
+struct Hold {
+    /// Paused by rebouncer, listed in the state file's `held`.
+    databases: Vec<String>,
+    /// The master whose loss started it.
+    lost: NodeId,
+    started: Instant,
+    since: SystemTime,
+    deadline: Instant,
+}
+
+/// How a hold ends when no switch ends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The lost master answers as master again: plain RESUME, clients go on where they were.
+    MasterBack,
+    /// No single master in time, split brain, only a stale primary, a refused master:
+    /// clients get PgBouncer's errors as they would have without the pause.
+    GiveUp,
+    /// rebouncer stops: RESUME, and PgBouncer deals with the clients as without rebouncer.
+    Shutdown,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Request {
@@ -121,6 +151,11 @@ pub struct Daemon<C: Console> {
     paused: Vec<Paused>,
     /// The routes PgBouncer was last confirmed to use.
     last_confirmed: Option<Vec<Database>>,
+    hold: Option<Hold>,
+    /// The loss of the active master already had its pause (it ended or could not be
+    /// made): no second one until that master answers again or another is switched to.
+    loss_handled: bool,
+    last_hold: Option<HoldStatus>,
 }
 
 impl Daemon<Bouncer> {
@@ -216,6 +251,9 @@ impl<C: Console> Daemon<C> {
             drift: None,
             paused: Vec::new(),
             last_confirmed: None,
+            hold: None,
+            loss_handled: false,
+            last_hold: None,
             cfg,
         }
     }
@@ -263,12 +301,18 @@ impl<C: Console> Daemon<C> {
             return;
         }
         self.resume_held_from_last_run().await;
+        self.check_pause_settings().await;
         let mut next_round = Instant::now();
         let mut next_beat = Instant::now() + HEARTBEAT;
         loop {
+            let hold_deadline = self.hold.as_ref().map(|h| h.deadline);
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
+                _ = async { sleep_until(hold_deadline.unwrap_or_else(Instant::now)).await }, if hold_deadline.is_some() => {
+                    self.decide_and_act().await;
+                    continue;
+                }
                 Some(lost) = self.lost.recv() => {
                     let n = &self.nodes[lost.node];
                     info!(
@@ -307,6 +351,12 @@ impl<C: Console> Daemon<C> {
                 self.cfg.interval
             };
             next_round = Instant::now() + pause;
+        }
+        if self.hold.is_some() {
+            // PgBouncer keeps a pause after its admin session is gone: nobody else would
+            // ever resume these clients.
+            self.end_hold("rebouncer is shutting down", Ending::Shutdown)
+                .await;
         }
         info!(
             "shutting down; PgBouncer stays pointed at {}",
@@ -351,8 +401,41 @@ impl<C: Console> Daemon<C> {
     /// pause an operator made is theirs to end.
     async fn resume_held_from_last_run(&mut self) {
         if !self.state.state().held.is_empty() {
-            self.resume_held("left paused by a rebouncer stopped between KILL and RESUME")
-                .await;
+            self.resume_held(
+                "left paused by a rebouncer stopped between its PAUSE or KILL and the RESUME",
+            )
+            .await;
+        }
+    }
+
+    /// PgBouncer settings that defeat `pause_on_failover`, said once at start.
+    async fn check_pause_settings(&self) {
+        if !self.cfg.pause_on_failover {
+            return;
+        }
+        let Ok(s) = self.console.session().await else {
+            return;
+        };
+        let secs = |v: Option<String>| v.and_then(|v| v.trim().parse::<f64>().ok());
+        let wait = secs(
+            admin::setting(&s, "query_wait_timeout")
+                .await
+                .ok()
+                .flatten(),
+        );
+        let limit = self.cfg.pause_timeout.as_secs_f64();
+        if let Some(w) = wait.filter(|w| *w > 0.0 && *w <= limit) {
+            warn!(
+                "PgBouncer's query_wait_timeout ({w} s) is not above pause_timeout ({limit} s): clients held through a failover get query_wait_timeout errors before the pause ends; raise it or lower pause_timeout"
+            );
+        }
+        if let Ok(Some(mode)) = admin::setting(&s, "pool_mode").await
+            && mode == "session"
+        {
+            warn!(
+                "PgBouncer's pool_mode is session: a failover PAUSE waits until every connected client disconnects, so it will usually be given up after {} ms and clients not held; pause_on_failover works with transaction pooling",
+                self.cfg.timeout.min(PAUSE_BOUND).as_millis()
+            );
         }
     }
 
@@ -571,9 +654,14 @@ impl<C: Console> Daemon<C> {
         }
         self.remember(&decision).await;
         self.log_decision(&decision);
+        self.note_master(&decision);
+        if self.hold.is_none() && self.lost_master(&decision).is_some() {
+            self.start_hold(&decision).await;
+        }
 
-        self.unsettled =
-            !matches!(decision.cluster, Cluster::OneMaster(_)) || decision.refusal.is_some();
+        self.unsettled = !matches!(decision.cluster, Cluster::OneMaster(_))
+            || decision.refusal.is_some()
+            || self.hold.is_some();
         if let Action::Switch(to) = decision.action {
             self.unsettled = true;
             let too_soon = self
@@ -582,11 +670,30 @@ impl<C: Console> Daemon<C> {
             if !too_soon {
                 self.switch(to).await;
             }
+            if self
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.deadline <= Instant::now())
+            {
+                // The switch keeps failing: clients get errors rather than wait longer.
+                self.end_hold(
+                    &format!(
+                        "no switch to {} succeeded within pause_timeout ({} s)",
+                        self.nodes[to].name,
+                        self.cfg.pause_timeout.as_secs()
+                    ),
+                    Ending::GiveUp,
+                )
+                .await;
+            }
         } else {
+            if let Some((why, how)) = self.hold_over(&decision) {
+                self.end_hold(&why, how).await;
+            }
             if !self.not_reset.is_empty() {
                 self.reset_not_reset().await;
             }
-            if !self.state.state().held.is_empty() {
+            if self.hold.is_none() && !self.state.state().held.is_empty() {
                 self.resume_held("left paused by an earlier RESUME that failed")
                     .await;
             }
@@ -916,10 +1023,20 @@ impl<C: Console> Daemon<C> {
         }
         let started = Instant::now();
         self.last_switch_attempt = Some(started);
+        let waiting = match &self.hold {
+            Some(h) => self.waiting_clients(&h.databases).await,
+            None => None,
+        };
+        let held_paused = self
+            .hold
+            .as_ref()
+            .map(|h| h.databases.clone())
+            .unwrap_or_default();
         let plan = SwitchPlan {
             symlink: &self.cfg.symlink,
             node_file: &node_file,
             last_confirmed: self.last_confirmed.as_deref(),
+            paused: &held_paused,
         };
         let result = switch::run(&self.console, &mut self.state, plan).await;
         match result {
@@ -940,7 +1057,7 @@ impl<C: Console> Daemon<C> {
                 for w in done.link_warning.iter().chain(&done.resets.warnings) {
                     warn!("{w}");
                 }
-                if !done.resets.resumed.is_empty() {
+                if !done.resets.resumed.is_empty() && self.hold.is_none() {
                     info!(
                         "resumed database(s) {}, left paused by an earlier attempt",
                         done.resets.resumed.join(", ")
@@ -948,6 +1065,16 @@ impl<C: Console> Daemon<C> {
                 }
                 self.not_reset = done.resets.not_reset;
                 self.last_confirmed = Some(done.confirmed);
+                self.loss_handled = false;
+                if let Some(h) = self.hold.take() {
+                    let outcome = format!("switched to {name}");
+                    if done.resets.still_held.is_empty() {
+                        self.log_hold_end(h, &outcome, waiting);
+                    } else {
+                        // The warning above says which RESUME failed; the round retries it.
+                        self.log_hold_end(h, &format!("{outcome}, but RESUME failed"), waiting);
+                    }
+                }
                 self.believed = Believed {
                     active: Some(to),
                     confirmed: true,
@@ -1007,6 +1134,329 @@ impl<C: Console> Daemon<C> {
         }
     }
 
+    /// Forget that the active master's loss was handled once it answers as master again.
+    fn note_master(&mut self, decision: &Decision) {
+        if let Some(a) = self.believed.active
+            && self.nodes[a].state == Some(NodeState::Master)
+            && !decision.stale.iter().any(|s| s.node == a)
+        {
+            self.loss_handled = false;
+        }
+    }
+
+    /// Why the active, confirmed master no longer is one, when clients should be held for
+    /// a new one: pausing is on, its loss was not handled yet, and there is nothing to
+    /// switch to right now (then the switch itself is quicker than a pause).
+    fn lost_master(&self, decision: &Decision) -> Option<String> {
+        if !self.cfg.pause_on_failover || self.loss_handled {
+            return None;
+        }
+        let a = self.believed.active.filter(|_| self.believed.confirmed)?;
+        if matches!(decision.action, Action::Switch(_)) {
+            return None;
+        }
+        // A pause that the same verdict would end at once helps nobody.
+        if self.no_hold_verdict(decision, a).is_some() {
+            return None;
+        }
+        let n = &self.nodes[a];
+        let why = match n.state {
+            Some(NodeState::Master) if decision.stale.iter().any(|s| s.node == a) => {
+                "it turned out to be a stale primary".to_string()
+            }
+            Some(NodeState::Master) | None => return None,
+            Some(NodeState::Standby) => "it answers as a standby".to_string(),
+            // The line logged when it went down has the error.
+            Some(NodeState::Down) => "it is down".to_string(),
+        };
+        Some(why)
+    }
+
+    /// Why a hold must end without a switch, if it must.
+    fn hold_over(&self, decision: &Decision) -> Option<(String, Ending)> {
+        let h = self.hold.as_ref()?;
+        let lost = &self.nodes[h.lost];
+        if lost.state == Some(NodeState::Master) && !decision.stale.iter().any(|s| s.node == h.lost)
+        {
+            return Some((
+                format!("{} answers as master again", lost.name),
+                Ending::MasterBack,
+            ));
+        }
+        if let Some(why) = self.no_hold_verdict(decision, h.lost) {
+            return Some((why, Ending::GiveUp));
+        }
+        if h.deadline <= Instant::now() {
+            return Some((
+                format!(
+                    "no master appeared within pause_timeout ({} s)",
+                    self.cfg.pause_timeout.as_secs()
+                ),
+                Ending::GiveUp,
+            ));
+        }
+        None
+    }
+
+    /// A verdict that will not end in a switch by itself soon, so clients are better off
+    /// with their errors now: split brain, only a stale primary, a refused master. The
+    /// lost master itself turning out stale is the loss, not such a verdict.
+    fn no_hold_verdict(&self, decision: &Decision, lost: NodeId) -> Option<String> {
+        if let Cluster::SplitBrain(m) = &decision.cluster {
+            let names: Vec<&str> = m.iter().map(|i| self.nodes[*i].name.as_str()).collect();
+            return Some(format!(
+                "split brain ({}): no switch until it is resolved",
+                names.join(", ")
+            ));
+        }
+        if let Some(r) = &decision.refusal {
+            return Some(self.refusal_text(r));
+        }
+        let stale: Vec<&str> = decision
+            .stale
+            .iter()
+            .filter(|s| s.node != lost)
+            .map(|s| self.nodes[s.node].name.as_str())
+            .collect();
+        if !stale.is_empty() {
+            let names = stale;
+            return Some(format!(
+                "only a stale primary ({}) answers as master, never switched to",
+                names.join(", ")
+            ));
+        }
+        None
+    }
+
+    /// `PAUSE` the active node's databases, recorded in the state file first. Bounded:
+    /// a `PAUSE` that does not complete in time is given up and resumed at once.
+    async fn start_hold(&mut self, decision: &Decision) {
+        let Some(why) = self.lost_master(decision) else {
+            return;
+        };
+        let Some(lost) = self.believed.active else {
+            return;
+        };
+        self.loss_handled = true;
+        let name = self.nodes[lost].name.clone();
+        let skip = |e: &dyn std::fmt::Display| {
+            warn!(
+                "{name} stopped being master ({why}), but its clients are not held in PgBouncer: {e}; they get errors until a new master is switched to"
+            )
+        };
+        let node_file = self.cfg.servers[lost].node_file.clone();
+        let node =
+            match tokio::task::spawn_blocking(move || config::read_node_file(&node_file)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return skip(&e),
+                Err(e) => return skip(&e),
+            };
+        let now = match self.console.session().await {
+            Ok(s) => admin::databases(&s).await,
+            Err(e) => Err(e),
+        };
+        let now = match now {
+            Ok(d) => d,
+            Err(e) => return skip(&e),
+        };
+        let held = self.state.state().held.clone();
+        // A database already paused is someone else's (an operator's maintenance PAUSE)
+        // unless rebouncer holds it: resuming it later would end their pause.
+        let databases: Vec<String> = node
+            .databases
+            .iter()
+            .map(|d| d.name.clone())
+            .filter(|db| {
+                now.iter()
+                    .any(|d| d.name == *db && (!d.paused || held.contains(db)))
+            })
+            .collect();
+        if databases.is_empty() {
+            return skip(&"none of its databases is there to pause");
+        }
+        let add = databases.clone();
+        let recorded = self
+            .state
+            .update(|s| {
+                for db in add {
+                    if !s.held.contains(&db) {
+                        s.held.push(db);
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = recorded {
+            // Unrecorded, a rebouncer killed during the pause would leave them paused.
+            return skip(&e);
+        }
+        let bound = self.cfg.timeout.min(PAUSE_BOUND);
+        let started = Instant::now();
+        let mut pauses = tokio::task::JoinSet::new();
+        for db in &databases {
+            let console = self.console.clone();
+            let command = format!("PAUSE {}", admin::quote_ident(db));
+            pauses.spawn(async move {
+                let s = console.session().await?;
+                s.command(&command).await.map(|_| ())
+            });
+        }
+        let outcome = tokio::time::timeout(bound, async {
+            while let Some(r) = pauses.join_next().await {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        // Dropping the set closes the sessions of unfinished PAUSEs: a RESUME must not be
+        // sent while one still waits on its session (pgbouncer/pgbouncer#715).
+        drop(pauses);
+        match outcome {
+            Ok(Ok(())) => {
+                warn!(
+                    "{name} stopped being master ({why}): PAUSE {} in PgBouncer done in {} ms; clients wait up to {} s (pause_timeout) for a new master",
+                    databases.join(", "),
+                    started.elapsed().as_millis(),
+                    self.cfg.pause_timeout.as_secs()
+                );
+                self.hold = Some(Hold {
+                    databases,
+                    lost,
+                    started,
+                    since: SystemTime::now(),
+                    deadline: started + self.cfg.pause_timeout,
+                });
+                self.publish();
+            }
+            Ok(Err(e)) => {
+                warn!(
+                    "{name} stopped being master ({why}), but PAUSE {} failed: {e}; resumed, the failover goes on without holding clients",
+                    databases.join(", ")
+                );
+                self.resume_and_verify(&databases).await;
+            }
+            Err(_) => {
+                warn!(
+                    "{name} stopped being master ({why}), but PAUSE {} did not complete within {} ms (running queries hold server connections: a hung primary, long transactions or session-pooled clients); resumed, the failover goes on without holding clients",
+                    databases.join(", "),
+                    bound.as_millis()
+                );
+                self.resume_and_verify(&databases).await;
+            }
+        }
+    }
+
+    /// RESUME on a new session, then check with `SHOW DATABASES` that none stays paused;
+    /// what does stays listed in the state file and is retried every round.
+    async fn resume_and_verify(&mut self, databases: &[String]) {
+        self.resume_held("after a PAUSE that did not complete")
+            .await;
+        let still: Vec<String> = match self.console.session().await {
+            Ok(s) => match admin::databases(&s).await {
+                Ok(now) => now
+                    .iter()
+                    .filter(|d| d.paused && databases.contains(&d.name))
+                    .map(|d| d.name.clone())
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        if !still.is_empty() {
+            let again = still.clone();
+            let _ = self
+                .state
+                .update(|s| {
+                    for db in again {
+                        if !s.held.contains(&db) {
+                            s.held.push(db);
+                        }
+                    }
+                })
+                .await;
+            warn!(
+                "database(s) {} still paused in PgBouncer after RESUME; retrying every round (by hand: RESUME <db> on the admin console)",
+                still.join(", ")
+            );
+        }
+        self.publish();
+    }
+
+    /// End the hold without a switch.
+    async fn end_hold(&mut self, why: &str, how: Ending) {
+        let Some(h) = self.hold.take() else {
+            return;
+        };
+        let waiting = self.waiting_clients(&h.databases).await;
+        let result = match how {
+            Ending::MasterBack => {
+                switch::resume_paused(&self.console, &mut self.state, &h.databases)
+                    .await
+                    .map(|done| done.warning.into_iter().collect::<Vec<_>>())
+                    .map_err(|e| e.to_string())
+            }
+            // Held clients are waiting for a server that is gone; after RESUME PgBouncer
+            // fails new clients at once ("server login has been failing") and the held
+            // ones at query_wait_timeout. KILL would fail the held ones now, but the pool
+            // it leaves has no cached server parameters, so every new client would then
+            // wait for a server login instead of failing: worse for all later clients.
+            Ending::GiveUp | Ending::Shutdown => {
+                switch::resume_held(&self.console, &mut self.state)
+                    .await
+                    .map(|done| done.warning.into_iter().collect())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(warnings) => {
+                for w in warnings {
+                    warn!("{w}");
+                }
+                self.log_hold_end(h, &format!("resumed without a switch: {why}"), waiting);
+            }
+            Err(e) => {
+                error!(
+                    "ending the pause ({why}) failed: {e}; clients keep waiting until RESUME gets through (retried every round)"
+                );
+                self.log_hold_end(h, &format!("RESUME failed ({why})"), waiting);
+            }
+        }
+        self.publish();
+    }
+
+    fn log_hold_end(&mut self, h: Hold, outcome: &str, waiting: Option<u64>) {
+        let lasted = h.started.elapsed();
+        // Shown until the next comparison of routes would notice.
+        self.paused.retain(|p| !h.databases.contains(&p.name));
+        let clients = waiting.map_or("an unknown number of".to_string(), |w| w.to_string());
+        let line = format!(
+            "pause of database(s) {} in PgBouncer ended after {} ms, {clients} client(s) were waiting: {outcome}",
+            h.databases.join(", "),
+            lasted.as_millis()
+        );
+        // Released without a new master, the held clients get errors: worth a warning.
+        if outcome.starts_with("switched to") && !outcome.contains("failed") {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        self.last_hold = Some(HoldStatus {
+            databases: h.databases,
+            lost: self.nodes[h.lost].name.clone(),
+            since: h.since,
+            timeout: self.cfg.pause_timeout,
+            ended: Some((lasted, outcome.to_string(), waiting)),
+        });
+    }
+
+    async fn waiting_clients(&self, databases: &[String]) -> Option<u64> {
+        let s = self.console.session().await.ok()?;
+        admin::waiting_clients(&s, databases).await.ok()
+    }
+
     /// The node whose config file the symlink points at now, if any.
     fn node_behind_symlink(&self) -> Option<NodeId> {
         let target = switch::link_target(&self.cfg.symlink)?;
@@ -1063,6 +1513,28 @@ impl<C: Console> Daemon<C> {
             s.drift = self.drift.clone();
             s.paused = self.paused.clone();
             s.held = self.state.state().held.clone();
+            s.hold = match &self.hold {
+                Some(h) => Some(HoldStatus {
+                    databases: h.databases.clone(),
+                    lost: self.nodes[h.lost].name.clone(),
+                    since: h.since,
+                    timeout: self.cfg.pause_timeout,
+                    ended: None,
+                }),
+                // A hold whose RESUME keeps failing still holds clients: shown as lasting,
+                // so /nagios turns CRITICAL once it outlasts pause_timeout.
+                None => self.last_hold.clone().map(|mut h| {
+                    let stuck = h.databases.iter().any(|d| s.held.contains(d));
+                    if stuck
+                        && h.ended
+                            .as_ref()
+                            .is_some_and(|e| e.1.contains("RESUME failed"))
+                    {
+                        h.ended = None;
+                    }
+                    h
+                }),
+            };
             s.state_file = self.state.path().display().to_string();
             s.state_error = self.state.write_error().map(str::to_string);
         });
@@ -1236,6 +1708,11 @@ mod tests {
     /// A cluster of servers in the given states, a PgBouncer whose symlink points at
     /// `linked`'s file, and the daemon running with `interval` 2 s and `timeout` 2 s.
     async fn world(start: &[Is], linked: usize, state: State) -> World {
+        world_with(start, linked, state, "").await
+    }
+
+    /// [`world`] with more `[global]` lines.
+    async fn world_with(start: &[Is], linked: usize, state: State, global: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         std::fs::create_dir(root.join("nodes")).unwrap();
@@ -1263,7 +1740,7 @@ mod tests {
             root.join("rebouncer.ini"),
             format!(
                 "[global]\npgbouncer=host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer sslmode=disable\n\
-                 symlink={0}/pgbouncer.ini\nconfigdir={0}/nodes\ninterval=2\ntimeout=2\nstate_file={0}/rebouncer.state\n\
+                 symlink={0}/pgbouncer.ini\nconfigdir={0}/nodes\ninterval=2\ntimeout=2\nstate_file={0}/rebouncer.state\n{global}\
                  [servers]\n{servers_ini}",
                 root.display()
             ),
@@ -1595,6 +2072,321 @@ mod tests {
         );
         sleep(S(10)).await;
         assert_eq!(w.bouncer.paused(), vec!["appdb".to_string()]);
+        w.stop().await;
+    }
+
+    const PAUSING: &str = "pause_on_failover=on\npause_timeout=10\n";
+
+    fn held_in_file(w: &World) -> Vec<String> {
+        StateFile::load(&w.root.join("rebouncer.state"))
+            .unwrap()
+            .state()
+            .held
+            .clone()
+    }
+
+    fn last_hold_outcome(w: &World) -> Option<String> {
+        w.snapshot()
+            .hold
+            .and_then(|h| h.ended)
+            .map(|(_, outcome, _)| outcome)
+    }
+
+    /// Settled on pg1 with pausing on, then pg1 goes down: PgBouncer is paused.
+    async fn paused_after_pg1_is_lost(w: &World) {
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        w.bouncer.watch_file(w.root.join("rebouncer.state"));
+        w.set(1, Down);
+        w.until(
+            S(2),
+            |w| w.bouncer.paused() == ["appdb"],
+            "appdb paused once pg1 is down",
+        )
+        .await;
+        assert_eq!(held_in_file(w), ["appdb"], "recorded before PAUSE");
+        assert_eq!(
+            w.bouncer
+                .file_at("PAUSE")
+                .as_deref()
+                .map(|f| f.contains("held appdb")),
+            Some(true),
+            "the state file listed appdb when PAUSE arrived"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clients_are_held_while_there_is_no_master_and_released_by_the_switch() {
+        let w = world_with(
+            &[Master(1), Standby(1), Standby(1)],
+            1,
+            State::default(),
+            PAUSING,
+        )
+        .await;
+        paused_after_pg1_is_lost(&w).await;
+        assert!(
+            w.nagios()
+                .starts_with("WARNING: database(s) appdb paused by rebouncer for 0 s"),
+            "{}",
+            w.nagios()
+        );
+        // The HA manager takes 3 s to promote: clients keep waiting, nothing moves.
+        w.during(
+            S(3),
+            |w| w.bouncer.paused() == ["appdb"] && w.routed() == Some(1),
+            "held on pg1's config while there is no master",
+        )
+        .await;
+        w.set(2, Master(2));
+        w.set(3, Standby(2));
+        w.until(
+            S(1),
+            |w| w.routed() == Some(2) && w.bouncer.paused().is_empty(),
+            "switched to pg2 and resumed",
+        )
+        .await;
+        // The waiting clients are what the pause was for: KILL would drop them.
+        assert_eq!(w.bouncer.count("KILL"), 0, "{:?}", w.bouncer.log());
+        assert!(held_in_file(&w).is_empty());
+        assert_eq!(last_hold_outcome(&w).as_deref(), Some("switched to pg2"));
+        assert!(
+            w.nagios()
+                .starts_with("WARNING: 1 server down (pg1); 1 master (pg2)"),
+            "{}",
+            w.nagios()
+        );
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_master_within_pause_timeout_clients_are_released_to_their_errors() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        let paused = Instant::now();
+        w.until(S(11), |w| w.bouncer.paused().is_empty(), "resumed")
+            .await;
+        let held = paused.elapsed();
+        assert!(
+            held >= Duration::from_millis(9800) && held <= Duration::from_millis(10300),
+            "held {held:?}"
+        );
+        assert_eq!(w.routed(), Some(1));
+        assert!(held_in_file(&w).is_empty());
+        assert!(
+            last_hold_outcome(&w)
+                .is_some_and(|o| o.contains("no master appeared within pause_timeout (10 s)")),
+            "{:?}",
+            w.snapshot().hold
+        );
+        assert!(
+            w.nagios().starts_with("CRITICAL: no master"),
+            "{}",
+            w.nagios()
+        );
+        // The same loss is not paused for again.
+        w.during(S(5), |w| w.bouncer.paused().is_empty(), "no second pause")
+            .await;
+        assert_eq!(w.bouncer.count("PAUSE"), 1);
+        // A promotion later is still followed.
+        w.set(2, Master(2));
+        w.until(S(3), |w| w.routed() == Some(2), "pg2").await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_split_brain_while_paused_releases_the_clients_without_a_switch() {
+        let w = world_with(
+            &[Master(1), Standby(1), Standby(1)],
+            1,
+            State::default(),
+            PAUSING,
+        )
+        .await;
+        paused_after_pg1_is_lost(&w).await;
+        w.set(2, Master(2));
+        w.set(3, Master(2));
+        w.until(S(1), |w| w.bouncer.paused().is_empty(), "resumed")
+            .await;
+        assert_eq!(w.routed(), Some(1));
+        assert!(
+            last_hold_outcome(&w).is_some_and(|o| o.contains("split brain (pg2, pg3)")),
+            "{:?}",
+            w.snapshot().hold
+        );
+        w.during(S(5), |w| w.routed() == Some(1), "no switch in split brain")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_stale_primary_while_paused_releases_the_clients_without_a_switch() {
+        let mut state = State::default();
+        state.raise(Some(42), 2);
+        let w = world_with(&[Master(2), Standby(2), Standby(2)], 1, state, PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        // An old primary, restored from a backup on timeline 1, starts as a master.
+        w.set(3, Master(1));
+        w.until(S(2), |w| w.bouncer.paused().is_empty(), "resumed")
+            .await;
+        assert_eq!(w.routed(), Some(1));
+        assert!(
+            last_hold_outcome(&w).is_some_and(|o| o.contains("only a stale primary (pg3)")),
+            "{:?}",
+            w.snapshot().hold
+        );
+        w.during(S(5), |w| w.routed() == Some(1), "never to the stale pg3")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_master_that_comes_back_ends_the_pause_without_a_switch() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        w.set(1, Master(1));
+        w.until(S(1), |w| w.bouncer.paused().is_empty(), "resumed")
+            .await;
+        assert_eq!(w.routed(), Some(1));
+        assert!(
+            last_hold_outcome(&w).is_some_and(|o| o.contains("pg1 answers as master again")),
+            "{:?}",
+            w.snapshot().hold
+        );
+        // A second loss pauses again.
+        w.set(1, Down);
+        w.until(S(2), |w| w.bouncer.paused() == ["appdb"], "paused again")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_that_hangs_is_given_up_and_resumed() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        // A real PAUSE waits for running transactions; this one never completes.
+        w.bouncer.hang("PAUSE", true);
+        w.set(1, Down);
+        w.until(S(2), |w| w.bouncer.count("PAUSE") == 1, "PAUSE sent")
+            .await;
+        let sent = Instant::now();
+        w.until(S(3), |w| w.bouncer.paused().is_empty(), "resumed")
+            .await;
+        assert!(
+            sent.elapsed() <= Duration::from_millis(2100),
+            "{:?}",
+            sent.elapsed()
+        );
+        assert!(held_in_file(&w).is_empty());
+        // Going on without a pause: the promotion is followed as before.
+        w.bouncer.hang("PAUSE", false);
+        w.set(2, Master(2));
+        w.until(S(3), |w| w.routed() == Some(2), "pg2").await;
+        assert_eq!(w.bouncer.count("PAUSE"), 1);
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutting_down_while_paused_resumes_first() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        let bouncer = w.bouncer.clone();
+        let root = w.root.clone();
+        let dir = w.root.clone();
+        w.stop().await;
+        assert!(bouncer.paused().is_empty(), "{:?}", bouncer.log());
+        let file = StateFile::load(&root.join("rebouncer.state")).unwrap();
+        assert!(
+            file.state().held.is_empty(),
+            "{:?} in {}",
+            file.state(),
+            dir.display()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_that_fails_at_the_end_of_a_pause_is_retried_every_round() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        // The admin console breaks just as the hold ends.
+        w.bouncer.fail_after("RESUME", "connection closed", 0, 4);
+        w.set(1, Master(1));
+        w.until(
+            S(5),
+            |w| w.bouncer.paused().is_empty(),
+            "resumed in the end",
+        )
+        .await;
+        assert!(held_in_file(&w).is_empty());
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clients_still_held_after_pause_timeout_because_resume_fails_are_critical() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        w.bouncer.fail("RESUME", Some("connection closed"));
+        w.set(2, Master(2));
+        w.until(S(2), |w| w.routed() == Some(2), "switched to pg2")
+            .await;
+        assert_eq!(w.bouncer.paused(), ["appdb"]);
+        assert!(
+            w.nagios()
+                .starts_with("WARNING: database(s) appdb paused by rebouncer"),
+            "{}",
+            w.nagios()
+        );
+        // The status pages run on the wall clock, which the paused test clock does not move.
+        let later = crate::status::render_nagios(&w.snapshot(), SystemTime::now() + S(11));
+        assert!(
+            later.starts_with("CRITICAL: database(s) appdb paused by rebouncer for 11 s"),
+            "{later}"
+        );
+        w.bouncer.fail("RESUME", None);
+        w.until(
+            S(3),
+            |w| w.bouncer.paused().is_empty(),
+            "resumed in the end",
+        )
+        .await;
+        w.until(
+            S(1),
+            |w| !w.nagios().contains("paused by rebouncer"),
+            "no longer shown as paused",
+        )
+        .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_pause_without_a_record_of_it_in_the_state_file() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        // The state file cannot be replaced any more (here: a directory took its name).
+        let file = w.root.join("rebouncer.state");
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        w.set(1, Down);
+        sleep(S(3)).await;
+        assert_eq!(w.bouncer.count("PAUSE"), 0, "{:?}", w.bouncer.log());
+        w.set(2, Master(2));
+        w.until(S(3), |w| w.routed() == Some(2), "pg2 as without pausing")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_pausing_off_nothing_is_ever_paused() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        w.set(1, Down);
+        sleep(S(5)).await;
+        w.set(2, Master(2));
+        w.until(S(3), |w| w.routed() == Some(2), "pg2").await;
+        assert_eq!(w.bouncer.count("PAUSE"), 0, "{:?}", w.bouncer.log());
         w.stop().await;
     }
 

@@ -27,6 +27,9 @@ struct Inner {
     seen: Vec<(String, String)>,
     /// Incremented by `restart`: sessions from before it count as closed.
     generation: u64,
+    /// Commands starting with one of these take effect but are never answered, as a real
+    /// `PAUSE` waits for server connections that are never released.
+    hangs: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -136,6 +139,15 @@ impl FakeBouncer {
         }
     }
 
+    /// Make commands starting with `prefix` take effect and then hang (false: answer again).
+    pub fn hang(&self, prefix: &str, on: bool) {
+        let mut i = self.inner.lock().unwrap();
+        i.hangs.retain(|h| h != prefix);
+        if on {
+            i.hangs.push(prefix.into());
+        }
+    }
+
     /// Let the next `skip` commands starting with `prefix` through, then fail `times` of them.
     pub fn fail_after(&self, prefix: &str, detail: &str, skip: usize, times: usize) {
         self.inner.lock().unwrap().faults.push(Fault {
@@ -235,8 +247,10 @@ impl Session for FakeSession {
         if self.is_closed() {
             return Err(error(command, "connection closed"));
         }
+        let hang;
         let reload = {
             let mut i = self.inner.lock().unwrap();
+            hang = i.hangs.iter().any(|h| command.starts_with(h.as_str()));
             i.arrived(command);
             if !i.up || i.generation != self.generation {
                 self.closed.store(true, Ordering::SeqCst);
@@ -297,9 +311,13 @@ impl Session for FakeSession {
                     false
                 }
                 "RELOAD" => true,
+                "SET" => false,
                 _ => return Err(error(command, "unknown command")),
             }
         };
+        if hang {
+            std::future::pending::<()>().await;
+        }
         if reload {
             self.bouncer.load();
         }

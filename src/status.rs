@@ -56,6 +56,20 @@ pub struct Paused {
     pub by_rebouncer: bool,
 }
 
+/// Clients held in PgBouncer by rebouncer's `PAUSE` while there is no master to send
+/// them to (`pause_on_failover`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub databases: Vec<String>,
+    /// The master whose loss started it.
+    pub lost: String,
+    pub since: SystemTime,
+    /// `pause_timeout`: the hold ends by then, with or without a new master.
+    pub timeout: Duration,
+    /// Once over: how long it lasted, how it ended, and how many clients were waiting.
+    pub ended: Option<(Duration, String, Option<u64>)>,
+}
+
 /// The last finished round of checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundStats {
@@ -112,6 +126,8 @@ pub struct Snapshot {
     pub paused: Vec<Paused>,
     /// Databases a switch killed and could not resume yet (retried every round).
     pub held: Vec<String>,
+    /// The pause rebouncer holds now, or the last one (with `ended` set).
+    pub hold: Option<Hold>,
     pub state_file: String,
     /// Why the state file cannot be written, while it cannot.
     pub state_error: Option<String>,
@@ -151,6 +167,7 @@ impl Snapshot {
             drift: None,
             paused: Vec::new(),
             held: Vec::new(),
+            hold: None,
             state_file: String::new(),
             state_error: None,
             config_warnings: Vec::new(),
@@ -233,6 +250,23 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
             );
         }
         return "WARNING: starting up, the first round of checks has not finished yet".into();
+    }
+    if let Some(h) = s.hold.as_ref().filter(|h| h.ended.is_none()) {
+        // While clients are held a missing master is expected for up to pause_timeout;
+        // past it the hold should have ended, so something is wrong with rebouncer itself.
+        let lasted = now.duration_since(h.since).unwrap_or_default();
+        let level = if lasted > h.timeout {
+            "CRITICAL"
+        } else {
+            "WARNING"
+        };
+        return format!(
+            "{level}: database(s) {} paused by rebouncer for {} s (pause_timeout {} s) since {} stopped being master; clients wait for a new master",
+            h.databases.join(", "),
+            lasted.as_secs(),
+            h.timeout.as_secs(),
+            h.lost
+        );
     }
     let stale_names: Vec<&str> = s.stale.iter().map(|x| x.name.as_str()).collect();
     let masters: Vec<&str> = s
@@ -434,7 +468,29 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
         };
         let _ = writeln!(out, "Paused in PgBouncer: {} ({whose})", p.name);
     }
-    if !s.held.is_empty() {
+    if let Some(h) = &s.hold {
+        let _ = match &h.ended {
+            None => writeln!(
+                out,
+                "Paused by rebouncer since {} ({} s, at most {} s): database(s) {}, because {} stopped being master",
+                local(h.since),
+                now.duration_since(h.since).unwrap_or_default().as_secs(),
+                h.timeout.as_secs(),
+                h.databases.join(", "),
+                h.lost
+            ),
+            Some((lasted, outcome, waiting)) => writeln!(
+                out,
+                "Last pause by rebouncer: {} for {} ms (database(s) {}, {} stopped being master; {} client(s) waiting at the end): {outcome}",
+                local(h.since),
+                lasted.as_millis(),
+                h.databases.join(", "),
+                h.lost,
+                waiting.map_or("unknown".to_string(), |w| w.to_string())
+            ),
+        };
+    }
+    if !s.held.is_empty() && s.hold.as_ref().is_none_or(|h| h.ended.is_some()) {
         let _ = writeln!(
             out,
             "Held by rebouncer, RESUME failing (retried every round): {}",
@@ -542,6 +598,47 @@ mod tests {
         assert_eq!(
             render_nagios(&s, SystemTime::now()),
             "CRITICAL: no master (1 standby, 1 down); PgBouncer left pointing at db1"
+        );
+    }
+
+    #[test]
+    fn a_pause_by_rebouncer_is_a_warning_until_pause_timeout_then_critical() {
+        let mut s = snap(&[("db1", Some(Down)), ("db2", Some(Standby))], Some("db1"));
+        let since = SystemTime::now();
+        s.hold = Some(Hold {
+            databases: vec!["appdb".into()],
+            lost: "db1".into(),
+            since,
+            timeout: Duration::from_secs(10),
+            ended: None,
+        });
+        assert_eq!(
+            render_nagios(&s, since + Duration::from_secs(3)),
+            "WARNING: database(s) appdb paused by rebouncer for 3 s (pause_timeout 10 s) since db1 stopped being master; clients wait for a new master"
+        );
+        assert!(
+            render_nagios(&s, since + Duration::from_secs(11))
+                .starts_with("CRITICAL: database(s) appdb paused by rebouncer for 11 s")
+        );
+        let root = render_root(&s, since + Duration::from_secs(3));
+        assert!(
+            root.contains("Paused by rebouncer since ")
+                && root.contains(
+                    "(3 s, at most 10 s): database(s) appdb, because db1 stopped being master"
+                ),
+            "{root}"
+        );
+        // Once over it is history on /, and /nagios says what the cluster says.
+        s.hold.as_mut().unwrap().ended = Some((
+            Duration::from_millis(3200),
+            "switched to db2".into(),
+            Some(7),
+        ));
+        assert!(render_nagios(&s, since).starts_with("CRITICAL: no master"));
+        let root = render_root(&s, since + Duration::from_secs(5));
+        assert!(
+            root.contains("for 3200 ms (database(s) appdb, db1 stopped being master; 7 client(s) waiting at the end): switched to db2"),
+            "{root}"
         );
     }
 

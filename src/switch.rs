@@ -38,6 +38,10 @@ pub struct SwitchPlan<'a> {
     /// Routes PgBouncer was last confirmed to use (after the last confirmed switch or drift
     /// check); `None` when nothing was confirmed yet (start-up).
     pub last_confirmed: Option<&'a [Database]>,
+    /// Databases rebouncer holds with a `PAUSE` that completed (`pause_on_failover`):
+    /// PgBouncer has closed all their server connections, and the clients waiting in them
+    /// are the ones the pause is for, whom a `KILL` would drop. They are only resumed.
+    pub paused: &'a [String],
 }
 
 /// Where the symlink points, as a switch found or left it: every error names it, so the
@@ -217,6 +221,7 @@ async fn run_with<C: Console>(
         symlink,
         node_file,
         last_confirmed,
+        paused,
     } = plan;
     let (sl, nf) = (symlink.to_path_buf(), node_file.to_path_buf());
     let (node, link, already) = off_thread(move || {
@@ -320,8 +325,9 @@ async fn run_with<C: Console>(
     // resume at once. A session-mode client would otherwise stay on the old primary until
     // it disconnects, and PgBouncer would keep delaying new logins after the failed ones
     // to the old primary (server_login_retry) although the new one is up.
-    let moved = moved(&node, last_confirmed, &before);
-    let resets = kill_and_resume(console, Some(check), state, &moved, &after).await;
+    let mut moved = moved(&node, last_confirmed, &before);
+    moved.retain(|db| !paused.contains(db));
+    let resets = kill_and_resume(console, Some(check), state, &moved, &after, paused).await;
     Ok(Switched {
         relinked: !already,
         confirmed: after,
@@ -367,7 +373,7 @@ pub async fn reset<C: Console>(
         .filter(|db| now.iter().any(|d| d.name == **db))
         .cloned()
         .collect();
-    Ok(kill_and_resume(console, Some(session), state, &present, &now).await)
+    Ok(kill_and_resume(console, Some(session), state, &present, &now, &[]).await)
 }
 
 /// What [`resume_held`] resumed.
@@ -416,6 +422,24 @@ pub async fn resume_held<C: Console>(
     console: &C,
     state: &mut StateFile,
 ) -> Result<Resumed, ResumeError> {
+    resume_held_with(console, state, &[]).await
+}
+
+/// [`resume_held`], for a hold whose `PAUSE` of `paused` completed and whose master is
+/// back: PgBouncer's cached login failure is cleared first (see [`lift_login_retry`]).
+pub async fn resume_paused<C: Console>(
+    console: &C,
+    state: &mut StateFile,
+    paused: &[String],
+) -> Result<Resumed, ResumeError> {
+    resume_held_with(console, state, paused).await
+}
+
+async fn resume_held_with<C: Console>(
+    console: &C,
+    state: &mut StateFile,
+    paused: &[String],
+) -> Result<Resumed, ResumeError> {
     let held = state.state().held.clone();
     if held.is_empty() {
         return Ok(Resumed::default());
@@ -424,7 +448,11 @@ pub async fn resume_held<C: Console>(
         console,
         session: None,
     };
-    let (done, left, error) = resume_each(&mut conn, &held).await;
+    let mut warnings = Vec::new();
+    let (done, left, error) = resume_gated(&mut conn, &held, paused, &mut warnings).await;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let warning = forget_held(state, &done).await;
     match error {
         Some(error) if !left.is_empty() => Err(ResumeError {
@@ -446,6 +474,7 @@ async fn kill_and_resume<C: Console>(
     state: &mut StateFile,
     moved: &[String],
     now: &[Database],
+    paused: &[String],
 ) -> Resets {
     let mut r = Resets::default();
     let held_before = state.state().held.clone();
@@ -533,7 +562,8 @@ async fn kill_and_resume<C: Console>(
         }
     }
     to_resume.retain(|db| !resumed_with_kill.contains(db));
-    let (mut done, left, error) = resume_each(&mut conn, &to_resume).await;
+    let (mut done, left, error) =
+        resume_gated(&mut conn, &to_resume, paused, &mut r.warnings).await;
     done.extend(resumed_with_kill);
     r.resumed = done
         .iter()
@@ -597,12 +627,16 @@ struct Conn<'a, C: Console> {
 
 impl<C: Console> Conn<'_, C> {
     async fn command(&mut self, command: &str) -> Result<(), AdminError> {
+        self.rows(command).await.map(|_| ())
+    }
+
+    async fn rows(&mut self, command: &str) -> Result<Vec<admin::Row>, AdminError> {
         let s = match self.session.take() {
             Some(s) if !s.is_closed() => s,
             _ => self.console.session().await?,
         };
-        let result = s.command(command).await.map(|_| ());
-        if answered(&result) {
+        let result = s.command(command).await;
+        if matches!(&result, Ok(_) | Err(AdminError::Command { .. })) {
             self.session = Some(s);
         }
         result
@@ -631,6 +665,83 @@ impl<C: Console> Conn<'_, C> {
 /// closed connection: log in anew for the next command.
 fn answered(result: &Result<(), AdminError>) -> bool {
     matches!(result, Ok(()) | Err(AdminError::Command { .. }))
+}
+
+/// [`resume_each`]; when any of `databases` is in `paused`, with the login gate lifted
+/// around it (see [`lift_login_retry`]).
+async fn resume_gated<C: Console>(
+    conn: &mut Conn<'_, C>,
+    databases: &[String],
+    paused: &[String],
+    warnings: &mut Vec<String>,
+) -> (Vec<String>, Vec<String>, Option<AdminError>) {
+    let ours: Vec<String> = databases
+        .iter()
+        .filter(|d| paused.contains(d))
+        .cloned()
+        .collect();
+    if ours.is_empty() {
+        return resume_each(conn, databases).await;
+    }
+    let old = lift_login_retry(conn).await;
+    let result = resume_each(conn, databases).await;
+    if let Some(old) = old {
+        wait_for_servers(conn, &ours).await;
+        let set = format!("SET server_login_retry = '{}'", old.replace('\'', ""));
+        if let Err(e) = conn.command(&set).await {
+            warnings.push(format!(
+                "server_login_retry could not be set back to {old} after the pause: {e}; PgBouncer retries failed \
+                 server logins without delay until its next RELOAD"
+            ));
+        }
+    }
+    result
+}
+
+/// A pool whose last server login failed (the old primary going down, or a login that
+/// the pause itself cut off) makes PgBouncer hold back new server logins for
+/// `server_login_retry` (15 s by default) and turn away clients that find no server; only
+/// a successful login or `KILL` clears that, and `KILL` would drop the very clients the
+/// pause held. So `server_login_retry` is set to 0 until the resumed clients have a server
+/// (or a second has passed) and then set back. Returns the old value when it was changed.
+async fn lift_login_retry<C: Console>(conn: &mut Conn<'_, C>) -> Option<String> {
+    let rows = conn.rows("SHOW CONFIG").await.ok()?;
+    let old = rows
+        .iter()
+        .find(|r| r.get("key") == Some("server_login_retry"))
+        .and_then(|r| r.get("value"))?
+        .to_string();
+    if old.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
+        return None;
+    }
+    conn.command("SET server_login_retry = '0'").await.ok()?;
+    Some(old)
+}
+
+/// Until every one of `databases` has a server connection or no waiting client, at most
+/// a second: the first successful login clears the pool's failure for good.
+async fn wait_for_servers<C: Console>(conn: &mut Conn<'_, C>, databases: &[String]) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < end {
+        let Ok(rows) = conn.rows("SHOW POOLS").await else {
+            return;
+        };
+        let count = |r: &admin::Row, cols: &[&str]| -> u64 {
+            cols.iter()
+                .filter_map(|c| r.get(c).and_then(|v| v.parse::<u64>().ok()))
+                .sum()
+        };
+        let pending = rows.iter().any(|r| {
+            r.get("database")
+                .is_some_and(|d| databases.iter().any(|x| x == d))
+                && count(r, &["cl_waiting"]) > 0
+                && count(r, &["sv_active", "sv_idle", "sv_used", "sv_tested"]) == 0
+        });
+        if !pending {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `RESUME` each database; a failure is tried once more (on a new session if it was
@@ -886,6 +997,7 @@ mod tests {
                 symlink: &self.link,
                 node_file: to,
                 last_confirmed: last,
+                paused: &[],
             };
             run(&self.fake, &mut self.state, plan).await
         }
@@ -1160,6 +1272,7 @@ mod tests {
             symlink: &link,
             node_file: &db2,
             last_confirmed: None,
+            paused: &[],
         };
         let done = run_with(&t.fake, &mut t.state, plan, no_fds).await.unwrap();
         assert!(points_at(&t.link, &t.db2));
@@ -1226,6 +1339,7 @@ mod tests {
             symlink: &gone,
             node_file: &t.db1,
             last_confirmed: None,
+            paused: &[],
         };
         let e = run(&t.fake, &mut t.state, plan)
             .await

@@ -414,3 +414,306 @@ fn bench_round_time_as_the_cluster_grows() {
         }
     }
 }
+
+/// How the old primary goes away in [`bench_pause_through_failover`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// `pg_ctl stop -m fast`, a standby promoted `gap` later.
+    Stop(Duration),
+    /// SIGKILL to the postmaster, a standby promoted `gap` later.
+    Kill9(Duration),
+    /// A planned switchover: the old primary stopped cleanly, the standby promoted at once.
+    Switchover,
+}
+
+impl Loss {
+    fn label(self) -> String {
+        match self {
+            Loss::Stop(g) => format!("stop, promote after {:.1} s", g.as_secs_f64()),
+            Loss::Kill9(g) => format!("SIGKILL, promote after {:.1} s", g.as_secs_f64()),
+            Loss::Switchover => "planned switchover".into(),
+        }
+    }
+    fn gap(self) -> Duration {
+        match self {
+            Loss::Stop(g) | Loss::Kill9(g) => g,
+            Loss::Switchover => Duration::ZERO,
+        }
+    }
+}
+
+/// One transaction of a ledger client: when it started, how long it took, and how it ended.
+struct Attempt {
+    at: Instant,
+    took: Duration,
+    /// Ok: acknowledged. Err((in the login, error text)).
+    result: Result<(), (bool, String)>,
+    seq: i64,
+    client: i64,
+}
+
+/// One numbered `INSERT` into `ledger` through PgBouncer on a new connection.
+async fn ledger_insert(conninfo: &str, client: i64, seq: i64) -> Result<(), (bool, String)> {
+    let (pg, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| (true, e.to_string()))?;
+    let task = tokio::spawn(conn);
+    let r = pg
+        .simple_query(&format!(
+            "INSERT INTO ledger(client, seq) VALUES ({client}, {seq})"
+        ))
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let text = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            (false, text)
+        });
+    drop(pg);
+    task.abort();
+    r
+}
+
+/// Figures of one failover, as clients saw it.
+#[derive(Default, Clone)]
+struct LedgerRun {
+    attempts: usize,
+    failed_tx: usize,
+    failed_logins: usize,
+    failed_after_gone: usize,
+    longest: Duration,
+    /// From the stop or SIGKILL being sent until `pg_ctl promote -w` returned: the time
+    /// without a primary that a held client has to wait out.
+    outage: Duration,
+    lost: usize,
+    errors: Vec<String>,
+}
+
+fn ledger_failover(pause: bool, loss: Loss) -> Option<LedgerRun> {
+    let c = Cluster::start(
+        Opts::default()
+            .standbys(1)
+            .link(Link::Node(1))
+            .pool_mode("transaction"),
+    );
+    // The fixture's query_wait_timeout (8 s) would cut an 8 s hold short: PgBouncer's
+    // default is 120 s, and pause_timeout must stay below it.
+    for i in 1..=2 {
+        let f = c.node_file(i);
+        let text = std::fs::read_to_string(&f).unwrap();
+        std::fs::write(
+            &f,
+            text.replace("query_wait_timeout = 8", "query_wait_timeout = 60"),
+        )
+        .unwrap();
+    }
+    c.admin("RELOAD").unwrap();
+    c.query_db(
+        1,
+        "appdb",
+        "CREATE TABLE ledger(client int, seq int, PRIMARY KEY (client, seq))",
+    )
+    .unwrap();
+    common::wait_until(Duration::from_secs(20), "ledger on pg2", || {
+        c.query_db(2, "appdb", "SELECT to_regclass('ledger') IS NOT NULL")
+            .is_ok_and(|o| o.trim() == "t")
+    });
+    let extra = if pause {
+        "pause_on_failover=on\npause_timeout=15"
+    } else {
+        ""
+    };
+    let cfg = c.write_rebouncer_config(30, 3, extra);
+    let mut d = c.daemon(&cfg);
+    d.wait_for(Duration::from_secs(20), "settled on pg1", |d| {
+        d.http_get("/nagios").unwrap_or_default().starts_with("OK")
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = c.bouncer_port();
+    let s = stop.clone();
+    let load = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for client in 0..CLIENTS as i64 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    let conninfo = format!(
+                        "host=127.0.0.1 port={port} dbname=appdb user=postgres connect_timeout=5"
+                    );
+                    let mut out = Vec::new();
+                    let mut seq = 0;
+                    while !s.load(Ordering::Relaxed) {
+                        seq += 1;
+                        let at = Instant::now();
+                        let result = match tokio::time::timeout(
+                            Duration::from_secs(60),
+                            ledger_insert(&conninfo, client, seq),
+                        )
+                        .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err((false, "no answer in 60 s".into())),
+                        };
+                        out.push(Attempt {
+                            at,
+                            took: at.elapsed(),
+                            result,
+                            seq,
+                            client,
+                        });
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    out
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap_or_default());
+            }
+            all
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500) + random_below(Duration::from_secs(1)));
+    let failing = Instant::now();
+    match loss {
+        Loss::Stop(_) | Loss::Switchover => c.stop_fast(1),
+        Loss::Kill9(_) => c.kill9(1),
+    }
+    let gone = Instant::now();
+    std::thread::sleep(loss.gap());
+    c.promote(2);
+    let outage = failing.elapsed();
+    let recovered = common::poll_until(Duration::from_secs(60), || {
+        c.bouncer_target_node() == Some(2)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let attempts = load.join().unwrap();
+    if !recovered {
+        eprintln!(
+            "  a repetition did not switch within 60 s\n{}",
+            d.diagnostics()
+        );
+        return None;
+    }
+    let on_new: std::collections::HashSet<(i64, i64)> = c
+        .query_db(2, "appdb", "SELECT client, seq FROM ledger")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once('|')?;
+            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+        })
+        .collect();
+    let mut r = LedgerRun {
+        attempts: attempts.len(),
+        outage,
+        ..LedgerRun::default()
+    };
+    for a in &attempts {
+        r.longest = r.longest.max(a.took);
+        match &a.result {
+            Ok(()) => {
+                if !on_new.contains(&(a.client, a.seq)) {
+                    r.lost += 1;
+                }
+            }
+            Err((login, e)) => {
+                if *login {
+                    r.failed_logins += 1;
+                } else {
+                    r.failed_tx += 1;
+                }
+                if a.at >= gone {
+                    r.failed_after_gone += 1;
+                    if r.errors.len() < 2 {
+                        r.errors.push(e.lines().next().unwrap_or("").to_string());
+                    }
+                }
+            }
+        }
+    }
+    if std::env::var_os("REBOUNCER_BENCH_VERBOSE").is_some() {
+        eprintln!("{}", d.diagnostics());
+    }
+    d.stop();
+    Some(r)
+}
+
+/// Issue 9: failed transactions through a failover, pausing off and on, side by side.
+#[test]
+#[ignore]
+fn bench_pause_through_failover() {
+    let n: usize = std::env::var("REBOUNCER_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    println!(
+        "\n{CLIENTS} ledger clients through PgBouncer (transaction pooling, query_wait_timeout=60), \
+         a new connection and one numbered INSERT per transaction, reconnecting on error; \
+         interval=30 timeout=3, pause_timeout=15; {n} repetitions per line, figures summed \
+         (longest: the maximum); `after gone`: failures that started after the old primary was \
+         gone (pg_ctl stop or the SIGKILL returned); `lost`: acknowledged rows absent on the new \
+         primary; `no primary for`: from the stop or SIGKILL until `pg_ctl promote -w` returned (the \
+         maximum):"
+    );
+    let loss: Vec<Loss> = vec![
+        Loss::Stop(Duration::from_millis(500)),
+        Loss::Stop(Duration::from_secs(3)),
+        Loss::Stop(Duration::from_secs(8)),
+        Loss::Kill9(Duration::from_millis(500)),
+        Loss::Kill9(Duration::from_secs(3)),
+        Loss::Kill9(Duration::from_secs(8)),
+        Loss::Switchover,
+    ];
+    let started = Instant::now();
+    for l in loss {
+        for pause in [false, true] {
+            let mut total = LedgerRun::default();
+            let mut runs = 0;
+            for _ in 0..n {
+                let Some(r) = ledger_failover(pause, l) else {
+                    continue;
+                };
+                runs += 1;
+                total.attempts += r.attempts;
+                total.failed_tx += r.failed_tx;
+                total.failed_logins += r.failed_logins;
+                total.failed_after_gone += r.failed_after_gone;
+                total.longest = total.longest.max(r.longest);
+                total.outage = total.outage.max(r.outage);
+                total.lost += r.lost;
+                for e in r.errors {
+                    if total.errors.len() < 2 && !total.errors.contains(&e) {
+                        total.errors.push(e);
+                    }
+                }
+            }
+            println!(
+                "  {:31} pausing {:3}: {runs} runs, {:5} transactions, failed: {:4} tx + {:3} logins, {:4} after gone | longest wait {:5} ms (no primary for {:5} ms) | lost {}{}",
+                l.label(),
+                if pause { "on" } else { "off" },
+                total.attempts,
+                total.failed_tx,
+                total.failed_logins,
+                total.failed_after_gone,
+                total.longest.as_millis(),
+                total.outage.as_millis(),
+                total.lost,
+                if total.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" | e.g. {}", total.errors.join(" / "))
+                }
+            );
+        }
+    }
+    println!("  ({} s in all)", started.elapsed().as_secs());
+}

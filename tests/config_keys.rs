@@ -101,7 +101,7 @@ fn an_unknown_global_key_starts_with_a_warning_and_a_near_miss_is_refused() {
         format!(
             "config error: {}:5: unknown key \"intervall\" in [global], probably interval \
              (a misspelling); write interval= (the keys are pgbouncer, symlink, configdir, \
-             interval, timeout, fast_interval, keep_connections, state_file)",
+             interval, timeout, fast_interval, keep_connections, state_file, pause_on_failover, pause_timeout)",
             cfg.display()
         )
     );
