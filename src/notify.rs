@@ -1,0 +1,218 @@
+//! systemd's readiness protocol (`Type=notify`, sd_notify(3)): a few `KEY=value` lines in
+//! one datagram to the unix socket named by `$NOTIFY_SOCKET`. Without that variable
+//! nothing is sent and nothing changes.
+//!
+//! The few lines the protocol needs, rather than a crate: the libsystemd bindings pull in
+//! a C library, and the small pure-Rust crates do what these 60 lines do. The std socket
+//! is used rather than tokio's, whose `send_to` takes a path only, while systemd may hand
+//! out an abstract address (`@name`); one datagram of a hundred bytes to a local socket
+//! does not block (and the socket is non-blocking besides: a message that does not fit
+//! is dropped, as losing a STATUS line is harmless).
+
+use std::io;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::status::{self, Phase, Snapshot};
+
+pub struct Notifier {
+    socket: UnixDatagram,
+    addr: SocketAddr,
+    /// `$NOTIFY_SOCKET` as given, for messages.
+    name: String,
+}
+
+impl Notifier {
+    /// From `$NOTIFY_SOCKET`; `Ok(None)` when it is not set (not started by systemd with
+    /// `Type=notify`).
+    pub fn from_env() -> io::Result<Option<Notifier>> {
+        match std::env::var_os("NOTIFY_SOCKET") {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
+            Some(v) => Notifier::new(&v.to_string_lossy()).map(Some),
+        }
+    }
+
+    pub fn new(name: &str) -> io::Result<Notifier> {
+        let addr = match name.strip_prefix('@') {
+            Some(abstract_name) => abstract_addr(abstract_name.as_bytes())?,
+            None if name.starts_with('/') => SocketAddr::from_pathname(name)?,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "neither an absolute path nor an abstract name (@...)",
+                ));
+            }
+        };
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        Ok(Notifier {
+            socket,
+            addr,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn send(&self, message: &str) -> io::Result<()> {
+        self.socket
+            .send_to_addr(message.as_bytes(), &self.addr)
+            .map(|_| ())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn abstract_addr(name: &[u8]) -> io::Result<SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    SocketAddr::from_abstract_name(name)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn abstract_addr(_: &[u8]) -> io::Result<SocketAddr> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "abstract socket names exist on Linux only",
+    ))
+}
+
+/// A one-line summary of the snapshot for `STATUS=`: what `/nagios` says, as that is
+/// what an operator looking at `systemctl status` wants to know.
+pub fn summary(s: &Snapshot, now: SystemTime) -> String {
+    status::render_nagios(s, now).replace('\n', " ")
+}
+
+/// Ready once the first round has run, whatever it found. Also while PgBouncer's admin
+/// console does not answer yet: that wait can last, it is shown on the status pages,
+/// and a unit stuck in "activating" would be failed by systemd after its start timeout
+/// and restarted in a loop, when PgBouncer may legitimately start later.
+pub fn is_ready(s: &Snapshot) -> bool {
+    s.counters.rounds > 0 || matches!(s.phase, Phase::WaitingForPgBouncer { .. })
+}
+
+/// Tell systemd: `READY=1` with the first summary, `STATUS=` whenever the summary
+/// changes, `STOPPING=1` when shutdown starts. Runs until shutdown.
+pub async fn run(
+    notifier: Notifier,
+    mut snapshot: watch::Receiver<Snapshot>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ready = false;
+    let mut last = String::new();
+    loop {
+        let message = {
+            let s = snapshot.borrow_and_update();
+            let line = summary(&s, SystemTime::now());
+            if !ready && is_ready(&s) {
+                ready = true;
+                last = line.clone();
+                Some(format!("READY=1\nSTATUS={line}"))
+            } else if ready && line != last {
+                last = line.clone();
+                Some(format!("STATUS={line}"))
+            } else {
+                None
+            }
+        };
+        if let Some(m) = message {
+            send(&notifier, &m);
+        }
+        tokio::select! {
+            changed = snapshot.changed() => if changed.is_err() { break },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    send(&notifier, "STOPPING=1\nSTATUS=stopping");
+}
+
+fn send(notifier: &Notifier, message: &str) {
+    match notifier.send(message) {
+        Ok(()) => debug!("told systemd: {message:?}"),
+        Err(e) => warn!(
+            "cannot tell systemd ({}) {:?}: {e}",
+            notifier.name(),
+            message.lines().next().unwrap_or("")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn path_and_abstract_sockets_receive_the_datagram() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::new(path.to_str().unwrap()).unwrap();
+        n.send("READY=1\nSTATUS=ok").unwrap();
+        let mut buf = [0u8; 256];
+        let len = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"READY=1\nSTATUS=ok");
+
+        let name = format!("rebouncer-test-{}", std::process::id());
+        let listener = UnixDatagram::bind_addr(&abstract_addr(name.as_bytes()).unwrap()).unwrap();
+        let n = Notifier::new(&format!("@{name}")).unwrap();
+        n.send("STOPPING=1").unwrap();
+        let len = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"STOPPING=1");
+    }
+
+    #[test]
+    fn a_relative_name_is_refused() {
+        assert!(Notifier::new("notify.sock").is_err());
+    }
+
+    #[tokio::test]
+    async fn ready_after_the_first_round_status_on_change_stopping_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sock");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        // Polled, not blocking: the task under test runs on this same thread.
+        listener.set_nonblocking(true).unwrap();
+        let names = vec!["pg1".to_string()];
+        let (tx, rx) = watch::channel(Snapshot::new(&names, Duration::from_secs(30), "x".into()));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            Notifier::new(path.to_str().unwrap()).unwrap(),
+            rx,
+            stop_rx,
+        ));
+        let recv = async || {
+            let mut buf = [0u8; 1024];
+            for _ in 0..500 {
+                match listener.recv(&mut buf) {
+                    Ok(len) => return String::from_utf8_lossy(&buf[..len]).into_owned(),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            panic!("no datagram within 5 s");
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send_modify(|s| {
+            s.nodes[0].state = Some(crate::decide::NodeState::Master);
+            s.nodes[0].last_check = Some(SystemTime::now());
+            s.active = Some("pg1".into());
+            s.confirmed = true;
+            s.counters.rounds = 1;
+        });
+        assert_eq!(
+            recv().await,
+            "READY=1\nSTATUS=OK: 1 master (pg1, PgBouncer points at it), 0 standbys"
+        );
+        // The same summary again: nothing sent. Then a change.
+        tx.send_modify(|s| s.counters.rounds = 2);
+        tx.send_modify(|s| s.nodes[0].state = Some(crate::decide::NodeState::Down));
+        assert!(recv().await.starts_with("STATUS=CRITICAL: no master"));
+        stop.send(true).unwrap();
+        assert_eq!(recv().await, "STOPPING=1\nSTATUS=stopping");
+        task.await.unwrap();
+    }
+}
