@@ -177,8 +177,8 @@ pub fn record_switch(status: &watch::Sender<Snapshot>, d: SwitchDone<'_>) {
 }
 
 /// Label values: backslash, double quote and line feed escaped (the format's rules).
-fn label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
+/// Written in place: `/metrics` writes hundreds of labels per scrape.
+fn push_label(out: &mut String, v: &str) {
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -187,8 +187,13 @@ fn label(v: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }
+
+/// [`BUCKETS`] as `le` label values, as Go's client writes them.
+const BUCKET_LABELS: [&str; BUCKETS.len()] = [
+    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+    "2.5", "5",
+];
 
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -212,7 +217,10 @@ impl Out {
                 if i > 0 {
                     self.0.push(',');
                 }
-                let _ = write!(self.0, "{k}=\"{}\"", label(v));
+                self.0.push_str(k);
+                self.0.push_str("=\"");
+                push_label(&mut self.0, v);
+                self.0.push('"');
             }
             self.0.push('}');
         }
@@ -278,11 +286,11 @@ pub fn render(s: &Snapshot) -> String {
     for n in &s.nodes {
         let c = &n.counters;
         let mut cumulative = 0;
-        for (b, count) in BUCKETS.iter().zip(c.buckets) {
+        for (le, count) in BUCKET_LABELS.iter().zip(c.buckets) {
             cumulative += count;
             o.sample(
                 "rebouncer_node_check_duration_seconds_bucket",
-                &[("node", &n.name), ("le", &b.to_string())],
+                &[("node", &n.name), ("le", le)],
                 cumulative,
             );
         }
@@ -675,6 +683,13 @@ mod tests {
             v(r#"rebouncer_pgbouncer_databases_paused{by="other"}"#),
             Some("1".into())
         );
+    }
+
+    #[test]
+    fn bucket_labels_are_the_buckets() {
+        for (b, l) in BUCKETS.iter().zip(BUCKET_LABELS) {
+            assert_eq!(l.parse::<f64>().unwrap(), *b);
+        }
     }
 
     #[test]
