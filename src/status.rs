@@ -843,6 +843,54 @@ mod tests {
     }
 
     #[test]
+    fn json_pages_escape_errors_and_name_the_conditions() {
+        let mut s = snap(
+            &[("db1", Some(Master)), ("db2", Some(Master)), ("db3", None)],
+            Some("db1"),
+        );
+        s.nodes[1].error = Some("FATAL:  role \"x\"\ndoes not exist".into());
+        let nodes = render_nodes_json(&s);
+        assert!(
+            nodes.contains(r#""last_error":"FATAL:  role \"x\"\ndoes not exist""#),
+            "{nodes}"
+        );
+        assert!(nodes.contains(r#"{"name":"db3","state":null,"#), "{nodes}");
+        assert!(nodes.ends_with("]}\n"), "{nodes}");
+        s.nodes[2].state = Some(Standby);
+        s.nodes[2].last_check = Some(SystemTime::now());
+        let root = render_root_json(&s, SystemTime::now());
+        assert!(
+            root.contains(r#""conditions":{"no_master":false,"split_brain":["db1","db2"],"#),
+            "{root}"
+        );
+        assert!(root.contains(r#""level":"CRITICAL","#), "{root}");
+        assert!(
+            root.contains(r#""active":"db1","confirmed":true,"#),
+            "{root}"
+        );
+    }
+
+    #[test]
+    fn root_page_ends_with_the_latest_events_newest_first() {
+        let mut s = snap(&[("db1", Some(Master))], Some("db1"));
+        assert!(!render_root(&s, SystemTime::now()).contains("Recent events"));
+        for i in 0..12 {
+            s.events.push(
+                SystemTime::now(),
+                crate::events::Kind::State,
+                None,
+                format!("event {i}"),
+            );
+        }
+        let text = render_root(&s, SystemTime::now());
+        let tail = text.split("Recent events").nth(1).unwrap();
+        let lines: Vec<&str> = tail.lines().skip(1).collect();
+        assert_eq!(lines.len(), RECENT_EVENTS, "{text}");
+        assert!(lines[0].ends_with("  event 11"), "{text}");
+        assert!(lines[9].ends_with("  event 2"), "{text}");
+    }
+
+    #[test]
     fn root_page_shows_each_node_and_the_active_one() {
         let mut s = snap(&[("db1", Some(Master)), ("db2", Some(Down))], Some("db1"));
         s.nodes[1].error = Some("127.0.0.1:5433: connection refused".into());
