@@ -14,7 +14,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::status::{self, Phase, Snapshot};
 
@@ -104,6 +104,7 @@ pub async fn run(
 ) {
     let mut ready = false;
     let mut last = String::new();
+    let mut failing = false;
     loop {
         let message = {
             let s = snapshot.borrow_and_update();
@@ -120,24 +121,35 @@ pub async fn run(
             }
         };
         if let Some(m) = message {
-            send(&notifier, &m);
+            send(&notifier, &m, &mut failing);
         }
         tokio::select! {
             changed = snapshot.changed() => if changed.is_err() { break },
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
-    send(&notifier, "STOPPING=1\nSTATUS=stopping");
+    send(&notifier, "STOPPING=1\nSTATUS=stopping", &mut failing);
 }
 
-fn send(notifier: &Notifier, message: &str) {
+/// A socket that stopped working is logged when it starts failing and when it works
+/// again, not at every status change.
+fn send(notifier: &Notifier, message: &str, failing: &mut bool) {
     match notifier.send(message) {
-        Ok(()) => debug!("told systemd: {message:?}"),
-        Err(e) => warn!(
-            "cannot tell systemd ({}) {:?}: {e}",
-            notifier.name(),
-            message.lines().next().unwrap_or("")
-        ),
+        Ok(()) => {
+            if std::mem::take(failing) {
+                info!("telling systemd ({}) works again", notifier.name());
+            }
+            debug!("told systemd: {message:?}");
+        }
+        Err(e) if !*failing => {
+            *failing = true;
+            warn!(
+                "cannot tell systemd ({}) {:?}: {e}",
+                notifier.name(),
+                message.lines().next().unwrap_or("")
+            );
+        }
+        Err(e) => debug!("still cannot tell systemd: {e}"),
     }
 }
 
