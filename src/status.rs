@@ -254,7 +254,12 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
         }
         return "WARNING: starting up, the first round of checks has not finished yet".into();
     }
-    let masters = s.masters_not_stale();
+    let stale_names: Vec<&str> = s.stale.iter().map(|x| x.name.as_str()).collect();
+    let masters: Vec<&str> = s
+        .names_in(NodeState::Master)
+        .into_iter()
+        .filter(|m| !stale_names.contains(m))
+        .collect();
     let standbys = s.names_in(NodeState::Standby).len();
     let down = s.names_in(NodeState::Down);
     let counts = format!(
