@@ -11,7 +11,9 @@
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -23,6 +25,8 @@ pub struct Notifier {
     addr: SocketAddr,
     /// `$NOTIFY_SOCKET` as given, for messages.
     name: String,
+    /// `WatchdogSec=` as systemd passes it (`$WATCHDOG_USEC`), when it is for us.
+    pub watchdog: Option<Duration>,
 }
 
 impl Notifier {
@@ -32,7 +36,15 @@ impl Notifier {
         match std::env::var_os("NOTIFY_SOCKET") {
             None => Ok(None),
             Some(v) if v.is_empty() => Ok(None),
-            Some(v) => Notifier::new(&v.to_string_lossy()).map(Some),
+            Some(v) => {
+                let mut n = Notifier::new(&v.to_string_lossy())?;
+                n.watchdog = watchdog_from(
+                    std::env::var("WATCHDOG_USEC").ok().as_deref(),
+                    std::env::var("WATCHDOG_PID").ok().as_deref(),
+                    std::process::id(),
+                );
+                Ok(Some(n))
+            }
         }
     }
 
@@ -53,6 +65,7 @@ impl Notifier {
             socket,
             addr,
             name: name.to_string(),
+            watchdog: None,
         })
     }
 
@@ -65,6 +78,16 @@ impl Notifier {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// The watchdog period, unless it is unset, unparsable, zero, or meant for another
+/// process (`$WATCHDOG_PID`, as sd_watchdog_enabled(3) checks).
+fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    if pid.is_some_and(|p| p.trim().parse::<u32>().ok() != Some(me)) {
+        return None;
+    }
+    let usec: u64 = usec?.trim().parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec))
 }
 
 #[cfg(target_os = "linux")]
@@ -96,7 +119,14 @@ pub fn is_ready(s: &Snapshot) -> bool {
 }
 
 /// Tell systemd: `READY=1` with the first summary, `STATUS=` whenever the summary
-/// changes, `STOPPING=1` when shutdown starts. Runs until shutdown.
+/// changes, `STOPPING=1` when shutdown starts; with `WatchdogSec=`, `WATCHDOG=1`. Runs
+/// until shutdown.
+///
+/// The watchdog is fed only when the snapshot changes, and only the daemon's main loop
+/// changes it (every check it records, every round, every retry while PgBouncer is
+/// awaited): a loop that is stuck stops the pings, and systemd restarts rebouncer. So
+/// `WatchdogSec=` must exceed the longest the loop may legitimately be quiet: `interval`
+/// plus `timeout` plus a switch, see the README.
 pub async fn run(
     notifier: Notifier,
     mut snapshot: watch::Receiver<Snapshot>,
@@ -105,6 +135,9 @@ pub async fn run(
     let mut ready = false;
     let mut last = String::new();
     let mut failing = false;
+    // At most four pings per period: the snapshot changes at every check.
+    let ping_every = notifier.watchdog.map(|w| w / 4);
+    let mut last_ping: Option<Instant> = None;
     loop {
         let message = {
             let s = snapshot.borrow_and_update();
@@ -122,6 +155,12 @@ pub async fn run(
         };
         if let Some(m) = message {
             send(&notifier, &m, &mut failing);
+        }
+        if let Some(every) = ping_every
+            && last_ping.is_none_or(|t| t.elapsed() >= every)
+        {
+            last_ping = Some(Instant::now());
+            send(&notifier, "WATCHDOG=1", &mut failing);
         }
         tokio::select! {
             changed = snapshot.changed() => if changed.is_err() { break },
@@ -175,6 +214,49 @@ mod tests {
         n.send("STOPPING=1").unwrap();
         let len = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"STOPPING=1");
+    }
+
+    #[test]
+    fn the_watchdog_period_is_ours_only_when_the_pid_matches() {
+        let s = Some(Duration::from_secs(90));
+        assert_eq!(watchdog_from(Some("90000000"), None, 7), s);
+        assert_eq!(watchdog_from(Some("90000000"), Some("7"), 7), s);
+        assert_eq!(watchdog_from(Some("90000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_from(Some("0"), None, 7), None);
+        assert_eq!(watchdog_from(Some("x"), None, 7), None);
+        assert_eq!(watchdog_from(None, Some("7"), 7), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_is_fed_while_the_snapshot_changes_and_not_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.sock");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut n = Notifier::new(path.to_str().unwrap()).unwrap();
+        n.watchdog = Some(Duration::from_secs(8));
+        let names = vec!["pg1".to_string()];
+        let (tx, rx) = watch::channel(Snapshot::new(&names, Duration::from_secs(1), "x".into()));
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run(n, rx, stop_rx));
+        let pings = || {
+            let mut buf = [0u8; 1024];
+            let mut count = 0;
+            while let Ok(len) = listener.recv(&mut buf) {
+                count += usize::from(&buf[..len] == b"WATCHDOG=1");
+            }
+            count
+        };
+        // A live loop changes the snapshot at every check: pings every 2 s (period / 4).
+        for _ in 0..100 {
+            tx.send_modify(|s| s.counters.rounds += 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let live = pings();
+        assert!((5..=6).contains(&live), "{live} pings in 10 s");
+        // A stuck loop: nothing changes, nothing is sent.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(pings(), 0);
     }
 
     #[test]

@@ -473,14 +473,22 @@ fn systemd_abstract_socket_and_ready_while_pgbouncer_is_awaited() {
     let sock = UnixDatagram::bind_addr(&addr).unwrap();
     let mut cmd = c.daemon_cmd(&cfg);
     cmd.env.push(("NOTIFY_SOCKET".into(), format!("@{name}")));
+    // WatchdogSec=2s: fed every 0.5 s at most, while the loop changes the snapshot.
+    cmd.env.push(("WATCHDOG_USEC".into(), "2000000".into()));
     let mut d = cmd.spawn();
     let got = receive_until(&sock, SHORT, |m| m.contains("READY=1"));
     assert!(
-        got[0].starts_with("READY=1\nSTATUS=CRITICAL: waiting for PgBouncer's admin console"),
+        got.last()
+            .unwrap()
+            .starts_with("READY=1\nSTATUS=CRITICAL: waiting for PgBouncer's admin console"),
         "{got:#?}"
     );
     c.bouncer_start();
     receive_until(&sock, SHORT, |m| m.starts_with("STATUS=OK: 1 master (pg1"));
+    // Fed while it polls (interval=1: a round a second).
+    let fed = Instant::now();
+    let got = receive_until(&sock, Duration::from_secs(10), |m| m == "WATCHDOG=1");
+    assert!(fed.elapsed() < Duration::from_secs(3), "{got:#?}");
     d.stop();
     receive_until(&sock, Duration::from_secs(5), |m| {
         m.starts_with("STOPPING=1")
