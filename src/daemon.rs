@@ -15,6 +15,8 @@ use crate::config::{self, Config};
 use crate::decide::{
     self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Timeline,
 };
+use crate::events::{self, Kind};
+use crate::metrics::{self, SwitchReason};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
 use crate::status::{
@@ -505,6 +507,7 @@ impl<C: Console> Daemon<C> {
         });
         self.check_drift().await;
         self.decide_and_act().await;
+        self.status.send_modify(|s| s.counters.rounds += 1);
     }
 
     /// Between rounds of a settled cluster, ask the active master again on its kept
@@ -559,17 +562,24 @@ impl<C: Console> Daemon<C> {
         n.hung = obs.hung;
         n.took = Some(report.took);
         let changed = n.state != Some(obs.state);
+        let ok = obs.state != NodeState::Down;
         if changed {
-            match (&obs.error, n.state) {
-                (Some(e), _) => warn!("{}: now down: {e}", n.name),
-                (None, None) => info!("{}: {}{}", n.name, obs.state, on_timeline(obs.timeline)),
-                (None, Some(old)) => info!(
+            let text = match (&obs.error, n.state) {
+                (Some(e), _) => format!("{}: now down: {e}", n.name),
+                (None, None) => format!("{}: {}{}", n.name, obs.state, on_timeline(obs.timeline)),
+                (None, Some(old)) => format!(
                     "{}: now {}{} (was {old})",
                     n.name,
                     obs.state,
                     on_timeline(obs.timeline)
                 ),
+            };
+            if ok {
+                info!("{text}");
+            } else {
+                warn!("{text}");
             }
+            events::record(&self.status, Kind::State, Some(&n.name), text);
             n.state = Some(obs.state);
             n.since = Some(now);
             n.refuses_new = None;
@@ -625,6 +635,8 @@ impl<C: Console> Daemon<C> {
                 }
             }
         }
+        self.status
+            .send_modify(|s| s.nodes[report.node].counters.record(report.took, ok, now));
         self.publish();
         changed
     }
@@ -746,6 +758,16 @@ impl<C: Console> Daemon<C> {
             match say {
                 Say::Started(_) => {
                     for s in &decision.stale {
+                        let name = &self.nodes[s.node].name;
+                        events::record(
+                            &self.status,
+                            Kind::StalePrimaryStart,
+                            Some(name),
+                            format!(
+                                "stale primary: {name} answers as master on timeline {}, but the cluster has reached timeline {}; never routed to",
+                                s.timeline, s.highest
+                            ),
+                        );
                         error!(
                             "stale primary: {} answers as master on timeline {}, but the cluster has reached timeline {} \
                              (an old primary that was not rewound); refusing to route to it, PgBouncer stays pointed at {active}. \
@@ -759,23 +781,40 @@ impl<C: Console> Daemon<C> {
                     key.join(", "),
                     lasted.as_secs()
                 ),
-                Say::Ended { key, lasted } => info!(
-                    "stale primary {} no longer answers as master (after {} s)",
-                    key.join(", "),
-                    lasted.as_secs()
-                ),
+                Say::Ended { key, lasted } => {
+                    let text = format!(
+                        "stale primary {} no longer answers as master (after {} s)",
+                        key.join(", "),
+                        lasted.as_secs()
+                    );
+                    info!("{text}");
+                    for name in &key {
+                        events::record(
+                            &self.status,
+                            Kind::StalePrimaryEnd,
+                            Some(name),
+                            text.clone(),
+                        );
+                    }
+                }
             }
         }
 
         let refusal = decision.refusal.as_ref().map(|r| self.refusal_text(r));
         for say in self.refusal_log.observe(refusal, now) {
             match say {
-                Say::Started(text) => error!("{text}"),
+                Say::Started(text) => {
+                    error!("{text}");
+                    events::record(&self.status, Kind::RefusalStart, None, text);
+                }
                 Say::Reminder { key, lasted, .. } => {
                     error!("still, after {} s: {key}", lasted.as_secs())
                 }
                 Say::Ended { lasted, .. } => {
-                    info!("the refusal to switch is over after {} s", lasted.as_secs())
+                    let text =
+                        format!("the refusal to switch is over after {} s", lasted.as_secs());
+                    info!("{text}");
+                    events::record(&self.status, Kind::RefusalEnd, None, text);
                 }
             }
         }
@@ -935,6 +974,12 @@ impl<C: Console> Daemon<C> {
 
     fn drifted(&mut self, what: String, behind: Option<NodeId>) {
         let active = self.active_name();
+        events::record(
+            &self.status,
+            Kind::Drift,
+            None,
+            format!("PgBouncer drifted: {what}; rebouncer had pointed it at {active}"),
+        );
         error!(
             "PgBouncer drifted: {what}; rebouncer had pointed it at {active}, and will switch it back to the master now"
         );
@@ -962,6 +1007,15 @@ impl<C: Console> Daemon<C> {
         if paused != self.paused {
             for p in paused.iter().filter(|p| !p.by_rebouncer) {
                 if !self.paused.contains(p) {
+                    events::record(
+                        &self.status,
+                        Kind::Paused,
+                        None,
+                        format!(
+                            "database {} is paused in PgBouncer, not by rebouncer",
+                            p.name
+                        ),
+                    );
                     warn!(
                         "database {} is paused in PgBouncer, not by rebouncer (an operator's PAUSE?); its clients wait until someone sends RESUME {} on the admin console",
                         p.name, p.name
@@ -974,6 +1028,34 @@ impl<C: Console> Daemon<C> {
 
     fn log_condition(&self, say: Say<Condition>) {
         let active = self.active_name();
+        let event = match &say {
+            Say::Started(Condition::NoMaster) => Some((
+                Kind::NoMasterStart,
+                "no master: no server answers as master (stale primaries aside)".to_string(),
+            )),
+            Say::Started(Condition::SplitBrain(names)) => Some((
+                Kind::SplitBrainStart,
+                format!("split brain: {} all answer as master", names.join(", ")),
+            )),
+            Say::Ended { key, lasted } => Some(match key {
+                Condition::NoMaster => (
+                    Kind::NoMasterEnd,
+                    format!("no master is over after {} s", lasted.as_secs()),
+                ),
+                Condition::SplitBrain(n) => (
+                    Kind::SplitBrainEnd,
+                    format!(
+                        "split brain ({}) is over after {} s",
+                        n.join(", "),
+                        lasted.as_secs()
+                    ),
+                ),
+            }),
+            Say::Reminder { .. } => None,
+        };
+        if let Some((kind, text)) = event {
+            events::record(&self.status, kind, None, text);
+        }
         match say {
             Say::Started(Condition::NoMaster) => warn!(
                 "no master: no server answers as master (stale primaries aside); not touching PgBouncer, which stays pointed at {active}"
@@ -1021,6 +1103,18 @@ impl<C: Console> Daemon<C> {
             ),
             None => info!("master is {name}; pointing PgBouncer at it"),
         }
+        let reason = match from {
+            _ if self.drift.is_some() => SwitchReason::Drift,
+            None => SwitchReason::Initial,
+            Some(f) if f == to => SwitchReason::Confirm,
+            Some(_) => SwitchReason::Failover,
+        };
+        // The need arose when the new master was first seen as one, or the drift found.
+        let needed_since = self
+            .drift
+            .as_ref()
+            .map(|d| d.since)
+            .or(self.nodes[to].since);
         let started = Instant::now();
         self.last_switch_attempt = Some(started);
         let waiting = match &self.hold {
@@ -1053,6 +1147,17 @@ impl<C: Console> Daemon<C> {
                 info!(
                     "PgBouncer now points at {name} ({}), confirmed by SHOW DATABASES in {ms} ms{reset}",
                     node_file.display()
+                );
+                metrics::record_switch(
+                    &self.status,
+                    metrics::SwitchDone {
+                        reason,
+                        to: &name,
+                        from: from.map(|f| self.nodes[f].name.as_str()),
+                        relinked: done.relinked,
+                        needed_since,
+                        step: started.elapsed(),
+                    },
                 );
                 for w in done.link_warning.iter().chain(&done.resets.warnings) {
                     warn!("{w}");
@@ -1098,6 +1203,9 @@ impl<C: Console> Daemon<C> {
             }
             Err(e) => {
                 let error = e.to_string();
+                let reason = metrics::failure_reason(&e);
+                self.status
+                    .send_modify(|s| s.counters.switch_failed(reason));
                 // The link may or may not have moved; believe only what it says now.
                 self.believed = Believed {
                     active: self.node_behind_symlink(),
@@ -1119,10 +1227,14 @@ impl<C: Console> Daemon<C> {
                     .observe(Some(key), Instant::now().into_std())
                 {
                     match say {
-                        Say::Started(_) => error!(
-                            "switch to {name} failed: {error}; the symlink points at {}; retrying every round",
-                            self.active_name()
-                        ),
+                        Say::Started(_) => {
+                            let text = format!(
+                                "switch to {name} failed: {error}; the symlink points at {}; retrying every round",
+                                self.active_name()
+                            );
+                            error!("{text}");
+                            events::record(&self.status, Kind::SwitchFailed, Some(&name), text);
+                        }
                         Say::Reminder { lasted, rounds, .. } => error!(
                             "switch to {name} still failing after {} s ({rounds} attempts since the last reminder): {error}",
                             lasted.as_secs()
@@ -1873,6 +1985,50 @@ mod tests {
             w.bouncer.paused(),
             Vec::<String>::new(),
             "KILL was followed by RESUME"
+        );
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_is_counted_and_kept_in_the_event_history() {
+        let w = world(&[Master(1), Standby(1)], 2, State::default()).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
+            .await;
+        let s = w.snapshot();
+        let reason = |r: SwitchReason| {
+            let i = SwitchReason::ALL.iter().position(|x| *x == r).unwrap();
+            s.counters.switches[i]
+        };
+        assert_eq!(
+            reason(SwitchReason::Failover),
+            2,
+            "pg2 at start, then pg1... {:?}",
+            s.counters
+        );
+        assert!(s.counters.rounds >= 2);
+        assert!(s.counters.last_switch.is_some());
+        assert!(s.nodes[0].counters.failures >= 1);
+        assert!(s.nodes[1].counters.last_success.is_some());
+        let kinds: Vec<(Kind, Option<&str>)> = s
+            .events
+            .iter()
+            .map(|e| (e.kind, e.node.as_deref()))
+            .collect();
+        let at = |k: (Kind, Option<&str>)| kinds.iter().position(|x| *x == k);
+        let down = at((Kind::State, Some("pg1"))).unwrap();
+        let switched = kinds
+            .iter()
+            .rposition(|x| *x == (Kind::Switch, Some("pg2")))
+            .unwrap();
+        assert!(down < switched, "{kinds:?}");
+        let text = &s.events.iter().nth(switched).unwrap().text;
+        assert!(
+            text.starts_with("PgBouncer now points at pg2 (failover from pg1)"),
+            "{text}"
         );
         w.stop().await;
     }

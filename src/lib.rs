@@ -9,10 +9,14 @@ pub mod config;
 pub mod conninfo;
 pub mod daemon;
 pub mod decide;
+pub mod events;
 #[cfg(test)]
 pub mod fake_bouncer;
 pub mod http;
+pub mod json;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod probe;
 pub mod state;
 pub mod status;

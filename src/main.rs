@@ -14,7 +14,9 @@ use rebouncer::cli::{self, Options};
 use rebouncer::config::{self, Config};
 use rebouncer::conninfo::Env;
 use rebouncer::daemon::Daemon;
+use rebouncer::events::Kind;
 use rebouncer::logging::{self, LogFile};
+use rebouncer::notify::{self, Notifier};
 use rebouncer::state::StateFile;
 use rebouncer::status::Snapshot;
 use rebouncer::{check, http};
@@ -97,7 +99,32 @@ async fn run(opts: Options) -> ExitCode {
         cfg.interval,
         cfg.pgbouncer.endpoint.clone(),
     ));
-    status_tx.send_modify(|s| s.config_warnings = cfg.warnings.clone());
+    status_tx.send_modify(|s| {
+        s.config_warnings = cfg.warnings.clone();
+        let at = s.started;
+        s.events.push(
+            at,
+            Kind::Started,
+            None,
+            format!(
+                "rebouncer {} started with config {}",
+                env!("CARGO_PKG_VERSION"),
+                opts.config.display()
+            ),
+        );
+        for w in &cfg.warnings {
+            s.events.push(at, Kind::ConfigWarning, None, w.clone());
+        }
+    });
+    // A bad $NOTIFY_SOCKET costs systemd's readiness, not the daemon: it still runs (and
+    // systemd, waiting for READY=1, says why the start timed out; the log says this).
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            warn!("NOTIFY_SOCKET is set but unusable, not telling systemd anything: {e}");
+            None
+        }
+    };
     let listener = match http::bind(&opts.http).await {
         Ok(l) => l,
         Err(e) => return fatal(to_log, &e.to_string()),
@@ -128,10 +155,16 @@ async fn run(opts: Options) -> ExitCode {
         Ok(h) => h,
         Err(e) => return fatal(to_log, &format!("cannot install signal handlers: {e}")),
     };
+    let notifying =
+        notifier.map(|n| tokio::spawn(notify::run(n, status_tx.subscribe(), shutdown_rx.clone())));
 
     Daemon::new(cfg, state, status_tx, shutdown_rx).run().await;
 
     signals.abort();
+    if let Some(n) = notifying {
+        // It sends STOPPING=1 on the shutdown signal, or when the daemon is gone.
+        let _ = n.await;
+    }
     // The server stops on the same signal and bounds its own grace; a client that sent
     // half a request is cut off at the end of it.
     match server.await {

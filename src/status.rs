@@ -8,6 +8,9 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Local};
 
 use crate::decide::NodeState;
+use crate::events::Events;
+use crate::json::Value;
+use crate::metrics::{Counters, NodeCounters};
 
 /// One server as the pages show it.
 #[derive(Clone, Debug)]
@@ -30,6 +33,8 @@ pub struct NodeStatus {
     pub refuses_new: Option<String>,
     /// A server that keeps failing is asked less often: the time to its next check.
     pub next_try: Option<Duration>,
+    /// Its checks since start, for `/metrics`.
+    pub counters: NodeCounters,
 }
 
 /// A master on a lower timeline than the cluster has reached.
@@ -133,6 +138,10 @@ pub struct Snapshot {
     pub state_error: Option<String>,
     /// Problems in the configuration that did not stop rebouncer (unknown keys).
     pub config_warnings: Vec<String>,
+    /// Rounds and switches since start, for `/metrics`.
+    pub counters: Counters,
+    /// What happened lately, for `/` and `/events`.
+    pub events: Events,
 }
 
 impl Snapshot {
@@ -152,6 +161,7 @@ impl Snapshot {
                     timeline_note: None,
                     refuses_new: None,
                     next_try: None,
+                    counters: NodeCounters::default(),
                 })
                 .collect(),
             active: None,
@@ -171,7 +181,17 @@ impl Snapshot {
             state_file: String::new(),
             state_error: None,
             config_warnings: Vec::new(),
+            counters: Counters::default(),
+            events: Events::default(),
         }
+    }
+
+    /// The masters that are not stale primaries: one is the primary, more a split brain.
+    pub fn masters_not_stale(&self) -> Vec<&str> {
+        self.names_in(NodeState::Master)
+            .into_iter()
+            .filter(|m| !self.stale.iter().any(|x| x.name == *m))
+            .collect()
     }
 
     /// "db1 (timeline 1, the cluster is on 2)", comma-separated.
@@ -554,7 +574,182 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
             );
         }
     }
+    if !s.events.is_empty() {
+        // Below everything else: scripts that read the lines above see them unchanged.
+        let _ = writeln!(
+            out,
+            "\nRecent events (newest first; all {} kept at /events):",
+            s.events.len()
+        );
+        for e in s.events.iter().rev().take(RECENT_EVENTS) {
+            let _ = writeln!(out, "{}  {}", local(e.at), e.text);
+        }
+    }
     out
+}
+
+/// `/events?format=text`: every event kept, oldest first, one line each.
+pub fn render_events(s: &Snapshot) -> String {
+    let mut out = String::new();
+    for e in s.events.iter() {
+        let _ = writeln!(out, "{}  {}  {}", local(e.at), e.kind.as_str(), e.text);
+    }
+    out
+}
+
+/// Events shown on `/`.
+pub const RECENT_EVENTS: usize = 10;
+
+fn node_json(n: &NodeStatus) -> Value {
+    Value::Obj(vec![
+        ("name", Value::str(n.name.clone())),
+        ("state", Value::opt_str(n.state.map(NodeState::as_str))),
+        ("last_check", Value::opt_time(n.last_check)),
+        ("since", Value::opt_time(n.since)),
+        ("last_error", Value::opt_str(n.error.clone())),
+        (
+            "timeline",
+            n.timeline.map_or(Value::Null, |t| Value::Int(t.into())),
+        ),
+        ("timeline_note", Value::opt_str(n.timeline_note.clone())),
+        (
+            "check_seconds",
+            n.took.map_or(Value::Null, |t| Value::Num(t.as_secs_f64())),
+        ),
+        (
+            "refuses_new_connections",
+            Value::opt_str(n.refuses_new.clone()),
+        ),
+        (
+            "next_check_seconds",
+            n.next_try
+                .map_or(Value::Null, |t| Value::Num(t.as_secs_f64())),
+        ),
+    ])
+}
+
+/// `/nodes` as JSON: every node in file order, the unchecked ones with `"state": null`.
+pub fn render_nodes_json(s: &Snapshot) -> String {
+    Value::Obj(vec![(
+        "nodes",
+        Value::Arr(s.nodes.iter().map(node_json).collect()),
+    )])
+    .to_document()
+}
+
+/// `/` as JSON: what the overview says, for scripts.
+pub fn render_root_json(s: &Snapshot, now: SystemTime) -> String {
+    let status = render_nagios(s, now);
+    let level = status.split(':').next().unwrap_or("").to_string();
+    let (phase, phase_error) = match &s.phase {
+        Phase::Running => ("running", None),
+        Phase::WaitingForPgBouncer { error } => ("waiting_for_pgbouncer", Some(error.clone())),
+    };
+    let masters = s.masters_not_stale();
+    let all_checked = s.nodes.iter().all(|n| n.state.is_some());
+    let strings = |v: &[String]| Value::Arr(v.iter().cloned().map(Value::Str).collect());
+    let conditions = Value::Obj(vec![
+        ("no_master", Value::Bool(all_checked && masters.is_empty())),
+        (
+            "split_brain",
+            Value::Arr(if masters.len() > 1 {
+                masters.iter().map(|m| Value::str(*m)).collect()
+            } else {
+                Vec::new()
+            }),
+        ),
+        (
+            "stale_primaries",
+            Value::Arr(
+                s.stale
+                    .iter()
+                    .map(|x| {
+                        Value::Obj(vec![
+                            ("name", Value::str(x.name.clone())),
+                            ("timeline", Value::Int(x.timeline.into())),
+                            ("cluster_timeline", Value::Int(x.highest.into())),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "switch_failure",
+            s.switch_failure.as_ref().map_or(Value::Null, |f| {
+                Value::Obj(vec![
+                    ("wanted", Value::str(f.wanted.clone())),
+                    ("error", Value::str(f.error.clone())),
+                    ("since", Value::time(f.since)),
+                ])
+            }),
+        ),
+        ("refusal", Value::opt_str(s.refusal.clone())),
+        (
+            "drift",
+            s.drift.as_ref().map_or(Value::Null, |d| {
+                Value::Obj(vec![
+                    ("what", Value::str(d.what.clone())),
+                    ("since", Value::time(d.since)),
+                ])
+            }),
+        ),
+        (
+            "paused",
+            Value::Arr(
+                s.paused
+                    .iter()
+                    .map(|p| {
+                        Value::Obj(vec![
+                            ("database", Value::str(p.name.clone())),
+                            ("by_rebouncer", Value::Bool(p.by_rebouncer)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        ("held", strings(&s.held)),
+        (
+            "refusing_new_connections",
+            Value::Arr(
+                s.nodes
+                    .iter()
+                    .filter(|n| n.refuses_new.is_some())
+                    .map(|n| Value::str(n.name.clone()))
+                    .collect(),
+            ),
+        ),
+        ("state_file_error", Value::opt_str(s.state_error.clone())),
+    ]);
+    let last_round = s.last_round.map_or(Value::Null, |r| {
+        Value::Obj(vec![
+            ("asked", Value::Int(r.asked as i64)),
+            ("answered", Value::Int(r.answered as i64)),
+            ("seconds", Value::Num(r.took.as_secs_f64())),
+        ])
+    });
+    let skip = s.events.len().saturating_sub(RECENT_EVENTS);
+    Value::Obj(vec![
+        ("version", Value::str(env!("CARGO_PKG_VERSION"))),
+        ("time", Value::time(now)),
+        ("started", Value::time(s.started)),
+        ("phase", Value::str(phase)),
+        ("phase_error", Value::opt_str(phase_error)),
+        ("interval_seconds", Value::Int(s.interval.as_secs() as i64)),
+        ("level", Value::Str(level)),
+        ("status", Value::Str(status)),
+        ("active", Value::opt_str(s.active.clone())),
+        ("confirmed", Value::Bool(s.active.is_some() && s.confirmed)),
+        ("last_switch", Value::opt_time(s.last_switch)),
+        ("conditions", conditions),
+        ("last_round", last_round),
+        ("config_warnings", strings(&s.config_warnings)),
+        ("nodes", Value::Arr(s.nodes.iter().map(node_json).collect())),
+        (
+            "recent_events",
+            Value::Arr(s.events.iter().skip(skip).map(|e| e.to_json()).collect()),
+        ),
+    ])
+    .to_document()
 }
 
 #[cfg(test)]
@@ -747,6 +942,54 @@ mod tests {
             render_nodes(&s),
             "zeta: standby\nalpha: master\nmid: down\n"
         );
+    }
+
+    #[test]
+    fn json_pages_escape_errors_and_name_the_conditions() {
+        let mut s = snap(
+            &[("db1", Some(Master)), ("db2", Some(Master)), ("db3", None)],
+            Some("db1"),
+        );
+        s.nodes[1].error = Some("FATAL:  role \"x\"\ndoes not exist".into());
+        let nodes = render_nodes_json(&s);
+        assert!(
+            nodes.contains(r#""last_error":"FATAL:  role \"x\"\ndoes not exist""#),
+            "{nodes}"
+        );
+        assert!(nodes.contains(r#"{"name":"db3","state":null,"#), "{nodes}");
+        assert!(nodes.ends_with("]}\n"), "{nodes}");
+        s.nodes[2].state = Some(Standby);
+        s.nodes[2].last_check = Some(SystemTime::now());
+        let root = render_root_json(&s, SystemTime::now());
+        assert!(
+            root.contains(r#""conditions":{"no_master":false,"split_brain":["db1","db2"],"#),
+            "{root}"
+        );
+        assert!(root.contains(r#""level":"CRITICAL","#), "{root}");
+        assert!(
+            root.contains(r#""active":"db1","confirmed":true,"#),
+            "{root}"
+        );
+    }
+
+    #[test]
+    fn root_page_ends_with_the_latest_events_newest_first() {
+        let mut s = snap(&[("db1", Some(Master))], Some("db1"));
+        assert!(!render_root(&s, SystemTime::now()).contains("Recent events"));
+        for i in 0..12 {
+            s.events.push(
+                SystemTime::now(),
+                crate::events::Kind::State,
+                None,
+                format!("event {i}"),
+            );
+        }
+        let text = render_root(&s, SystemTime::now());
+        let tail = text.split("Recent events").nth(1).unwrap();
+        let lines: Vec<&str> = tail.lines().skip(1).collect();
+        assert_eq!(lines.len(), RECENT_EVENTS, "{text}");
+        assert!(lines[0].ends_with("  event 11"), "{text}");
+        assert!(lines[9].ends_with("  event 2"), "{text}");
     }
 
     #[test]

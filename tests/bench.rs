@@ -328,6 +328,71 @@ fn bench_steady_state_cost() {
     }
 }
 
+/// Requests per second from `wrk -t2 -c50 -d10s`, or None when wrk is missing.
+fn wrk(url: &str) -> Option<(f64, String)> {
+    let out = std::process::Command::new("wrk")
+        .args(["-t2", "-c50", "-d10s", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    Some((rps, text))
+}
+
+/// `/nodes` and `/metrics` under `wrk -t2 -c50 -d10s`, three runs each, against a daemon
+/// polling a healthy 3-server cluster at `interval=1` (the status server allows 64
+/// connections at a time; wrk's 50 fit). `apt-get install wrk` first.
+/// `REBOUNCER_BENCH_BIN=/path/to/rebouncer` measures another build (an older commit, the
+/// Go tool) on the same cluster.
+#[test]
+#[ignore]
+fn bench_status_pages_wrk() {
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut cmd = c.daemon_cmd(&cfg);
+    if let Ok(bin) = std::env::var("REBOUNCER_BENCH_BIN") {
+        println!("measuring {bin}");
+        cmd.bin = bin.into();
+    }
+    let mut d = cmd.start();
+    d.wait_for(Duration::from_secs(20), "settled on pg1", |d| {
+        d.http_get("/nagios").unwrap_or_default().starts_with("OK")
+    });
+    let bytes = |p: &str| d.http_get(p).map(|b| b.len()).unwrap_or(0);
+    println!(
+        "status pages: /nodes {} bytes, /metrics {} bytes",
+        bytes("/nodes"),
+        bytes("/metrics")
+    );
+    for path in ["/nodes", "/metrics"] {
+        let url = format!("http://{}{path}", d.http_addr);
+        let mut runs = Vec::new();
+        for run in 1..=3 {
+            let Some((rps, text)) = wrk(&url) else {
+                println!("wrk not found: apt-get install wrk");
+                return;
+            };
+            println!("{path} run {run}: {rps:.0} requests/s");
+            if run == 1 {
+                println!("{text}");
+            }
+            runs.push(rps);
+        }
+        println!(
+            "{path}: {}",
+            runs.iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+    }
+    // Still polling and right after the load.
+    assert!(d.http_get("/nagios").unwrap_or_default().starts_with("OK"));
+}
+
 /// From the `/` page: the last round's (answered, asked, ms).
 fn round_figures(page: &str) -> Option<(usize, usize, f64)> {
     // "Last round: 3 of 50 servers answered in 1.2 ms"

@@ -1,0 +1,706 @@
+//! `/metrics`: the snapshot in Prometheus' text exposition format (version 0.0.4), and
+//! the counters behind it. One rebouncer runs per application server; the fleet view in
+//! Prometheus is what shows the 3 of 200 PgBouncers still on the old primary.
+//!
+//! Counters live in the snapshot and are bumped by the daemon; rendering is pure. Every
+//! family is written even when it has no sample yet where that is possible (a counter at
+//! 0 for each known label value), so alerts and dashboards see a series from the start
+//! instead of "no data".
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::decide::NodeState;
+use crate::events::Kind;
+use crate::status::{Phase, Snapshot};
+use crate::switch::SwitchError;
+
+/// Upper bounds of the check duration histogram, in seconds: a healthy check on a kept
+/// connection takes well under a millisecond; `timeout` is at least 2 s.
+pub const BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// One server's checks since start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeCounters {
+    pub checks: u64,
+    /// Checks that found the server down (refused, timed out, error).
+    pub failures: u64,
+    /// Per bucket, not cumulative (the +Inf bucket is `checks`).
+    pub buckets: [u64; BUCKETS.len()],
+    pub seconds: f64,
+    pub last_success: Option<SystemTime>,
+}
+
+impl NodeCounters {
+    pub fn record(&mut self, took: Duration, ok: bool, at: SystemTime) {
+        let secs = took.as_secs_f64();
+        self.checks += 1;
+        self.seconds += secs;
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+        if ok {
+            self.last_success = Some(at);
+        } else {
+            self.failures += 1;
+        }
+    }
+}
+
+/// Why PgBouncer was pointed at a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchReason {
+    /// The symlink pointed at no node's config.
+    Initial,
+    /// The symlink already pointed at the master; the switch confirmed it (start-up).
+    Confirm,
+    /// The master changed.
+    Failover,
+    /// PgBouncer was found elsewhere than where rebouncer had put it.
+    Drift,
+}
+
+impl SwitchReason {
+    pub const ALL: [SwitchReason; 4] = [
+        SwitchReason::Initial,
+        SwitchReason::Confirm,
+        SwitchReason::Failover,
+        SwitchReason::Drift,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchReason::Initial => "initial",
+            SwitchReason::Confirm => "confirm",
+            SwitchReason::Failover => "failover",
+            SwitchReason::Drift => "drift",
+        }
+    }
+}
+
+/// Where a failed switch stopped, as a label value.
+pub const FAILURE_REASONS: [&str; 5] = ["node_file", "admin", "symlink", "reload", "not_applied"];
+
+/// No wildcard on purpose: a new way for a switch to fail needs its own label.
+pub fn failure_reason(e: &SwitchError) -> &'static str {
+    match e {
+        SwitchError::NodeFile { .. } => "node_file",
+        SwitchError::Admin { .. } => "admin",
+        SwitchError::Symlink { .. } => "symlink",
+        SwitchError::Reload { .. } => "reload",
+        SwitchError::NotApplied { .. } => "not_applied",
+    }
+}
+
+/// The daemon's counters since start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub rounds: u64,
+    /// Indexed like [`SwitchReason::ALL`].
+    pub switches: [u64; 4],
+    /// Indexed like [`FAILURE_REASONS`]; every failed attempt counts.
+    pub switch_failures: [u64; 5],
+    /// The last switch that moved the symlink: when PgBouncer confirmed it, and how long
+    /// after the need arose (the new master first seen as master, or the drift found).
+    pub last_switch: Option<(SystemTime, Duration)>,
+    /// How long the switch itself took (admin check, symlink, RELOAD, confirmation).
+    pub last_switch_step: Option<Duration>,
+}
+
+impl Counters {
+    pub fn switched(&mut self, reason: SwitchReason) {
+        let i = SwitchReason::ALL.iter().position(|r| *r == reason);
+        if let Some(i) = i {
+            self.switches[i] += 1;
+        }
+    }
+
+    pub fn switch_failed(&mut self, reason: &str) {
+        if let Some(i) = FAILURE_REASONS.iter().position(|r| *r == reason) {
+            self.switch_failures[i] += 1;
+        }
+    }
+}
+
+/// A switch PgBouncer confirmed, as the daemon hands it over.
+pub struct SwitchDone<'a> {
+    pub reason: SwitchReason,
+    pub to: &'a str,
+    pub from: Option<&'a str>,
+    /// False when the symlink already pointed at the node (only confirmed).
+    pub relinked: bool,
+    pub needed_since: Option<SystemTime>,
+    /// The switch itself.
+    pub step: Duration,
+}
+
+/// Count a confirmed switch, keep its timings and put it in the event history.
+pub fn record_switch(status: &watch::Sender<Snapshot>, d: SwitchDone<'_>) {
+    let now = SystemTime::now();
+    let since_need = d
+        .needed_since
+        .and_then(|t| now.duration_since(t).ok())
+        .unwrap_or(d.step);
+    let ms = |t: Duration| t.as_secs_f64() * 1000.0;
+    let text = match (d.reason, d.from) {
+        (SwitchReason::Confirm, _) => format!(
+            "PgBouncer confirmed on {} (its config already pointed there); {:.0} ms",
+            d.to,
+            ms(d.step)
+        ),
+        (reason, from) => format!(
+            "PgBouncer now points at {} ({}{}), confirmed; the switch took {:.0} ms, {:.0} ms after the need arose",
+            d.to,
+            reason.as_str(),
+            from.map(|f| format!(" from {f}")).unwrap_or_default(),
+            ms(d.step),
+            ms(since_need)
+        ),
+    };
+    let seconds = vec![
+        ("switch_seconds", d.step.as_secs_f64()),
+        ("since_needed_seconds", since_need.as_secs_f64()),
+    ];
+    status.send_modify(|s| {
+        s.counters.switched(d.reason);
+        if d.relinked {
+            s.counters.last_switch = Some((now, since_need));
+            s.counters.last_switch_step = Some(d.step);
+        }
+        s.events
+            .push_timed(now, Kind::Switch, Some(d.to), text, seconds);
+    });
+}
+
+/// Label values: backslash, double quote and line feed escaped (the format's rules).
+/// Written in place: `/metrics` writes hundreds of labels per scrape.
+fn push_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// [`BUCKETS`] as `le` label values, as Go's client writes them.
+const BUCKET_LABELS: [&str; BUCKETS.len()] = [
+    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+    "2.5", "5",
+];
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                self.0.push_str(k);
+                self.0.push_str("=\"");
+                push_label(&mut self.0, v);
+                self.0.push('"');
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, "gauge", help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn flag(b: bool) -> u8 {
+    u8::from(b)
+}
+
+/// `/metrics`.
+pub fn render(s: &Snapshot) -> String {
+    let mut o = Out(String::with_capacity(4096 + 1024 * s.nodes.len()));
+
+    o.family(
+        "rebouncer_build_info",
+        "gauge",
+        "Always 1; the version of rebouncer in its label.",
+    );
+    o.sample(
+        "rebouncer_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    o.gauge(
+        "rebouncer_start_time_seconds",
+        "When rebouncer started, in seconds since the Unix epoch.",
+        unix(s.started),
+    );
+    o.gauge(
+        "rebouncer_waiting_for_pgbouncer",
+        "1 while PgBouncer's admin console has not answered yet at start-up (nothing is polled until it does).",
+        flag(matches!(s.phase, Phase::WaitingForPgBouncer { .. })),
+    );
+
+    // Per node.
+    let states = [NodeState::Master, NodeState::Standby, NodeState::Down];
+    o.family(
+        "rebouncer_node_state",
+        "gauge",
+        "1 for the state the last check found the server in, 0 for the others; all 0 before its first check.",
+    );
+    for n in &s.nodes {
+        for st in states {
+            o.sample(
+                "rebouncer_node_state",
+                &[("node", &n.name), ("state", st.as_str())],
+                flag(n.state == Some(st)),
+            );
+        }
+    }
+    o.family(
+        "rebouncer_node_check_duration_seconds",
+        "histogram",
+        "How long each check of the server took (a slow server shows here first).",
+    );
+    for n in &s.nodes {
+        let c = &n.counters;
+        let mut cumulative = 0;
+        for (le, count) in BUCKET_LABELS.iter().zip(c.buckets) {
+            cumulative += count;
+            o.sample(
+                "rebouncer_node_check_duration_seconds_bucket",
+                &[("node", &n.name), ("le", le)],
+                cumulative,
+            );
+        }
+        o.sample(
+            "rebouncer_node_check_duration_seconds_bucket",
+            &[("node", &n.name), ("le", "+Inf")],
+            c.checks,
+        );
+        o.sample(
+            "rebouncer_node_check_duration_seconds_sum",
+            &[("node", &n.name)],
+            c.seconds,
+        );
+        o.sample(
+            "rebouncer_node_check_duration_seconds_count",
+            &[("node", &n.name)],
+            c.checks,
+        );
+    }
+    o.family(
+        "rebouncer_node_checks_total",
+        "counter",
+        "Checks of the server since start.",
+    );
+    for n in &s.nodes {
+        o.sample(
+            "rebouncer_node_checks_total",
+            &[("node", &n.name)],
+            n.counters.checks,
+        );
+    }
+    o.family(
+        "rebouncer_node_check_failures_total",
+        "counter",
+        "Checks that found the server down (refused, timed out, failed) since start.",
+    );
+    for n in &s.nodes {
+        o.sample(
+            "rebouncer_node_check_failures_total",
+            &[("node", &n.name)],
+            n.counters.failures,
+        );
+    }
+    o.family(
+        "rebouncer_node_last_success_timestamp_seconds",
+        "gauge",
+        "When a check of the server last succeeded, in seconds since the Unix epoch; absent until one has.",
+    );
+    for n in &s.nodes {
+        if let Some(t) = n.counters.last_success {
+            o.sample(
+                "rebouncer_node_last_success_timestamp_seconds",
+                &[("node", &n.name)],
+                unix(t),
+            );
+        }
+    }
+    o.family(
+        "rebouncer_node_timeline",
+        "gauge",
+        "The server's timeline, where the monitoring role may read it.",
+    );
+    for n in &s.nodes {
+        if let Some(t) = n.timeline {
+            o.sample("rebouncer_node_timeline", &[("node", &n.name)], t);
+        }
+    }
+    o.family(
+        "rebouncer_node_refuses_new_connections",
+        "gauge",
+        "1 while the server answers on rebouncer's kept session but a new connection failed.",
+    );
+    for n in &s.nodes {
+        o.sample(
+            "rebouncer_node_refuses_new_connections",
+            &[("node", &n.name)],
+            flag(n.refuses_new.is_some()),
+        );
+    }
+    o.family(
+        "rebouncer_stale_primary",
+        "gauge",
+        "1 while the server answers as master on a lower timeline than the cluster has reached (never routed to).",
+    );
+    for n in &s.nodes {
+        o.sample(
+            "rebouncer_stale_primary",
+            &[("node", &n.name)],
+            flag(s.stale.iter().any(|x| x.name == n.name)),
+        );
+    }
+
+    // PgBouncer.
+    o.family(
+        "rebouncer_pgbouncer_target_info",
+        "gauge",
+        "Always 1; the node whose config PgBouncer's symlink points at in its label. Absent when it points at no node's config.",
+    );
+    if let Some(a) = &s.active {
+        o.sample("rebouncer_pgbouncer_target_info", &[("node", a)], 1);
+    }
+    o.gauge(
+        "rebouncer_pgbouncer_confirmed",
+        "1 when PgBouncer confirmed (SHOW DATABASES) that it routes as the target node's config says.",
+        flag(s.active.is_some() && s.confirmed),
+    );
+    let masters = s.masters_not_stale();
+    let on_master = matches!(masters.as_slice(), [m] if s.active.as_deref() == Some(*m))
+        && s.confirmed
+        && s.switch_failure.is_none()
+        && s.drift.is_none();
+    o.gauge(
+        "rebouncer_pgbouncer_on_master",
+        "1 when there is exactly one primary and PgBouncer is confirmed on it; 0 otherwise (no master, split brain, switch pending or failing, drift).",
+        flag(on_master),
+    );
+    o.family(
+        "rebouncer_pgbouncer_databases_paused",
+        "gauge",
+        "Databases PgBouncer showed as paused at the last check of its routes, by who paused them.",
+    );
+    let by_us = s.paused.iter().filter(|p| p.by_rebouncer).count();
+    o.sample(
+        "rebouncer_pgbouncer_databases_paused",
+        &[("by", "rebouncer")],
+        by_us,
+    );
+    o.sample(
+        "rebouncer_pgbouncer_databases_paused",
+        &[("by", "other")],
+        s.paused.len() - by_us,
+    );
+    o.gauge(
+        "rebouncer_pgbouncer_databases_held",
+        "Databases a switch killed and could not resume yet (RESUME retried every round).",
+        s.held.len(),
+    );
+    o.gauge(
+        "rebouncer_drift",
+        "1 while PgBouncer is found not where rebouncer put it (until a switch puts it back).",
+        flag(s.drift.is_some()),
+    );
+
+    // The cluster.
+    o.gauge(
+        "rebouncer_masters",
+        "Servers that answered as master at their last check (stale primaries included).",
+        s.nodes
+            .iter()
+            .filter(|n| n.state == Some(NodeState::Master))
+            .count(),
+    );
+    o.gauge(
+        "rebouncer_split_brain",
+        "1 while more than one server that is not a stale primary answers as master; nothing is switched.",
+        flag(masters.len() > 1),
+    );
+    o.gauge(
+        "rebouncer_no_master",
+        "1 while every server has been checked and none is a usable master.",
+        flag(masters.is_empty() && s.nodes.iter().all(|n| n.state.is_some())),
+    );
+    o.gauge(
+        "rebouncer_stale_primaries",
+        "Servers answering as master on a lower timeline than the cluster has reached.",
+        s.stale.len(),
+    );
+    o.gauge(
+        "rebouncer_switch_refused",
+        "1 while the single master is not switched to (it refuses new logins, or a split brain did not resolve cleanly).",
+        flag(s.refusal.is_some()),
+    );
+
+    // Rounds and switches.
+    o.family(
+        "rebouncer_rounds_total",
+        "counter",
+        "Rounds of checks since start.",
+    );
+    o.sample("rebouncer_rounds_total", &[], s.counters.rounds);
+    if let Some(r) = &s.last_round {
+        o.gauge(
+            "rebouncer_last_round_duration_seconds",
+            "How long the last round of checks took (the slowest server's time).",
+            r.took.as_secs_f64(),
+        );
+    }
+    o.family(
+        "rebouncer_switches_total",
+        "counter",
+        "Switches PgBouncer confirmed, by reason: initial (the symlink pointed at no node), confirm (it already pointed at the master), failover, drift.",
+    );
+    for (r, n) in SwitchReason::ALL.iter().zip(s.counters.switches) {
+        o.sample("rebouncer_switches_total", &[("reason", r.as_str())], n);
+    }
+    o.family(
+        "rebouncer_switch_failures_total",
+        "counter",
+        "Switch attempts that failed, by where they stopped: node_file, admin, symlink, reload, not_applied.",
+    );
+    for (r, n) in FAILURE_REASONS.iter().zip(s.counters.switch_failures) {
+        o.sample("rebouncer_switch_failures_total", &[("reason", r)], n);
+    }
+    o.gauge(
+        "rebouncer_switch_failing",
+        "1 while the last switch attempt failed (retried every round).",
+        flag(s.switch_failure.is_some()),
+    );
+    if let Some((at, took)) = s.counters.last_switch {
+        o.gauge(
+            "rebouncer_last_switch_timestamp_seconds",
+            "When PgBouncer confirmed the last switch that moved its symlink, in seconds since the Unix epoch.",
+            unix(at),
+        );
+        o.gauge(
+            "rebouncer_last_switch_duration_seconds",
+            "From the new master first seen as master (or the drift found) to PgBouncer confirmed on it, for the last switch.",
+            took.as_secs_f64(),
+        );
+    }
+    if let Some(took) = s.counters.last_switch_step {
+        o.gauge(
+            "rebouncer_last_switch_step_seconds",
+            "How long the last switch itself took: admin check, symlink, RELOAD, confirmation.",
+            took.as_secs_f64(),
+        );
+    }
+    o.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Paused, StaleStatus};
+    use NodeState::*;
+
+    fn snap(states: &[(&str, Option<NodeState>)], active: Option<&str>) -> Snapshot {
+        let names: Vec<String> = states.iter().map(|(n, _)| n.to_string()).collect();
+        let mut s = Snapshot::new(&names, Duration::from_secs(30), "x".into());
+        for (node, (_, st)) in s.nodes.iter_mut().zip(states) {
+            node.state = *st;
+        }
+        s.active = active.map(str::to_string);
+        s.confirmed = active.is_some();
+        s
+    }
+
+    fn value(text: &str, series: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn healthy() {
+        let mut s = snap(
+            &[("pg1", Some(Master)), ("pg2", Some(Standby))],
+            Some("pg1"),
+        );
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        s.nodes[0]
+            .counters
+            .record(Duration::from_micros(300), true, t);
+        s.nodes[0]
+            .counters
+            .record(Duration::from_millis(30), true, t);
+        s.nodes[1].counters.record(Duration::from_secs(3), false, t);
+        s.nodes[0].timeline = Some(2);
+        s.counters.rounds = 7;
+        s.counters.switched(SwitchReason::Confirm);
+        let m = render(&s);
+        let v = |series| value(&m, series);
+        assert_eq!(
+            v(r#"rebouncer_node_state{node="pg1",state="master"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_state{node="pg1",state="standby"}"#),
+            Some("0".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_state{node="pg2",state="standby"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_check_duration_seconds_bucket{node="pg1",le="0.0005"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_check_duration_seconds_bucket{node="pg1",le="0.05"}"#),
+            Some("2".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_check_duration_seconds_bucket{node="pg2",le="2.5"}"#),
+            Some("0".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_check_duration_seconds_bucket{node="pg2",le="+Inf"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_checks_total{node="pg1"}"#),
+            Some("2".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_check_failures_total{node="pg2"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_last_success_timestamp_seconds{node="pg1"}"#),
+            Some("1000".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_last_success_timestamp_seconds{node="pg2"}"#),
+            None
+        );
+        assert_eq!(
+            v(r#"rebouncer_node_timeline{node="pg1"}"#),
+            Some("2".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_pgbouncer_target_info{node="pg1"}"#),
+            Some("1".into())
+        );
+        assert_eq!(v("rebouncer_pgbouncer_on_master"), Some("1".into()));
+        assert_eq!(v("rebouncer_masters"), Some("1".into()));
+        assert_eq!(v("rebouncer_split_brain"), Some("0".into()));
+        assert_eq!(v("rebouncer_rounds_total"), Some("7".into()));
+        assert_eq!(
+            v(r#"rebouncer_switches_total{reason="confirm"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_switches_total{reason="failover"}"#),
+            Some("0".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_switch_failures_total{reason="symlink"}"#),
+            Some("0".into())
+        );
+        // Every sample belongs to a family declared right before it, once.
+        let mut declared = Vec::new();
+        for l in m.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(!declared.contains(&name.to_string()), "{name} twice");
+                declared.push(name.to_string());
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                let family = declared.last().unwrap();
+                assert!(name.starts_with(family.as_str()), "{l} after {family}");
+            }
+        }
+    }
+
+    #[test]
+    fn split_brain_stale_and_paused() {
+        let mut s = snap(
+            &[
+                ("pg1", Some(Master)),
+                ("pg2", Some(Master)),
+                ("pg3", Some(Master)),
+            ],
+            Some("pg2"),
+        );
+        s.stale = vec![StaleStatus {
+            name: "pg1".into(),
+            timeline: 1,
+            highest: 2,
+        }];
+        s.paused = vec![Paused {
+            name: "app".into(),
+            by_rebouncer: false,
+        }];
+        let m = render(&s);
+        let v = |series| value(&m, series);
+        assert_eq!(v("rebouncer_masters"), Some("3".into()));
+        assert_eq!(v("rebouncer_split_brain"), Some("1".into()));
+        assert_eq!(v("rebouncer_pgbouncer_on_master"), Some("0".into()));
+        assert_eq!(v("rebouncer_stale_primaries"), Some("1".into()));
+        assert_eq!(
+            v(r#"rebouncer_stale_primary{node="pg1"}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_stale_primary{node="pg2"}"#),
+            Some("0".into())
+        );
+        assert_eq!(
+            v(r#"rebouncer_pgbouncer_databases_paused{by="other"}"#),
+            Some("1".into())
+        );
+    }
+
+    #[test]
+    fn bucket_labels_are_the_buckets() {
+        for (b, l) in BUCKETS.iter().zip(BUCKET_LABELS) {
+            assert_eq!(l.parse::<f64>().unwrap(), *b);
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let s = snap(&[("a\"b\\c\nd", Some(Down))], None);
+        let m = render(&s);
+        assert!(
+            m.contains(r#"rebouncer_node_checks_total{node="a\"b\\c\nd"} 0"#),
+            "{m}"
+        );
+        assert!(!m.contains("rebouncer_pgbouncer_target_info{"), "{m}");
+        assert_eq!(value(&m, "rebouncer_no_master"), Some("1".into()));
+    }
+}
