@@ -136,6 +136,8 @@ pub struct Daemon<C: Console> {
     last_switch: Option<SystemTime>,
     switch_failure: Option<SwitchFailure>,
     last_switch_attempt: Option<Instant>,
+    /// The node the last switch attempt went to.
+    last_switch_to: Option<NodeId>,
     conditions: Throttle<Condition>,
     stale_log: Throttle<Vec<String>>,
     refusal_log: Throttle<String>,
@@ -241,6 +243,7 @@ impl<C: Console> Daemon<C> {
             last_switch: None,
             switch_failure: None,
             last_switch_attempt: None,
+            last_switch_to: None,
             conditions: Throttle::new(REMINDER_EVERY),
             stale_log: Throttle::new(REMINDER_EVERY),
             refusal_log: Throttle::new(REMINDER_EVERY),
@@ -676,9 +679,14 @@ impl<C: Console> Daemon<C> {
             || self.hold.is_some();
         if let Action::Switch(to) = decision.action {
             self.unsettled = true;
-            let too_soon = self
-                .last_switch_attempt
-                .is_some_and(|t| t.elapsed() < SWITCH_RETRY_MIN);
+            // A failed switch, or a switch to the same node again (something keeps undoing
+            // it), waits before it is tried again; a failover to another node right after a
+            // successful switch goes at once.
+            let again = self.switch_failure.is_some() || self.last_switch_to == Some(to);
+            let too_soon = again
+                && self
+                    .last_switch_attempt
+                    .is_some_and(|t| t.elapsed() < SWITCH_RETRY_MIN);
             if !too_soon {
                 self.switch(to).await;
             }
@@ -1117,6 +1125,7 @@ impl<C: Console> Daemon<C> {
             .or(self.nodes[to].since);
         let started = Instant::now();
         self.last_switch_attempt = Some(started);
+        self.last_switch_to = Some(to);
         let waiting = match &self.hold {
             Some(h) => self.waiting_clients(&h.databases).await,
             None => None,

@@ -428,6 +428,20 @@ pub fn render(s: &Snapshot) -> String {
         "Databases a switch killed and could not resume yet (RESUME retried every round).",
         s.held.len(),
     );
+    // Clients held in PgBouncer through a failover (pause_on_failover).
+    let holding = s.hold.as_ref().filter(|h| h.ended.is_none());
+    o.gauge(
+        "rebouncer_failover_pause",
+        "1 while rebouncer holds clients in PgBouncer (PAUSE) waiting for a new primary.",
+        flag(holding.is_some()),
+    );
+    o.gauge(
+        "rebouncer_failover_pause_start_timestamp_seconds",
+        "When the current failover pause started (unix time; time() minus this is its age); 0 when there is none.",
+        holding
+            .and_then(|h| h.since.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
     o.gauge(
         "rebouncer_drift",
         "1 while PgBouncer is found not where rebouncer put it (until a switch puts it back).",
