@@ -85,7 +85,10 @@ fn verify_full_refuses_a_wrong_host_name_and_verify_ca_accepts_it() {
         wrong.to_lowercase().contains("hostname") || wrong.contains("certificate verify failed"),
         "{wrong}"
     );
-    assert!(line("full_right").ends_with(": master, timeline 1"), "{out}");
+    assert!(
+        line("full_right").ends_with(": master, timeline 1"),
+        "{out}"
+    );
     assert!(line("ca_wrong").ends_with(": master, timeline 1"), "{out}");
 }
 

@@ -116,6 +116,8 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rebouncer_pgbouncer_databases_paused", "gauge"),
     ("rebouncer_pgbouncer_databases_held", "gauge"),
     ("rebouncer_drift", "gauge"),
+    ("rebouncer_failover_pause", "gauge"),
+    ("rebouncer_failover_pause_start_timestamp_seconds", "gauge"),
     ("rebouncer_masters", "gauge"),
     ("rebouncer_split_brain", "gauge"),
     ("rebouncer_no_master", "gauge"),
@@ -250,6 +252,7 @@ fn metrics_json_and_events_when_healthy_after_a_failover_and_in_split_brain() {
     m.is("rebouncer_no_master", 0.0);
     m.is("rebouncer_stale_primaries", 0.0);
     m.is("rebouncer_drift", 0.0);
+    m.is("rebouncer_failover_pause", 0.0);
     m.is("rebouncer_waiting_for_pgbouncer", 0.0);
     m.is("rebouncer_pgbouncer_databases_paused{by=other}", 0.0);
     m.is("rebouncer_pgbouncer_databases_held", 0.0);
