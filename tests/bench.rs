@@ -353,14 +353,23 @@ fn bench_status_pages_wrk() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut cmd = c.daemon_cmd(&cfg);
-    if let Ok(bin) = std::env::var("REBOUNCER_BENCH_BIN") {
+    let other = std::env::var("REBOUNCER_BENCH_BIN").ok();
+    if let Some(bin) = &other {
         println!("measuring {bin}");
         cmd.bin = bin.into();
     }
     let mut d = cmd.start();
-    d.wait_for(Duration::from_secs(20), "settled on pg1", |d| {
-        d.http_get("/nagios").unwrap_or_default().starts_with("OK")
-    });
+    if other.is_some() {
+        // The Go tool never gets past PgBouncer's admin console with a current lib/pq (see
+        // SPEC.md), so it never says OK; its pages are served all the same once it polled.
+        d.wait_for(Duration::from_secs(20), "servers listed on /nodes", |d| {
+            d.http_get("/nodes").unwrap_or_default().lines().count() == 3
+        });
+    } else {
+        d.wait_for(Duration::from_secs(20), "settled on pg1", |d| {
+            d.http_get("/nagios").unwrap_or_default().starts_with("OK")
+        });
+    }
     let bytes = |p: &str| d.http_get(p).map(|b| b.len()).unwrap_or(0);
     println!(
         "status pages: /nodes {} bytes, /metrics {} bytes",
@@ -390,7 +399,9 @@ fn bench_status_pages_wrk() {
         );
     }
     // Still polling and right after the load.
-    assert!(d.http_get("/nagios").unwrap_or_default().starts_with("OK"));
+    if other.is_none() {
+        assert!(d.http_get("/nagios").unwrap_or_default().starts_with("OK"));
+    }
 }
 
 /// From the `/` page: the last round's (answered, asked, ms).
