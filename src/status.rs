@@ -787,6 +787,18 @@ pub fn render_root_json(s: &Snapshot, now: SystemTime) -> String {
         ("conditions", conditions),
         ("last_round", last_round),
         ("config_warnings", strings(&s.config_warnings)),
+        (
+            "last_reload",
+            s.reload.as_ref().map_or(Value::Null, |r| {
+                Value::Obj(vec![
+                    ("time", Value::time(r.at)),
+                    ("ok", Value::Bool(r.error.is_none())),
+                    ("error", Value::opt_str(r.error.clone())),
+                    ("changes", strings(&r.changes)),
+                    ("not_applied", strings(&r.not_applied)),
+                ])
+            }),
+        ),
         ("nodes", Value::Arr(s.nodes.iter().map(node_json).collect())),
         (
             "recent_events",
