@@ -3341,4 +3341,57 @@ mod tests {
         .await;
         w.stop().await;
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_change_restarts_every_monitor_and_keeps_what_is_known() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        let text = ini_text(&w.root, "", &w.lines(&[1, 2])).replace("timeout=2\n", "timeout=3\n");
+        w.reload_text(&text).await;
+        assert_eq!((w.made("pg1"), w.probes("pg1")), (2, 1));
+        assert_eq!((w.made("pg2"), w.probes("pg2")), (2, 1));
+        // Known states stay until the new monitors answer: no "starting up" gap.
+        assert!(w.nagios().starts_with("OK"), "{}", w.nagios());
+        let r = w.snapshot().reload.unwrap();
+        assert_eq!(
+            r.changes,
+            [
+                "timeout 2 s -> 3 s",
+                "every monitor restarted (timeout or keep_connections)"
+            ]
+        );
+        w.during(S(5), |w| w.nagios().starts_with("OK"), "still settled")
+            .await;
+        assert_eq!(w.snapshot().active.as_deref(), Some("pg1"));
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_for_a_server_the_reload_removes_ends_at_once() {
+        let w = world_with(
+            &[Master(1), Standby(1), Standby(1)],
+            1,
+            State::default(),
+            PAUSING,
+        )
+        .await;
+        paused_after_pg1_is_lost(&w).await;
+        w.reload(PAUSING, &w.lines(&[2, 3])).await;
+        assert!(w.bouncer.paused().is_empty(), "resumed");
+        assert!(held_in_file(&w).is_empty());
+        let outcome = last_hold_outcome(&w).unwrap();
+        assert!(
+            outcome.contains("pg1 was removed from the configuration"),
+            "{outcome}"
+        );
+        // No new pause (no active node known), and the next master is switched to.
+        w.during(S(3), |w| w.bouncer.paused().is_empty(), "no pause again")
+            .await;
+        w.set(2, Master(2));
+        w.set(3, Standby(2));
+        w.until(S(3), |w| w.routed() == Some(2), "switch to pg2")
+            .await;
+        assert_eq!(w.bouncer.count("PAUSE"), 1);
+        w.stop().await;
+    }
 }
