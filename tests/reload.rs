@@ -220,3 +220,31 @@ fn sighup_with_a_bad_config_is_refused_and_the_old_one_keeps_running() {
         Some("1")
     );
 }
+
+#[test]
+fn sighup_reopens_the_log_file_first_then_reloads_an_unchanged_config() {
+    // logrotate's `create`: the file is moved away, then SIGHUP.
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+    let log = d.cmd.logfile.clone().unwrap();
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    common::signal(&d.pid().to_string(), "HUP").unwrap();
+    d.wait_for(SHORT, "the reload in the new log file", |d| {
+        d.log().contains("configuration reloaded from")
+    });
+    let new = d.log();
+    let reopened = new.find("log file").expect("reopened line in the new file");
+    let reloaded = new.find("configuration reloaded from").unwrap();
+    assert!(reopened < reloaded, "{new}");
+    assert!(new.contains(": no changes"), "{new}");
+    assert!(
+        !std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("configuration reloaded")
+    );
+    assert!(nagios(&d).starts_with("OK"), "{}", nagios(&d));
+    assert_eq!(c.symlink_node(), Some(1));
+}
