@@ -207,7 +207,7 @@ struct Reloader {
 impl Reloader {
     async fn reload(&self) {
         info!(
-            "SIGHUP received; re-reading the configuration {}",
+            "re-reading the configuration {} (SIGHUP)",
             self.path.display()
         );
         // Told only once systemd was told READY=1 (a reload during start-up is part of it).
