@@ -3394,4 +3394,33 @@ mod tests {
         assert_eq!(w.bouncer.count("PAUSE"), 1);
         w.stop().await;
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_while_pgbouncer_is_awaited_applies_before_the_first_round() {
+        let w = world(&[Master(1), Standby(1)], 2, State::default()).await;
+        w.bouncer.set_up(false);
+        sleep(S(6)).await;
+        assert!(w.nagios().starts_with("CRITICAL: waiting for PgBouncer"));
+        let pg3 = w.add_server(3, Standby(1));
+        w.reload("", &(w.lines(&[1, 2]) + &pg3)).await;
+        assert_eq!(w.names(), ["pg1", "pg2", "pg3"]);
+        assert_eq!(w.snapshot().counters.reloads_ok, 1);
+        w.bouncer.set_up(true);
+        w.until(
+            S(7),
+            |w| w.routed() == Some(1),
+            "switch to pg1 once PgBouncer answers",
+        )
+        .await;
+        w.until(
+            S(3),
+            |w| {
+                w.nagios()
+                    .starts_with("OK: 1 master (pg1, PgBouncer points at it), 2 standbys")
+            },
+            "pg3 checked",
+        )
+        .await;
+        w.stop().await;
+    }
 }
