@@ -248,3 +248,57 @@ fn sighup_reopens_the_log_file_first_then_reloads_an_unchanged_config() {
     assert!(nagios(&d).starts_with("OK"), "{}", nagios(&d));
     assert_eq!(c.symlink_node(), Some(1));
 }
+
+#[test]
+fn a_changed_pgbouncer_line_is_used_live_and_a_new_symlink_is_not() {
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    settled_on_pg1(&c, &mut d);
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let closed = common::alloc_port();
+    let elsewhere = c.root().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let text = good
+        .replace(
+            &format!("port={}", c.bouncer_port()),
+            &format!("port={closed}"),
+        )
+        .replace(
+            &format!("symlink={}", c.symlink().display()),
+            &format!("symlink={}/pgbouncer.ini", elsewhere.display()),
+        );
+    assert_ne!(text, good);
+    std::fs::write(&cfg, text).unwrap();
+    common::signal(&d.pid().to_string(), "HUP").unwrap();
+    // The routes are checked through the new console at the next round: it fails.
+    d.wait_for(SHORT, "the new admin console used", |d| {
+        d.log().lines().any(|l| {
+            l.contains("cannot check where PgBouncer routes") && l.contains(&format!(":{closed}"))
+        })
+    });
+    let log = d.log();
+    assert!(
+        log.contains("configuration reload: NOT applied, needs a restart: symlink (the file says"),
+        "{log}"
+    );
+    let root = d.http_get("/").unwrap();
+    assert!(
+        root.contains("Config reload NOT applied (needs a restart): symlink"),
+        "{root}"
+    );
+    assert_eq!(c.symlink_node(), Some(1), "the running symlink is kept");
+    assert!(!elsewhere.join("pgbouncer.ini").exists());
+    // Back to the right console: confirmed again.
+    std::fs::write(&cfg, &good).unwrap();
+    common::signal(&d.pid().to_string(), "HUP").unwrap();
+    d.wait_for(SHORT, "the console restored", |d| {
+        d.log()
+            .contains(&format!("pgbouncer 127.0.0.1:{closed} -> 127.0.0.1:"))
+    });
+    assert!(
+        nagios(&d).starts_with("OK: 1 master (pg1"),
+        "{}",
+        nagios(&d)
+    );
+}
