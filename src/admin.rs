@@ -90,6 +90,9 @@ pub trait Console: Clone + Send + Sync + 'static {
     fn endpoint(&self) -> &str;
     /// Log in; the session is closed when dropped.
     fn session(&self) -> impl Future<Output = Result<Self::Session, AdminError>> + Send;
+    /// The console as a reloaded configuration names it (new connection string or
+    /// timeout); sessions already open stay as they are.
+    fn reconfigured(&self, target: &Target, timeout: Duration) -> Self;
 }
 
 /// One logged-in admin session.
@@ -260,6 +263,10 @@ impl Console for Bouncer {
 
     fn endpoint(&self) -> &str {
         &self.target.endpoint
+    }
+
+    fn reconfigured(&self, target: &Target, timeout: Duration) -> Bouncer {
+        Bouncer::new(target.clone(), timeout)
     }
 
     async fn session(&self) -> Result<AdminSession, AdminError> {

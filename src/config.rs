@@ -40,6 +40,8 @@ pub struct Config {
     pub file: PathBuf,
     /// PgBouncer's admin console (database `pgbouncer`).
     pub pgbouncer: Target,
+    /// `pgbouncer` as written in the file: a reload compares it to tell a change.
+    pub pgbouncer_conninfo: String,
     /// Absolute path of the symlink PgBouncer was started with.
     pub symlink: PathBuf,
     /// Absolute directory holding `<node>.ini`.
@@ -72,6 +74,9 @@ pub struct Server {
     pub name: String,
     /// Connection timeout already set to `timeout - 1s`.
     pub target: Target,
+    /// The connection string as written in the file: a reload compares it to tell a
+    /// changed server from an unchanged one.
+    pub conninfo: String,
     /// `<configdir>/<name>.ini`, absolute.
     pub node_file: PathBuf,
 }
@@ -184,6 +189,7 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
     Ok(Config {
         file: path.to_path_buf(),
         pgbouncer,
+        pgbouncer_conninfo: pgbouncer_entry.value.clone(),
         symlink,
         configdir,
         interval,
@@ -961,6 +967,7 @@ fn load_server(
     Ok(Server {
         name: name.clone(),
         target,
+        conninfo: e.value.clone(),
         node_file,
     })
 }

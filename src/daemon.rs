@@ -6,12 +6,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, warn};
 
 use crate::admin::{self, Bouncer, Console, Database, Session};
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError, Server};
 use crate::decide::{
     self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Timeline,
 };
@@ -20,7 +20,8 @@ use crate::metrics::{self, SwitchReason};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
 use crate::status::{
-    Drift, Hold as HoldStatus, Paused, Phase, RoundStats, Snapshot, StaleStatus, SwitchFailure,
+    Drift, Hold as HoldStatus, NodeStatus, Paused, Phase, ReloadStatus, RoundStats, Snapshot,
+    StaleStatus, SwitchFailure,
 };
 use crate::switch::{self, SwitchPlan};
 use crate::throttle::{Say, Throttle};
@@ -82,15 +83,37 @@ enum Request {
 }
 
 struct Report {
-    node: NodeId,
+    /// The monitor's key (see [`Node::key`]), not an index: the list of nodes may have
+    /// been rebuilt by a reload since the check was asked for.
+    key: MonitorKey,
     obs: Observation,
     /// How long the check took, fresh re-check included.
     took: Duration,
 }
 
+/// Names one monitor task for as long as it runs: the index of its node in the first
+/// configuration, then increasing for every monitor a reload starts. Reports and news of
+/// a lost connection carry it; one from a monitor a reload stopped finds no node and is
+/// dropped.
+type MonitorKey = usize;
+
+/// A configuration re-read on SIGHUP, already validated by [`config::load`] (or the
+/// one-line error saying why not).
+pub struct Reload {
+    pub config: Result<Config, ConfigError>,
+    /// Told once the reload is applied or refused (systemd's `READY=1` after `RELOADING=1`).
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+/// Starts the monitor task of one server and returns its request channel (dropping it
+/// stops the task, closing its kept connection).
+type Spawner =
+    Box<dyn FnMut(MonitorKey, &Server, &Config) -> mpsc::UnboundedSender<Request> + Send + Sync>;
+
 /// What the loop knows of one server.
 struct Node {
     name: String,
+    key: MonitorKey,
     state: Option<NodeState>,
     error: Option<String>,
     hung: bool,
@@ -112,6 +135,29 @@ struct Node {
     requests: mpsc::UnboundedSender<Request>,
 }
 
+impl Node {
+    fn new(name: String, key: MonitorKey, requests: mpsc::UnboundedSender<Request>) -> Node {
+        Node {
+            name,
+            key,
+            state: None,
+            error: None,
+            hung: false,
+            busy: false,
+            last_check: None,
+            since: None,
+            took: None,
+            timeline: None,
+            timeline_note: None,
+            refuses_new: None,
+            rechecked: None,
+            failures: 0,
+            next_try: Instant::now(),
+            requests,
+        }
+    }
+}
+
 /// A lasting condition worth one log line when it starts and ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Condition {
@@ -125,6 +171,11 @@ pub struct Daemon<C: Console> {
     status: watch::Sender<Snapshot>,
     shutdown: watch::Receiver<bool>,
     nodes: Vec<Node>,
+    /// Starts a server's monitor (at start, and for a reload that adds or changes one).
+    spawn: Spawner,
+    next_key: MonitorKey,
+    /// Configurations re-read on SIGHUP.
+    reloads: Option<mpsc::UnboundedReceiver<Reload>>,
     reports: mpsc::UnboundedReceiver<Report>,
     lost: mpsc::UnboundedReceiver<ConnectionLost>,
     believed: Believed,
@@ -172,59 +223,46 @@ impl Daemon<Bouncer> {
     ) -> Daemon<Bouncer> {
         let console = Bouncer::new(cfg.pgbouncer.clone(), cfg.timeout);
         let (lost_tx, lost) = mpsc::unbounded_channel();
-        let probes: Vec<Monitor> = cfg
-            .servers
-            .iter()
-            .enumerate()
-            .map(|(id, server)| {
-                Monitor::new(
-                    id,
-                    server.target.clone(),
-                    cfg.timeout,
-                    cfg.keep_connections,
-                    Some(lost_tx.clone()),
-                )
-            })
-            .collect();
+        let probes = move |key: MonitorKey, server: &Server, cfg: &Config| {
+            Monitor::new(
+                key,
+                server.target.clone(),
+                cfg.timeout,
+                cfg.keep_connections,
+                Some(lost_tx.clone()),
+            )
+        };
         Daemon::with_parts(cfg, console, probes, lost, state, status, shutdown)
     }
 }
 
 impl<C: Console> Daemon<C> {
-    /// The daemon with the given probes (one per server, in file order) and console.
-    /// `lost` carries the probes' news of a kept connection that closed by itself.
+    /// The daemon with the given console and probes: `probes` makes the probe of one
+    /// server (its monitor's key, the server, the configuration), at start and whenever a
+    /// reload adds or changes a server. `lost` carries the probes' news of a kept
+    /// connection that closed by itself, with the key they were made with.
     pub fn with_parts<P: Probe>(
         cfg: Config,
         console: C,
-        probes: Vec<P>,
+        mut probes: impl FnMut(MonitorKey, &Server, &Config) -> P + Send + Sync + 'static,
         lost: mpsc::UnboundedReceiver<ConnectionLost>,
         state: StateFile,
         status: watch::Sender<Snapshot>,
         shutdown: watch::Receiver<bool>,
     ) -> Daemon<C> {
         let (report_tx, reports) = mpsc::unbounded_channel();
-        let mut nodes = Vec::new();
-        for ((id, server), probe) in cfg.servers.iter().enumerate().zip(probes) {
+        let mut spawn: Spawner = Box::new(move |key, server, cfg| {
+            let probe = probes(key, server, cfg);
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run_monitor(id, probe, rx, report_tx.clone()));
-            nodes.push(Node {
-                name: server.name.clone(),
-                state: None,
-                error: None,
-                hung: false,
-                busy: false,
-                last_check: None,
-                since: None,
-                took: None,
-                timeline: None,
-                timeline_note: None,
-                refuses_new: None,
-                rechecked: None,
-                failures: 0,
-                next_try: Instant::now(),
-                requests: tx,
-            });
-        }
+            tokio::spawn(run_monitor(key, probe, rx, report_tx.clone()));
+            tx
+        });
+        let nodes: Vec<Node> = cfg
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(key, server)| Node::new(server.name.clone(), key, spawn(key, server, &cfg)))
+            .collect();
         let memory = Memory {
             timelines: state.state().clone(),
             contested: Vec::new(),
@@ -233,7 +271,10 @@ impl<C: Console> Daemon<C> {
             console,
             status,
             shutdown,
+            next_key: nodes.len(),
             nodes,
+            spawn,
+            reloads: None,
             reports,
             lost,
             believed: Believed::default(),
@@ -261,6 +302,17 @@ impl<C: Console> Daemon<C> {
             last_hold: None,
             cfg,
         }
+    }
+
+    /// Configurations re-read on SIGHUP arrive here.
+    pub fn reloads(mut self, reloads: mpsc::UnboundedReceiver<Reload>) -> Self {
+        self.reloads = Some(reloads);
+        self
+    }
+
+    /// The index of the node a monitor reports for, if it is still configured.
+    fn index_of(&self, key: MonitorKey) -> Option<NodeId> {
+        self.nodes.iter().position(|n| n.key == key)
     }
 
     fn shutting_down(&self) -> bool {
@@ -318,8 +370,20 @@ impl<C: Console> Daemon<C> {
                     self.decide_and_act().await;
                     continue;
                 }
+                Some(reload) = next_reload(&mut self.reloads) => {
+                    if self.reload(reload).await && !self.shutting_down() {
+                        // Added or changed servers are checked at once, and the new
+                        // settings decide from there.
+                        next_round = Instant::now();
+                    }
+                    continue;
+                }
                 Some(lost) = self.lost.recv() => {
-                    let n = &self.nodes[lost.node];
+                    let Some(i) = self.index_of(lost.node) else {
+                        // A monitor a reload stopped.
+                        continue;
+                    };
+                    let n = &self.nodes[i];
                     info!(
                         "{}: monitoring connection closed by the server (was {}); checking all servers now",
                         n.name,
@@ -396,6 +460,8 @@ impl<C: Console> Daemon<C> {
             }
             tokio::select! {
                 _ = self.shutdown.changed() => return false,
+                // A fixed `pgbouncer` line is tried at once.
+                Some(reload) = next_reload(&mut self.reloads) => { self.reload(reload).await; }
                 _ = tokio::time::sleep(PGBOUNCER_RETRY) => {}
             }
         }
@@ -490,14 +556,14 @@ impl<C: Console> Daemon<C> {
         let started = Instant::now();
         let deadline = started + self.cfg.timeout + Duration::from_millis(250);
         let mut awaited = Vec::new();
-        for (id, n) in self.nodes.iter_mut().enumerate() {
+        for n in self.nodes.iter_mut() {
             if n.busy || n.next_try > started {
                 continue;
             }
             if n.requests.send(Request::Check).is_ok() {
                 n.busy = true;
                 if !n.hung {
-                    awaited.push(id);
+                    awaited.push(n.key);
                 }
             }
         }
@@ -530,14 +596,14 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    /// Apply reports until every awaited node answered or the deadline passed.
-    async fn collect(&mut self, awaited: &mut Vec<NodeId>, deadline: Instant) {
+    /// Apply reports until every awaited monitor answered or the deadline passed.
+    async fn collect(&mut self, awaited: &mut Vec<MonitorKey>, deadline: Instant) {
         while !awaited.is_empty() {
             tokio::select! {
                 Some(report) = self.reports.recv() => {
-                    let node = report.node;
+                    let key = report.key;
                     self.apply(report);
-                    awaited.retain(|n| *n != node);
+                    awaited.retain(|k| *k != key);
                 }
                 _ = sleep_until(deadline) => break,
             }
@@ -553,12 +619,16 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    /// Record one answer; true if the node's state changed.
+    /// Record one answer; true if the node's state changed. An answer from a monitor a
+    /// reload stopped is dropped.
     fn apply(&mut self, report: Report) -> bool {
+        let Some(index) = self.index_of(report.key) else {
+            return false;
+        };
         let now = SystemTime::now();
         let fast = self.cfg.fast_interval;
         let interval = self.cfg.interval;
-        let n = &mut self.nodes[report.node];
+        let n = &mut self.nodes[index];
         let obs = report.obs;
         n.busy = false;
         n.last_check = Some(now);
@@ -630,7 +700,7 @@ impl<C: Console> Daemon<C> {
         }
         n.error = obs.error;
         if changed {
-            let this = report.node;
+            let this = index;
             let at = Instant::now();
             for (id, other) in self.nodes.iter_mut().enumerate() {
                 if id != this && other.failures > 0 {
@@ -639,7 +709,7 @@ impl<C: Console> Daemon<C> {
             }
         }
         self.status
-            .send_modify(|s| s.nodes[report.node].counters.record(report.took, ok, now));
+            .send_modify(|s| s.nodes[index].counters.record(report.took, ok, now));
         self.publish();
         changed
     }
@@ -874,7 +944,7 @@ impl<C: Console> Daemon<C> {
             if !n.busy && n.requests.send(Request::Fresh).is_ok() {
                 n.busy = true;
                 n.rechecked = Some(Instant::now());
-                awaited.push(id);
+                awaited.push(n.key);
             }
         }
         let asked = !awaited.is_empty();
@@ -1594,6 +1664,351 @@ impl<C: Console> Daemon<C> {
         }
     }
 
+    /// Apply a configuration re-read on SIGHUP, or refuse it; true when something changed
+    /// (a round is then due at once). Everything is checked before anything is changed:
+    /// a reload applies whole or not at all.
+    async fn reload(&mut self, r: Reload) -> bool {
+        let changed = match r.config {
+            Err(e) => {
+                self.reload_refused(e.to_string());
+                false
+            }
+            Ok(new) => match self.prepare_reload(new) {
+                Err(e) => {
+                    self.reload_refused(e);
+                    false
+                }
+                Ok(plan) => self.apply_reload(plan).await,
+            },
+        };
+        if let Some(done) = r.done {
+            let _ = done.send(());
+        }
+        changed
+    }
+
+    fn reload_refused(&mut self, error: String) {
+        let text =
+            format!("configuration reload refused, the running configuration stays: {error}");
+        error!("{text}");
+        self.status.send_modify(|s| {
+            s.counters.reloads_failed += 1;
+            let at = SystemTime::now();
+            s.reload = Some(ReloadStatus {
+                at,
+                error: Some(error),
+                changes: Vec::new(),
+                not_applied: Vec::new(),
+            });
+            s.events.push(at, Kind::ConfigReloadFailed, None, text);
+        });
+    }
+
+    /// What a valid new configuration changes, and the configuration as it will run:
+    /// the settings that cannot change live keep their running values.
+    fn prepare_reload(&self, mut new: Config) -> Result<ReloadPlan, String> {
+        let old = &self.cfg;
+        let mut not_applied = Vec::new();
+        if new.symlink != old.symlink {
+            not_applied.push(format!(
+                "symlink (the file says {}, rebouncer keeps {})",
+                new.symlink.display(),
+                old.symlink.display()
+            ));
+            new.symlink = old.symlink.clone();
+        }
+        if new.state_file != old.state_file {
+            not_applied.push(format!(
+                "state_file (the file says {}, rebouncer keeps {})",
+                new.state_file.display(),
+                old.state_file.display()
+            ));
+            new.state_file = old.state_file.clone();
+        }
+        if new.configdir != old.configdir {
+            not_applied.push(format!(
+                "configdir (the file says {}, rebouncer keeps {})",
+                new.configdir.display(),
+                old.configdir.display()
+            ));
+            // The node files the switch will use are the kept directory's: they must be
+            // there and valid, as at start.
+            for s in &mut new.servers {
+                s.node_file = old.configdir.join(format!("{}.ini", s.name));
+                config::read_node_file(&s.node_file).map_err(|e| {
+                    format!(
+                        "{e} (server {}: configdir {} is kept until a restart, so its node file must be there)",
+                        s.name,
+                        old.configdir.display()
+                    )
+                })?;
+            }
+            new.configdir = old.configdir.clone();
+        }
+
+        let mut changes = Vec::new();
+        let secs = |d: Duration| format!("{} s", d.as_secs_f64());
+        let mut setting = |name: &str, was: String, now: String| {
+            if was != now {
+                changes.push(format!("{name} {was} -> {now}"));
+            }
+        };
+        setting("interval", secs(old.interval), secs(new.interval));
+        setting("timeout", secs(old.timeout), secs(new.timeout));
+        setting(
+            "fast_interval",
+            secs(old.fast_interval),
+            secs(new.fast_interval),
+        );
+        setting(
+            "keep_connections",
+            old.keep_connections.to_string(),
+            new.keep_connections.to_string(),
+        );
+        setting(
+            "pause_on_failover",
+            old.pause_on_failover.to_string(),
+            new.pause_on_failover.to_string(),
+        );
+        setting(
+            "pause_timeout",
+            secs(old.pause_timeout),
+            secs(new.pause_timeout),
+        );
+        let new_console = new.pgbouncer_conninfo != old.pgbouncer_conninfo;
+        if new_console {
+            changes.push(format!(
+                "pgbouncer {} -> {}",
+                old.pgbouncer.endpoint, new.pgbouncer.endpoint
+            ));
+        }
+        // Both are settings of every monitor (and of its connections).
+        let restart_all =
+            new.timeout != old.timeout || new.keep_connections != old.keep_connections;
+        let named = |list: &[Server], name: &str| list.iter().position(|s| s.name == name);
+        let added: Vec<String> = new
+            .servers
+            .iter()
+            .filter(|s| named(&old.servers, &s.name).is_none())
+            .map(|s| s.name.clone())
+            .collect();
+        let removed: Vec<String> = old
+            .servers
+            .iter()
+            .filter(|s| named(&new.servers, &s.name).is_none())
+            .map(|s| s.name.clone())
+            .collect();
+        let reconnected: Vec<String> = new
+            .servers
+            .iter()
+            .filter(|s| {
+                named(&old.servers, &s.name).is_some_and(|i| old.servers[i].conninfo != s.conninfo)
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        let order = |list: &[Server]| list.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let reordered =
+            added.is_empty() && removed.is_empty() && order(&old.servers) != order(&new.servers);
+        if !added.is_empty() {
+            changes.push(format!("server(s) {} added", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            changes.push(format!("server(s) {} removed", removed.join(", ")));
+        }
+        if !reconnected.is_empty() {
+            changes.push(format!(
+                "connection string of {} changed (monitor restarted)",
+                reconnected.join(", ")
+            ));
+        }
+        if reordered {
+            changes.push("servers reordered".to_string());
+        }
+        if restart_all && !new.servers.is_empty() {
+            changes.push("every monitor restarted (timeout or keep_connections)".to_string());
+        }
+        Ok(ReloadPlan {
+            new,
+            changes,
+            not_applied,
+            restart_all,
+            new_console,
+            removed,
+        })
+    }
+
+    async fn apply_reload(&mut self, plan: ReloadPlan) -> bool {
+        let ReloadPlan {
+            new,
+            changes,
+            not_applied,
+            restart_all,
+            new_console,
+            removed,
+        } = plan;
+        // A hold waits for its lost master to come back; one that is no longer
+        // configured never will: its clients are let go first (through the console they
+        // were paused on).
+        if let Some(h) = &self.hold
+            && removed.contains(&self.nodes[h.lost].name)
+        {
+            let why = format!(
+                "{} was removed from the configuration",
+                self.nodes[h.lost].name
+            );
+            self.end_hold(&why, Ending::GiveUp).await;
+        }
+
+        // The nodes in the new file order; `moved[old index]` is the new one.
+        let mut old: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut moved: Vec<Option<NodeId>> = vec![None; old.len()];
+        let mut nodes = Vec::with_capacity(new.servers.len());
+        for (i, server) in new.servers.iter().enumerate() {
+            let prev = old
+                .iter()
+                .position(|n| n.as_ref().is_some_and(|n| n.name == server.name));
+            let same_server = prev.is_some_and(|p| self.cfg.servers[p].conninfo == server.conninfo);
+            let node = match prev.and_then(|p| old[p].take().map(|n| (p, n))) {
+                Some((p, n)) if same_server && !restart_all => {
+                    moved[p] = Some(i);
+                    n
+                }
+                Some((p, n)) if same_server => {
+                    // The same server with new monitor settings: what it was stays known
+                    // until the new monitor says otherwise.
+                    moved[p] = Some(i);
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    Node {
+                        key,
+                        requests: (self.spawn)(key, server, &new),
+                        busy: false,
+                        hung: false,
+                        next_try: Instant::now(),
+                        ..n
+                    }
+                }
+                other => {
+                    if let Some((p, _dropped)) = other {
+                        moved[p] = Some(i);
+                    }
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    Node::new(server.name.clone(), key, (self.spawn)(key, server, &new))
+                }
+            };
+            nodes.push(node);
+        }
+        // Dropping the removed nodes drops their request channels: their monitors end
+        // and close their kept connections.
+        drop(old);
+        self.nodes = nodes;
+
+        let remap = |id: NodeId| moved.get(id).copied().flatten();
+        let active_removed = self.believed.active.is_some_and(|a| remap(a).is_none());
+        self.believed.active = self.believed.active.and_then(remap);
+        self.memory.contested = self
+            .memory
+            .contested
+            .iter()
+            .filter_map(|c| remap(*c))
+            .collect();
+        self.last_switch_to = self.last_switch_to.and_then(remap);
+        if let Some(h) = &mut self.hold {
+            // Not removed: that hold ended above.
+            h.lost = remap(h.lost).unwrap_or(h.lost);
+        }
+        // Its node ids are the old ones; the next round decides again.
+        self.last_decision = None;
+
+        if new_console || restart_all {
+            self.console = self.console.reconfigured(&new.pgbouncer, new.timeout);
+            // Routes are checked through the new console at the next round.
+            self.watch_session = None;
+            self.rounds_since_drift_check = DRIFT_CHECK_ROUNDS;
+        }
+        let pause_changed = new.pause_on_failover != self.cfg.pause_on_failover
+            || new.pause_timeout != self.cfg.pause_timeout;
+        let file = new.file.display().to_string();
+        for w in new
+            .warnings
+            .iter()
+            .filter(|w| !self.cfg.warnings.contains(w))
+        {
+            warn!("{w}");
+        }
+        self.cfg = new;
+        if active_removed {
+            // The switch goes through the normal, confirmed path at the next round.
+            self.believed = Believed {
+                active: self.node_behind_symlink(),
+                confirmed: false,
+            };
+        }
+
+        let summary = if changes.is_empty() {
+            "no changes".to_string()
+        } else {
+            changes.join("; ")
+        };
+        let text = format!("configuration reloaded from {file}: {summary}");
+        info!("{text}");
+        if active_removed {
+            warn!(
+                "the active node was removed from the configuration; PgBouncer's symlink points at {}, the next round switches to the master",
+                self.active_name()
+            );
+        }
+        let kept_text = (!not_applied.is_empty()).then(|| {
+            format!(
+                "configuration reload: NOT applied, needs a restart: {}",
+                not_applied.join("; ")
+            )
+        });
+        if let Some(t) = &kept_text {
+            warn!("{t}");
+        }
+        let warnings = self.cfg.warnings.clone();
+        let interval = self.cfg.interval;
+        let endpoint = self.cfg.pgbouncer.endpoint.clone();
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let any_change = !changes.is_empty();
+        self.status.send_modify(|s| {
+            let mut old = std::mem::take(&mut s.nodes);
+            s.nodes = names
+                .iter()
+                .map(|name| match old.iter().position(|n| n.name == *name) {
+                    // Its counters go on (monotonic series per node name).
+                    Some(p) => old.swap_remove(p),
+                    None => NodeStatus::new(name),
+                })
+                .collect();
+            s.interval = interval;
+            s.pgbouncer = endpoint;
+            s.config_warnings = warnings;
+            s.counters.reloads_ok += 1;
+            let at = SystemTime::now();
+            s.reload = Some(ReloadStatus {
+                at,
+                error: None,
+                changes,
+                not_applied,
+            });
+            s.events.push(at, Kind::ConfigReload, None, text);
+            if let Some(t) = kept_text {
+                s.events.push(at, Kind::ConfigReload, None, t);
+            }
+        });
+        self.publish();
+        if pause_changed {
+            self.check_pause_settings().await;
+        }
+        any_change
+    }
+
     fn publish(&self) {
         let active = self.believed.active.map(|n| self.nodes[n].name.clone());
         let (stale, refusal) = match &self.last_decision {
@@ -1662,6 +2077,23 @@ impl<C: Console> Daemon<C> {
     }
 }
 
+/// A reload validated against the running configuration, not applied yet.
+struct ReloadPlan {
+    new: Config,
+    changes: Vec<String>,
+    not_applied: Vec<String>,
+    restart_all: bool,
+    new_console: bool,
+    removed: Vec<String>,
+}
+
+async fn next_reload(reloads: &mut Option<mpsc::UnboundedReceiver<Reload>>) -> Option<Reload> {
+    match reloads {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn on_timeline(t: Option<Timeline>) -> String {
     t.map(|t| format!(" on timeline {}", t.timeline))
         .unwrap_or_default()
@@ -1670,7 +2102,7 @@ fn on_timeline(t: Option<Timeline>) -> String {
 /// One server's monitor: checks when asked, reports back. Runs until the daemon drops its
 /// request channel.
 async fn run_monitor<P: Probe>(
-    node: NodeId,
+    key: MonitorKey,
     mut probe: P,
     mut requests: mpsc::UnboundedReceiver<Request>,
     reports: mpsc::UnboundedSender<Report>,
@@ -1694,7 +2126,7 @@ async fn run_monitor<P: Probe>(
             });
         }
         let took = started.elapsed();
-        if reports.send(Report { node, obs, took }).is_err() {
+        if reports.send(Report { key, obs, took }).is_err() {
             break;
         }
     }
@@ -1733,6 +2165,8 @@ mod tests {
         attempts: usize,
         /// Bumped to close kept sessions (a restart).
         generation: u64,
+        /// Probes alive for it (monitors running).
+        probes: usize,
     }
 
     type Shared = Arc<Mutex<Server>>;
@@ -1772,6 +2206,12 @@ mod tests {
                 _ if refused => Err(Observation::down("pg_hba.conf rejects connection".into())),
                 is => Ok(is),
             }
+        }
+    }
+
+    impl Drop for FakeProbe {
+        fn drop(&mut self) {
+            self.server.lock().unwrap().probes -= 1;
         }
     }
 
@@ -1818,9 +2258,15 @@ mod tests {
         _dir: tempfile::TempDir,
         root: std::path::PathBuf,
         servers: Vec<Shared>,
+        /// Every fake server by name, as the probe factory finds them (a reload may add
+        /// one: [`World::add_server`]).
+        cluster: Arc<Mutex<Vec<(String, Shared)>>>,
+        /// The names probes were made for, in order (one per monitor started).
+        made: Arc<Mutex<Vec<String>>>,
         bouncer: FakeBouncer,
         status: watch::Receiver<Snapshot>,
         stop: watch::Sender<bool>,
+        reloads: mpsc::UnboundedSender<Reload>,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -1832,6 +2278,49 @@ mod tests {
         world_with(start, linked, state, "").await
     }
 
+    fn new_server(is: Is) -> Shared {
+        Arc::new(Mutex::new(Server {
+            is,
+            refuses_new: false,
+            attempts: 0,
+            generation: 0,
+            probes: 0,
+        }))
+    }
+
+    /// `pg<i>`'s node file and its line in `[servers]`.
+    fn node_file_and_line(root: &std::path::Path, i: usize) -> String {
+        std::fs::write(
+            root.join(format!("nodes/pg{i}.ini")),
+            format!(
+                "[databases]\nappdb = host=127.0.0.1 port={} dbname=appdb\n[pgbouncer]\nlisten_port = 6432\n",
+                PORT + i as u16
+            ),
+        )
+        .unwrap();
+        format!(
+            "pg{i}=host=127.0.0.1 port={} dbname=postgres user=postgres sslmode=disable\n",
+            PORT + i as u16
+        )
+    }
+
+    /// The text of rebouncer.ini with these `[global]` lines and `[servers]` lines.
+    fn ini_text(root: &std::path::Path, global: &str, servers_ini: &str) -> String {
+        format!(
+            "[global]\npgbouncer=host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer sslmode=disable\n\
+             symlink={0}/pgbouncer.ini\nconfigdir={0}/nodes\ninterval=2\ntimeout=2\nstate_file={0}/rebouncer.state\n{global}\
+             [servers]\n{servers_ini}",
+            root.display()
+        )
+    }
+
+    fn test_env() -> Env {
+        Env {
+            os_user: Some("postgres".into()),
+            ..Env::default()
+        }
+    }
+
     /// [`world`] with more `[global]` lines.
     async fn world_with(start: &[Is], linked: usize, state: State, global: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
@@ -1839,18 +2328,7 @@ mod tests {
         std::fs::create_dir(root.join("nodes")).unwrap();
         let mut servers_ini = String::new();
         for i in 1..=start.len() {
-            std::fs::write(
-                root.join(format!("nodes/pg{i}.ini")),
-                format!(
-                    "[databases]\nappdb = host=127.0.0.1 port={} dbname=appdb\n[pgbouncer]\nlisten_port = 6432\n",
-                    PORT + i as u16
-                ),
-            )
-            .unwrap();
-            servers_ini += &format!(
-                "pg{i}=host=127.0.0.1 port={} dbname=postgres user=postgres sslmode=disable\n",
-                PORT + i as u16
-            );
+            servers_ini += &node_file_and_line(&root, i);
         }
         std::os::unix::fs::symlink(
             root.join(format!("nodes/pg{linked}.ini")),
@@ -1859,49 +2337,52 @@ mod tests {
         .unwrap();
         std::fs::write(
             root.join("rebouncer.ini"),
-            format!(
-                "[global]\npgbouncer=host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer sslmode=disable\n\
-                 symlink={0}/pgbouncer.ini\nconfigdir={0}/nodes\ninterval=2\ntimeout=2\nstate_file={0}/rebouncer.state\n{global}\
-                 [servers]\n{servers_ini}",
-                root.display()
-            ),
+            ini_text(&root, global, &servers_ini),
         )
         .unwrap();
-        let env = Env {
-            os_user: Some("postgres".into()),
-            ..Env::default()
-        };
-        let cfg = config::load(&root.join("rebouncer.ini"), &root, &env).unwrap();
+        let cfg = config::load(&root.join("rebouncer.ini"), &root, &test_env()).unwrap();
         let mut file = StateFile::load(&cfg.state_file).unwrap();
         file.update(|s| *s = state).await.unwrap();
 
         let bouncer = FakeBouncer::new(root.join("pgbouncer.ini"));
-        let servers: Vec<Shared> = start
-            .iter()
-            .map(|is| {
-                Arc::new(Mutex::new(Server {
-                    is: *is,
-                    refuses_new: false,
-                    attempts: 0,
-                    generation: 0,
-                }))
-            })
-            .collect();
-        let probes = servers
-            .iter()
-            .map(|s| FakeProbe {
-                server: s.clone(),
-                connected: None,
-                timeout: cfg.timeout,
-            })
-            .collect();
+        let servers: Vec<Shared> = start.iter().map(|is| new_server(*is)).collect();
+        let cluster = Arc::new(Mutex::new(
+            servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("pg{}", i + 1), s.clone()))
+                .collect::<Vec<_>>(),
+        ));
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let probes = {
+            let cluster = cluster.clone();
+            let made = made.clone();
+            move |_key: MonitorKey, server: &config::Server, cfg: &Config| {
+                let shared = cluster
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(n, _)| *n == server.name)
+                    .map(|(_, s)| s.clone())
+                    .expect("a fake server for every configured one");
+                shared.lock().unwrap().probes += 1;
+                made.lock().unwrap().push(server.name.clone());
+                FakeProbe {
+                    server: shared,
+                    connected: None,
+                    timeout: cfg.timeout,
+                }
+            }
+        };
         let names: Vec<String> = cfg.servers.iter().map(|s| s.name.clone()).collect();
         let (status_tx, status) =
             watch::channel(Snapshot::new(&names, cfg.interval, "fake".into()));
         let (stop, stop_rx) = watch::channel(false);
         let (_lost_tx, lost) = mpsc::unbounded_channel();
+        let (reloads, reload_rx) = mpsc::unbounded_channel();
         let daemon =
-            Daemon::with_parts(cfg, bouncer.clone(), probes, lost, file, status_tx, stop_rx);
+            Daemon::with_parts(cfg, bouncer.clone(), probes, lost, file, status_tx, stop_rx)
+                .reloads(reload_rx);
         let task = tokio::spawn(async move {
             let _keep = _lost_tx;
             daemon.run().await
@@ -1910,9 +2391,12 @@ mod tests {
             _dir: dir,
             root,
             servers,
+            cluster,
+            made,
             bouncer,
             status,
             stop,
+            reloads,
             task,
         }
     }
@@ -1969,6 +2453,62 @@ mod tests {
         async fn stop(self) {
             self.stop.send(true).unwrap();
             self.task.await.unwrap();
+        }
+        /// A new fake server `pg<i>` with its node file; its line for `[servers]`.
+        fn add_server(&self, i: usize, is: Is) -> String {
+            self.cluster
+                .lock()
+                .unwrap()
+                .push((format!("pg{i}"), new_server(is)));
+            node_file_and_line(&self.root, i)
+        }
+        /// The `[servers]` lines of these existing servers (node files rewritten as made).
+        fn lines(&self, ids: &[usize]) -> String {
+            ids.iter()
+                .map(|i| node_file_and_line(&self.root, *i))
+                .collect()
+        }
+        fn server(&self, name: &str) -> Shared {
+            let c = self.cluster.lock().unwrap();
+            c.iter().find(|(n, _)| n == name).unwrap().1.clone()
+        }
+        /// Monitors running for the server.
+        fn probes(&self, name: &str) -> usize {
+            self.server(name).lock().unwrap().probes
+        }
+        /// Monitors ever started for the server.
+        fn made(&self, name: &str) -> usize {
+            self.made
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|n| *n == name)
+                .count()
+        }
+        fn names(&self) -> Vec<String> {
+            self.snapshot()
+                .nodes
+                .iter()
+                .map(|n| n.name.clone())
+                .collect()
+        }
+        /// Write rebouncer.ini, load it as SIGHUP does, hand it to the daemon and wait
+        /// until it is applied or refused.
+        async fn reload_text(&self, text: &str) {
+            std::fs::write(self.root.join("rebouncer.ini"), text).unwrap();
+            let config = config::load(&self.root.join("rebouncer.ini"), &self.root, &test_env());
+            let (done, applied) = oneshot::channel();
+            self.reloads
+                .send(Reload {
+                    config,
+                    done: Some(done),
+                })
+                .unwrap_or_else(|_| panic!("daemon gone"));
+            applied.await.unwrap();
+        }
+        async fn reload(&self, global: &str, servers_ini: &str) {
+            self.reload_text(&ini_text(&self.root, global, servers_ini))
+                .await;
         }
     }
 
@@ -2585,6 +3125,302 @@ mod tests {
             root.contains("State file: cannot write state file"),
             "{root}"
         );
+        w.stop().await;
+    }
+
+    // Configuration reloads (SIGHUP).
+
+    async fn settled_on_pg1(w: &World) {
+        w.until(S(3), |w| w.routed() == Some(1), "pg1").await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_adds_and_removes_servers_and_keeps_the_active_node_and_other_monitors() {
+        let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        let reloads_before = w.bouncer.count("RELOAD");
+        let switches_before = w.snapshot().counters.switches;
+        let pg4 = w.add_server(4, Standby(1));
+        w.reload("", &(w.lines(&[1, 2]) + &pg4)).await;
+        assert_eq!(w.names(), ["pg1", "pg2", "pg4"]);
+        assert_eq!(
+            w.probes("pg3"),
+            0,
+            "pg3's monitor stopped, its connection closed"
+        );
+        assert_eq!((w.made("pg1"), w.made("pg2")), (1, 1), "kept monitors");
+        assert_eq!((w.made("pg4"), w.probes("pg4")), (1, 1));
+        w.until(
+            S(1),
+            |w| w.snapshot().nodes[2].state == Some(NodeState::Standby),
+            "pg4 checked",
+        )
+        .await;
+        let s = w.snapshot();
+        assert_eq!((s.active.as_deref(), s.confirmed), (Some("pg1"), true));
+        assert_eq!(s.counters.reloads_ok, 1);
+        assert_eq!(s.counters.switches, switches_before, "no switch");
+        assert_eq!(
+            w.bouncer.count("RELOAD"),
+            reloads_before,
+            "PgBouncer untouched"
+        );
+        let r = s.reload.clone().unwrap();
+        assert_eq!(r.error, None);
+        assert_eq!(r.changes, ["server(s) pg4 added", "server(s) pg3 removed"]);
+        assert!(
+            s.events
+                .iter()
+                .any(|e| e.kind == Kind::ConfigReload && e.text.contains("pg4 added")),
+        );
+        assert!(
+            w.nagios().starts_with("OK: 1 master (pg1"),
+            "{}",
+            w.nagios()
+        );
+        w.during(S(6), |w| w.routed() == Some(1), "stays on pg1")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_reload_that_reorders_servers_a_failover_still_goes_to_the_right_node() {
+        let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        w.reload("", &w.lines(&[3, 2, 1])).await;
+        assert_eq!(w.names(), ["pg3", "pg2", "pg1"]);
+        let s = w.snapshot();
+        assert_eq!((s.active.as_deref(), s.confirmed), (Some("pg1"), true));
+        assert_eq!(w.made("pg1") + w.made("pg2") + w.made("pg3"), 3);
+        w.during(S(4), |w| w.routed() == Some(1), "stays on pg1")
+            .await;
+        w.set(1, Down);
+        w.set(3, Master(2));
+        w.until(S(4), |w| w.routed() == Some(3), "failover to pg3")
+            .await;
+        assert_eq!(w.snapshot().active.as_deref(), Some("pg3"));
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_connection_string_restarts_that_monitor_only() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        let changed = w.lines(&[1, 2]).replace(
+            "pg2=host=127.0.0.1 port=5432 dbname=postgres",
+            "pg2=host=127.0.0.1 port=5432 application_name=x dbname=postgres",
+        );
+        assert!(changed.contains("application_name=x"), "{changed}");
+        w.reload("", &changed).await;
+        assert_eq!((w.made("pg1"), w.probes("pg1")), (1, 1));
+        assert_eq!((w.made("pg2"), w.probes("pg2")), (2, 1), "pg2 restarted");
+        let r = w.snapshot().reload.unwrap();
+        assert_eq!(
+            r.changes,
+            ["connection string of pg2 changed (monitor restarted)"]
+        );
+        w.until(
+            S(1),
+            |w| w.snapshot().nodes[1].state == Some(NodeState::Standby),
+            "pg2 checked again",
+        )
+        .await;
+        assert!(w.nagios().starts_with("OK"), "{}", w.nagios());
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removing_the_active_node_unconfirms_and_the_next_master_is_switched_to() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        w.reload("", &w.lines(&[2])).await;
+        assert_eq!(w.probes("pg1"), 0);
+        let s = w.snapshot();
+        assert_eq!(w.names(), ["pg2"]);
+        assert_eq!((s.active, s.confirmed), (None, false));
+        // pg2 is a standby: no master among the configured servers, nothing switched.
+        w.during(
+            S(4),
+            |w| w.routed() == Some(1),
+            "no switch without a master",
+        )
+        .await;
+        w.set(2, Master(2));
+        w.until(S(4), |w| w.routed() == Some(2), "switch to pg2")
+            .await;
+        let s = w.snapshot();
+        assert_eq!((s.active.as_deref(), s.confirmed), (Some("pg2"), true));
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_config_is_refused_and_the_running_one_stays() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        let text = ini_text(&w.root, "", &w.lines(&[1, 2])).replace("interval=2", "interval=soon");
+        w.reload_text(&text).await;
+        let s = w.snapshot();
+        let r = s.reload.clone().unwrap();
+        let e = r.error.unwrap();
+        assert!(
+            e.starts_with("config error: ") && e.contains("interval"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert_eq!((s.counters.reloads_ok, s.counters.reloads_failed), (0, 1));
+        assert_eq!(w.names(), ["pg1", "pg2"]);
+        assert_eq!(s.interval, S(2));
+        assert!(s.events.iter().any(|e| e.kind == Kind::ConfigReloadFailed));
+        let root = crate::status::render_root(&s, SystemTime::now());
+        assert!(root.contains("Last config reload: "), "{root}");
+        assert!(root.contains("FAILED, the running configuration stays: config error"));
+        let metrics = crate::metrics::render(&s);
+        assert!(metrics.contains("rebouncer_config_reloads_total{result=\"failed\"} 1"));
+        assert!(metrics.contains("rebouncer_config_last_reload_successful 0"));
+        // A server whose node file is missing: refused as at start, nothing half-applied.
+        let text = ini_text(
+            &w.root,
+            "",
+            &(w.lines(&[1, 2]) + "pg9=host=127.0.0.1 port=5439 dbname=postgres sslmode=disable\n"),
+        );
+        w.reload_text(&text).await;
+        let s = w.snapshot();
+        assert!(
+            s.reload
+                .unwrap()
+                .error
+                .unwrap()
+                .contains("pg9.ini does not exist")
+        );
+        assert_eq!(w.names(), ["pg1", "pg2"]);
+        w.during(S(4), |w| w.nagios().starts_with("OK"), "still running")
+            .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settings_change_live_and_a_new_symlink_is_not_applied() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        std::fs::create_dir(w.root.join("elsewhere")).unwrap();
+        let text = ini_text(&w.root, "fast_interval=0.5\n", &w.lines(&[1, 2]))
+            .replace("interval=2\n", "interval=10\n")
+            .replace(
+                &format!("symlink={}/pgbouncer.ini", w.root.display()),
+                &format!("symlink={}/elsewhere/pgbouncer.ini", w.root.display()),
+            );
+        w.reload_text(&text).await;
+        let s = w.snapshot();
+        let r = s.reload.clone().unwrap();
+        assert_eq!(r.error, None);
+        assert_eq!(
+            r.changes,
+            ["interval 2 s -> 10 s", "fast_interval 0.1 s -> 0.5 s"]
+        );
+        assert_eq!(r.not_applied.len(), 1, "{:?}", r.not_applied);
+        assert!(r.not_applied[0].starts_with("symlink (the file says "));
+        assert_eq!(s.interval, S(10));
+        assert_eq!((w.made("pg1"), w.made("pg2")), (1, 1), "monitors kept");
+        let root = crate::status::render_root(&s, SystemTime::now());
+        assert!(root.contains("Config reload NOT applied (needs a restart): symlink"));
+        // Rounds now every 10 s: pg1's attempts grow by about one per round.
+        let before = w.snapshot().counters.rounds;
+        sleep(S(31)).await;
+        let rounds = w.snapshot().counters.rounds - before;
+        assert!((3..=4).contains(&rounds), "{rounds} rounds in 31 s");
+        // The old symlink is still the one switched.
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.until(
+            S(12),
+            |w| w.routed() == Some(2),
+            "failover to pg2 through the kept symlink",
+        )
+        .await;
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_change_restarts_every_monitor_and_keeps_what_is_known() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        let text = ini_text(&w.root, "", &w.lines(&[1, 2])).replace("timeout=2\n", "timeout=3\n");
+        w.reload_text(&text).await;
+        assert_eq!((w.made("pg1"), w.probes("pg1")), (2, 1));
+        assert_eq!((w.made("pg2"), w.probes("pg2")), (2, 1));
+        // Known states stay until the new monitors answer: no "starting up" gap.
+        assert!(w.nagios().starts_with("OK"), "{}", w.nagios());
+        let r = w.snapshot().reload.unwrap();
+        assert_eq!(
+            r.changes,
+            [
+                "timeout 2 s -> 3 s",
+                "every monitor restarted (timeout or keep_connections)"
+            ]
+        );
+        w.during(S(5), |w| w.nagios().starts_with("OK"), "still settled")
+            .await;
+        assert_eq!(w.snapshot().active.as_deref(), Some("pg1"));
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_for_a_server_the_reload_removes_ends_at_once() {
+        let w = world_with(
+            &[Master(1), Standby(1), Standby(1)],
+            1,
+            State::default(),
+            PAUSING,
+        )
+        .await;
+        paused_after_pg1_is_lost(&w).await;
+        w.reload(PAUSING, &w.lines(&[2, 3])).await;
+        assert!(w.bouncer.paused().is_empty(), "resumed");
+        assert!(held_in_file(&w).is_empty());
+        let outcome = last_hold_outcome(&w).unwrap();
+        assert!(
+            outcome.contains("pg1 was removed from the configuration"),
+            "{outcome}"
+        );
+        // No new pause (no active node known), and the next master is switched to.
+        w.during(S(3), |w| w.bouncer.paused().is_empty(), "no pause again")
+            .await;
+        w.set(2, Master(2));
+        w.set(3, Standby(2));
+        w.until(S(3), |w| w.routed() == Some(2), "switch to pg2")
+            .await;
+        assert_eq!(w.bouncer.count("PAUSE"), 1);
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_while_pgbouncer_is_awaited_applies_before_the_first_round() {
+        let w = world(&[Master(1), Standby(1)], 2, State::default()).await;
+        w.bouncer.set_up(false);
+        sleep(S(6)).await;
+        assert!(w.nagios().starts_with("CRITICAL: waiting for PgBouncer"));
+        let pg3 = w.add_server(3, Standby(1));
+        w.reload("", &(w.lines(&[1, 2]) + &pg3)).await;
+        assert_eq!(w.names(), ["pg1", "pg2", "pg3"]);
+        assert_eq!(w.snapshot().counters.reloads_ok, 1);
+        w.bouncer.set_up(true);
+        w.until(
+            S(7),
+            |w| w.routed() == Some(1),
+            "switch to pg1 once PgBouncer answers",
+        )
+        .await;
+        w.until(
+            S(3),
+            |w| {
+                w.nagios()
+                    .starts_with("OK: 1 master (pg1, PgBouncer points at it), 2 standbys")
+            },
+            "pg3 checked",
+        )
+        .await;
         w.stop().await;
     }
 }

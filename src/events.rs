@@ -40,6 +40,10 @@ pub enum Kind {
     Drift,
     /// A database was found paused in PgBouncer by someone else.
     Paused,
+    /// The configuration was re-read (SIGHUP) and applied.
+    ConfigReload,
+    /// A re-read configuration was refused; the running one stays.
+    ConfigReloadFailed,
 }
 
 impl Kind {
@@ -60,6 +64,8 @@ impl Kind {
             Kind::RefusalEnd => "refusal_end",
             Kind::Drift => "drift",
             Kind::Paused => "paused",
+            Kind::ConfigReload => "config_reload",
+            Kind::ConfigReloadFailed => "config_reload_failed",
         }
     }
 }

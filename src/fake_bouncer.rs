@@ -224,6 +224,10 @@ impl Console for FakeBouncer {
         "fake-pgbouncer"
     }
 
+    fn reconfigured(&self, _: &crate::conninfo::Target, _: std::time::Duration) -> FakeBouncer {
+        self.clone()
+    }
+
     async fn session(&self) -> Result<FakeSession, AdminError> {
         let mut i = self.inner.lock().unwrap();
         i.arrived("LOGIN");

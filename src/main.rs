@@ -4,16 +4,17 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use rebouncer::cli::{self, Options};
 use rebouncer::config::{self, Config};
 use rebouncer::conninfo::Env;
-use rebouncer::daemon::Daemon;
+use rebouncer::daemon::{Daemon, Reload};
 use rebouncer::events::Kind;
 use rebouncer::logging::{self, LogFile};
 use rebouncer::notify::{self, Notifier};
@@ -145,20 +146,35 @@ async fn run(opts: Options) -> ExitCode {
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel();
     let server = tokio::spawn(http::serve(
         listener,
         http::router(status_rx),
         shutdown_rx.clone(),
         HTTP_SHUTDOWN_GRACE,
     ));
-    let signals = match spawn_signal_handler(shutdown_tx, logfile) {
+    // A second socket for RELOADING=1/READY=1 around a reload: the first one belongs to
+    // the task that tells systemd about the snapshot.
+    let reloader = Reloader {
+        path: opts.config.clone(),
+        daemon: reload_tx,
+        notifier: notifier
+            .as_ref()
+            .and_then(|n| Notifier::new(n.name()).ok())
+            .map(Arc::new),
+        status: status_tx.subscribe(),
+    };
+    let signals = match spawn_signal_handler(shutdown_tx, logfile, reloader) {
         Ok(h) => h,
         Err(e) => return fatal(to_log, &format!("cannot install signal handlers: {e}")),
     };
     let notifying =
         notifier.map(|n| tokio::spawn(notify::run(n, status_tx.subscribe(), shutdown_rx.clone())));
 
-    Daemon::new(cfg, state, status_tx, shutdown_rx).run().await;
+    Daemon::new(cfg, state, status_tx, shutdown_rx)
+        .reloads(reload_rx)
+        .run()
+        .await;
 
     signals.abort();
     if let Some(n) = notifying {
@@ -179,10 +195,69 @@ async fn run(opts: Options) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGTERM and SIGINT ask for shutdown; SIGHUP reopens the log file (for logrotate).
+/// Re-reads the configuration on SIGHUP and hands it to the daemon's loop, which applies
+/// it whole or refuses it (it is validated here exactly as at start).
+struct Reloader {
+    path: PathBuf,
+    daemon: mpsc::UnboundedSender<Reload>,
+    notifier: Option<Arc<Notifier>>,
+    status: watch::Receiver<Snapshot>,
+}
+
+impl Reloader {
+    async fn reload(&self) {
+        info!(
+            "re-reading the configuration {} (SIGHUP)",
+            self.path.display()
+        );
+        // Told only once systemd was told READY=1 (a reload during start-up is part of it).
+        let notifier = self
+            .notifier
+            .clone()
+            .filter(|_| notify::is_ready(&self.status.borrow()));
+        if let Some(n) = &notifier {
+            tell(n, "RELOADING=1");
+        }
+        let path = self.path.clone();
+        let config = tokio::task::spawn_blocking(move || load_config(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(config::ConfigError(format!(
+                    "config error: cannot re-read the configuration: {e}"
+                )))
+            });
+        let (done, applied) = oneshot::channel();
+        let sent = self.daemon.send(Reload {
+            config,
+            done: Some(done),
+        });
+        if sent.is_err() {
+            return; // the daemon has stopped
+        }
+        if let Some(n) = notifier {
+            // Applied when the loop gets to it (after a round or a switch in progress),
+            // while this task goes on handling signals.
+            tokio::spawn(async move {
+                if applied.await.is_ok() {
+                    tell(&n, "READY=1");
+                }
+            });
+        }
+    }
+}
+
+fn tell(n: &Notifier, message: &str) {
+    if let Err(e) = n.send(message) {
+        warn!("cannot tell systemd ({}) {message:?}: {e}", n.name());
+    }
+}
+
+/// SIGTERM and SIGINT ask for shutdown; SIGHUP reopens the log file (for logrotate), then
+/// re-reads the configuration.
 fn spawn_signal_handler(
     shutdown: watch::Sender<bool>,
     logfile: Option<LogFile>,
+    reloader: Reloader,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -192,13 +267,16 @@ fn spawn_signal_handler(
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM received; stopping"); let _ = shutdown.send(true); }
                 _ = int.recv() => { info!("SIGINT received; stopping"); let _ = shutdown.send(true); }
-                _ = hup.recv() => match &logfile {
-                    Some(l) => match l.reopen() {
-                        Ok(()) => info!("SIGHUP received; log file {} reopened", l.path().display()),
-                        Err(e) => eprintln!("rebouncer: cannot reopen log file {}: {e}", l.path().display()),
-                    },
-                    None => info!("SIGHUP received; logging to stdout, nothing to reopen"),
-                },
+                _ = hup.recv() => {
+                    match &logfile {
+                        Some(l) => match l.reopen() {
+                            Ok(()) => info!("SIGHUP received; log file {} reopened", l.path().display()),
+                            Err(e) => eprintln!("rebouncer: cannot reopen log file {}: {e}", l.path().display()),
+                        },
+                        None => info!("SIGHUP received; logging to stdout, nothing to reopen"),
+                    }
+                    reloader.reload().await;
+                }
             }
         }
     }))

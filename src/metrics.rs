@@ -109,6 +109,9 @@ pub struct Counters {
     pub last_switch: Option<(SystemTime, Duration)>,
     /// How long the switch itself took (admin check, symlink, RELOAD, confirmation).
     pub last_switch_step: Option<Duration>,
+    /// Configuration reloads (SIGHUP) applied and refused.
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
 }
 
 impl Counters {
@@ -532,6 +535,28 @@ pub fn render(s: &Snapshot) -> String {
             took.as_secs_f64(),
         );
     }
+
+    // Configuration reloads.
+    o.family(
+        "rebouncer_config_reloads_total",
+        "counter",
+        "Configuration reloads (SIGHUP) since start, by result: ok (applied), failed (refused; the running configuration stays).",
+    );
+    o.sample(
+        "rebouncer_config_reloads_total",
+        &[("result", "ok")],
+        s.counters.reloads_ok,
+    );
+    o.sample(
+        "rebouncer_config_reloads_total",
+        &[("result", "failed")],
+        s.counters.reloads_failed,
+    );
+    o.gauge(
+        "rebouncer_config_last_reload_successful",
+        "0 when the last configuration reload was refused (the file on disk is not what runs), 1 otherwise.",
+        flag(s.reload.as_ref().is_none_or(|r| r.error.is_none())),
+    );
     o.0
 }
 

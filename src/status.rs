@@ -37,6 +37,37 @@ pub struct NodeStatus {
     pub counters: NodeCounters,
 }
 
+impl NodeStatus {
+    /// A server not checked yet.
+    pub fn new(name: &str) -> NodeStatus {
+        NodeStatus {
+            name: name.to_string(),
+            state: None,
+            last_check: None,
+            since: None,
+            error: None,
+            took: None,
+            timeline: None,
+            timeline_note: None,
+            refuses_new: None,
+            next_try: None,
+            counters: NodeCounters::default(),
+        }
+    }
+}
+
+/// The last configuration reload (SIGHUP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadStatus {
+    pub at: SystemTime,
+    /// Why it was refused (the running configuration stayed); `None` when applied.
+    pub error: Option<String>,
+    /// What it changed, one item each.
+    pub changes: Vec<String>,
+    /// Settings changed in the file that need a restart; their old values stay.
+    pub not_applied: Vec<String>,
+}
+
 /// A master on a lower timeline than the cluster has reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaleStatus {
@@ -138,6 +169,8 @@ pub struct Snapshot {
     pub state_error: Option<String>,
     /// Problems in the configuration that did not stop rebouncer (unknown keys).
     pub config_warnings: Vec<String>,
+    /// The last configuration reload, if there was one.
+    pub reload: Option<ReloadStatus>,
     /// Rounds and switches since start, for `/metrics`.
     pub counters: Counters,
     /// What happened lately, for `/` and `/events`.
@@ -148,22 +181,7 @@ impl Snapshot {
     pub fn new(names: &[String], interval: Duration, pgbouncer: String) -> Snapshot {
         Snapshot {
             phase: Phase::Running,
-            nodes: names
-                .iter()
-                .map(|n| NodeStatus {
-                    name: n.clone(),
-                    state: None,
-                    last_check: None,
-                    since: None,
-                    error: None,
-                    took: None,
-                    timeline: None,
-                    timeline_note: None,
-                    refuses_new: None,
-                    next_try: None,
-                    counters: NodeCounters::default(),
-                })
-                .collect(),
+            nodes: names.iter().map(|n| NodeStatus::new(n)).collect(),
             active: None,
             confirmed: false,
             last_switch: None,
@@ -181,6 +199,7 @@ impl Snapshot {
             state_file: String::new(),
             state_error: None,
             config_warnings: Vec::new(),
+            reload: None,
             counters: Counters::default(),
             events: Events::default(),
         }
@@ -530,6 +549,31 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
     for w in &s.config_warnings {
         let _ = writeln!(out, "Config warning: {w}");
     }
+    if let Some(r) = &s.reload {
+        match &r.error {
+            Some(e) => {
+                let _ = writeln!(
+                    out,
+                    "Last config reload: {} FAILED, the running configuration stays: {e}",
+                    local(r.at)
+                );
+            }
+            None if r.changes.is_empty() => {
+                let _ = writeln!(out, "Last config reload: {}: no changes", local(r.at));
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "Last config reload: {}: {}",
+                    local(r.at),
+                    r.changes.join("; ")
+                );
+            }
+        }
+        for n in &r.not_applied {
+            let _ = writeln!(out, "Config reload NOT applied (needs a restart): {n}");
+        }
+    }
     let _ = writeln!(out, "\nNode status:");
     for n in &s.nodes {
         match (n.state, n.last_check) {
@@ -743,6 +787,18 @@ pub fn render_root_json(s: &Snapshot, now: SystemTime) -> String {
         ("conditions", conditions),
         ("last_round", last_round),
         ("config_warnings", strings(&s.config_warnings)),
+        (
+            "last_reload",
+            s.reload.as_ref().map_or(Value::Null, |r| {
+                Value::Obj(vec![
+                    ("time", Value::time(r.at)),
+                    ("ok", Value::Bool(r.error.is_none())),
+                    ("error", Value::opt_str(r.error.clone())),
+                    ("changes", strings(&r.changes)),
+                    ("not_applied", strings(&r.not_applied)),
+                ])
+            }),
+        ),
         ("nodes", Value::Arr(s.nodes.iter().map(node_json).collect())),
         (
             "recent_events",

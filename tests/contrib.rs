@@ -226,6 +226,28 @@ fn init_script_starts_reports_and_stops_the_daemon() {
     assert_eq!(read_pid(&f), Some(pid));
     assert_eq!(daemons_with(&cfg), vec![pid], "still exactly one daemon");
 
+    // reload: checked first, then SIGHUP; a broken config is refused with its error.
+    let good = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, good.replace("interval=1\n", "interval=often\n")).unwrap();
+    let (code, out, _) = init(&f, "reload");
+    assert_eq!(code, Some(1), "reload of a broken config: {out}");
+    assert!(
+        out.starts_with(
+            "Reloading rebouncer: failed, the running configuration stays\nconfig error: "
+        ),
+        "{out}"
+    );
+    fs::write(&cfg, &good).unwrap();
+    let (code, out, _) = init(&f, "reload");
+    assert_eq!(code, Some(0), "reload: {out}");
+    assert_eq!(out, "Reloading rebouncer: OK\n");
+    common::wait_until(SHORT, "the reload in the log", || {
+        fs::read_to_string(&f.log)
+            .unwrap_or_default()
+            .contains("configuration reloaded from")
+    });
+    assert_eq!(read_pid(&f), Some(pid), "no restart");
+
     // stop
     let t = Instant::now();
     let (code, out, _) = init(&f, "stop");

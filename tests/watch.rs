@@ -131,6 +131,10 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rebouncer_last_switch_timestamp_seconds", "gauge"),
     ("rebouncer_last_switch_duration_seconds", "gauge"),
     ("rebouncer_last_switch_step_seconds", "gauge"),
+    ("rebouncer_failover_pause", "gauge"),
+    ("rebouncer_failover_pause_start_timestamp_seconds", "gauge"),
+    ("rebouncer_config_reloads", "counter"),
+    ("rebouncer_config_last_reload_successful", "gauge"),
 ];
 
 fn all_families_present(m: &Metrics) {
@@ -455,6 +459,19 @@ fn systemd_is_told_ready_after_the_first_round_then_status_and_stopping() {
         m.starts_with("STATUS=WARNING: 1 server down (pg3)")
     });
     assert_eq!(got.len(), 1, "{got:#?}");
+    // `systemctl reload` (SIGHUP): RELOADING=1 first, READY=1 once the loop applied it.
+    d.signal("HUP").unwrap();
+    let got = receive_until(&sock, SHORT, |m| m == "READY=1");
+    let reloading = got.iter().position(|m| m.starts_with("RELOADING=1"));
+    assert!(
+        reloading.is_some_and(|r| r + 1 < got.len()),
+        "RELOADING=1 before READY=1: {got:#?}"
+    );
+    assert!(
+        d.log().contains("configuration reloaded from"),
+        "{}",
+        d.log()
+    );
     d.stop();
     let got = receive_until(&sock, Duration::from_secs(5), |m| {
         m.starts_with("STOPPING=1")
