@@ -131,8 +131,6 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rebouncer_last_switch_timestamp_seconds", "gauge"),
     ("rebouncer_last_switch_duration_seconds", "gauge"),
     ("rebouncer_last_switch_step_seconds", "gauge"),
-    ("rebouncer_failover_pause", "gauge"),
-    ("rebouncer_failover_pause_start_timestamp_seconds", "gauge"),
     ("rebouncer_config_reloads", "counter"),
     ("rebouncer_config_last_reload_successful", "gauge"),
 ];
