@@ -1466,16 +1466,7 @@ impl<C: Console> Daemon<C> {
             return skip(&"none of its databases is there to pause");
         }
         let add = databases.clone();
-        let recorded = self
-            .state
-            .update(|s| {
-                for db in add {
-                    if !s.held.contains(&db) {
-                        s.held.push(db);
-                    }
-                }
-            })
-            .await;
+        let recorded = self.state.update(|s| s.hold(add)).await;
         if let Err(e) = recorded {
             // Unrecorded, a rebouncer killed during the pause would leave them paused.
             return skip(&e);
@@ -1558,16 +1549,7 @@ impl<C: Console> Daemon<C> {
         };
         if !still.is_empty() {
             let again = still.clone();
-            let _ = self
-                .state
-                .update(|s| {
-                    for db in again {
-                        if !s.held.contains(&db) {
-                            s.held.push(db);
-                        }
-                    }
-                })
-                .await;
+            let _ = self.state.update(|s| s.hold(again)).await;
             warn!(
                 "database(s) {} still paused in PgBouncer after RESUME; retrying every round (by hand: RESUME <db> on the admin console)",
                 still.join(", ")

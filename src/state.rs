@@ -64,6 +64,15 @@ impl State {
         }
     }
 
+    /// Record databases as held by rebouncer, each once.
+    pub fn hold(&mut self, databases: impl IntoIterator<Item = String>) {
+        for db in databases {
+            if !self.held.contains(&db) {
+                self.held.push(db);
+            }
+        }
+    }
+
     fn render(&self) -> String {
         let mut out = String::from(
             "# rebouncer state file: what rebouncer remembers across restarts.\n\

@@ -484,15 +484,7 @@ async fn kill_and_resume<C: Console>(
         .partition(|db| !held_before.contains(db) && now.iter().any(|d| d.name == *db && d.paused));
     if !ours.is_empty() {
         let add = ours.clone();
-        let recorded = state
-            .update(|s| {
-                for db in add {
-                    if !s.held.contains(&db) {
-                        s.held.push(db);
-                    }
-                }
-            })
-            .await;
+        let recorded = state.update(|s| s.hold(add)).await;
         if let Err(e) = recorded {
             // Clients must leave the old primary whether or not the record is on disk.
             r.warnings.push(format!(
