@@ -212,15 +212,6 @@ impl StateFile {
         })
     }
 
-    /// A state kept only in memory (unit tests).
-    pub fn in_memory(path: &Path) -> StateFile {
-        StateFile {
-            path: path.to_path_buf(),
-            state: State::default(),
-            write_error: None,
-        }
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
