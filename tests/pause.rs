@@ -92,6 +92,33 @@ impl Failover {
             .max()
             .unwrap_or_default()
     }
+    /// Every write that failed or was still waiting when the old primary was gone, with
+    /// its start relative to that moment: what a failed assertion needs to be understood.
+    fn timeline(&self) -> String {
+        let mut lines = Vec::new();
+        for (i, l) in self.logs.iter().enumerate() {
+            for r in l
+                .records
+                .iter()
+                .filter(|r| r.node.is_none() || r.at + r.took >= self.gone)
+            {
+                let start = if r.at >= self.gone {
+                    format!("+{}", (r.at - self.gone).as_millis())
+                } else {
+                    format!("-{}", (self.gone - r.at).as_millis())
+                };
+                let outcome = match (&r.node, &r.error) {
+                    (Some(n), _) => format!("ok on pg{n}"),
+                    (None, e) => e.clone().unwrap_or_default().trim().replace('\n', " / "),
+                };
+                lines.push(format!(
+                    "  writer {i} started {start} ms, took {} ms: {outcome}",
+                    r.took.as_millis()
+                ));
+            }
+        }
+        lines.join("\n")
+    }
     fn summary(&self) -> String {
         let total: usize = self.logs.iter().map(|l| l.total()).sum();
         let failed: usize = self.logs.iter().map(|l| l.failed()).sum();
@@ -173,17 +200,46 @@ fn with_pausing_no_write_that_starts_after_the_primary_is_gone_fails() {
     assert!(root.contains("Last pause by rebouncer:"), "{root}");
 }
 
+/// The same failover with pausing off: rebouncer never pauses, PgBouncer follows, and
+/// the figures are printed beside the ones above.
+///
+/// What the clients see here is PgBouncer's own doing and is not asserted, because it
+/// depends on a race: when PgBouncer's first login after the stop reaches pg1 while it is
+/// still shutting down ("the database system is shutting down"), PgBouncer fails every
+/// login for `server_login_retry` with "server login has been failing"; when it first
+/// finds the socket closed (connection refused), it keeps the clients in its own queue
+/// until the switch. Both were seen here and in CI. The benchmark counts them over
+/// many repetitions (`cargo test --release --test bench -- --ignored pause`).
 #[test]
-fn without_pausing_writes_fail_while_there_is_no_primary() {
+fn without_pausing_nothing_is_paused_through_a_failover() {
     let (c, mut d) = settled("");
-    let f = failover_under_writes(&c, &mut d);
-    eprintln!("pausing off: {}", f.summary());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (f, seen_paused) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.push(paused(&c, "appdb"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        let f = failover_under_writes(&c, &mut d);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (f, sampler.join().unwrap_or_default())
+    });
+    eprintln!("pausing off: {}\n{}", f.summary(), f.timeline());
+    let log = d.log();
+    assert!(!log.contains("PAUSE"), "{log}");
+    assert!(!log.contains("paused by rebouncer"), "{log}");
+    // "0", or "" while PgBouncer was busy with the RELOAD. The switch's KILL pauses for
+    // the instant before its pipelined RESUME, so one sample may say "1"; two in a row
+    // (100 ms apart) would be a pause.
+    assert!(seen_paused.iter().any(|p| p == "0"), "{seen_paused:?}");
     assert!(
-        !f.failed_after_gone().is_empty(),
-        "expected failures without pausing: {}",
-        f.summary()
+        !seen_paused.windows(2).any(|w| w[0] == "1" && w[1] == "1"),
+        "PgBouncer showed appdb paused during the failover: {seen_paused:?}\n{log}"
     );
-    assert!(!d.log().contains("PAUSE"), "{}", d.log());
+    assert!(none_paused(&c));
 }
 
 #[test]
