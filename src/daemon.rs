@@ -195,9 +195,6 @@ pub struct Daemon<C: Console> {
     switch_errors: Throttle<String>,
     last_round: Option<RoundStats>,
     last_decision: Option<Decision>,
-    /// Databases that moved in a switch but whose `KILL` failed: their clients may still
-    /// be on the old server, so the `KILL` is retried every round.
-    not_reset: Vec<String>,
     /// A kept admin session: when PgBouncer closes it (a restart), its routes are checked
     /// at once.
     watch_session: Option<C::Session>,
@@ -291,7 +288,6 @@ impl<C: Console> Daemon<C> {
             switch_errors: Throttle::new(REMINDER_EVERY),
             last_round: None,
             last_decision: None,
-            not_reset: Vec::new(),
             watch_session: None,
             rounds_since_drift_check: 0,
             drift: None,
@@ -471,6 +467,15 @@ impl<C: Console> Daemon<C> {
     /// wait for a `RESUME` that nobody else will send. Only what the state file lists: a
     /// pause an operator made is theirs to end.
     async fn resume_held_from_last_run(&mut self) {
+        let unreset = &self.state.state().unreset;
+        if !unreset.is_empty() {
+            warn!(
+                "the state file lists database(s) {} as moved to a new server but not yet KILLed: a rebouncer stopped \
+                 between its RELOAD and its KILL may have left their clients on the old server; sending KILL and RESUME now",
+                unreset.join(", ")
+            );
+            self.reset_not_reset().await;
+        }
         if !self.state.state().held.is_empty() {
             self.resume_held(
                 "left paused by a rebouncer stopped between its PAUSE or KILL and the RESUME",
@@ -527,8 +532,11 @@ impl<C: Console> Daemon<C> {
         }
     }
 
+    /// `KILL` (and `RESUME`) the databases the state file lists as moved but not reset:
+    /// their clients may still be on the old server. Retried every round until it works.
     async fn reset_not_reset(&mut self) {
-        match switch::reset(&self.console, &mut self.state, &self.not_reset).await {
+        let listed = self.state.state().unreset.join(", ");
+        match switch::reset(&self.console, &mut self.state).await {
             Ok(r) => {
                 if !r.reset.is_empty() {
                     info!(
@@ -539,12 +547,8 @@ impl<C: Console> Daemon<C> {
                 for w in &r.warnings {
                     warn!("{w}");
                 }
-                self.not_reset = r.not_reset;
             }
-            Err(e) => warn!(
-                "cannot retry KILL of database(s) {}: {e}; retrying next round",
-                self.not_reset.join(", ")
-            ),
+            Err(e) => warn!("cannot retry KILL of database(s) {listed}: {e}; retrying next round"),
         }
     }
 
@@ -780,7 +784,7 @@ impl<C: Console> Daemon<C> {
             if let Some((why, how)) = self.hold_over(&decision) {
                 self.end_hold(&why, how).await;
             }
-            if !self.not_reset.is_empty() {
+            if !self.state.state().unreset.is_empty() {
                 self.reset_not_reset().await;
             }
             if self.hold.is_none() && !self.state.state().held.is_empty() {
@@ -1247,7 +1251,6 @@ impl<C: Console> Daemon<C> {
                         done.resets.resumed.join(", ")
                     );
                 }
-                self.not_reset = done.resets.not_reset;
                 self.last_confirmed = Some(done.confirmed);
                 self.loss_handled = false;
                 if let Some(h) = self.hold.take() {
@@ -2031,6 +2034,7 @@ impl<C: Console> Daemon<C> {
             s.drift = self.drift.clone();
             s.paused = self.paused.clone();
             s.held = self.state.state().held.clone();
+            s.unreset = self.state.state().unreset.clone();
             s.hold = match &self.hold {
                 Some(h) => Some(HoldStatus {
                     databases: h.databases.clone(),
@@ -2759,6 +2763,80 @@ mod tests {
         );
         sleep(S(10)).await;
         assert_eq!(w.bouncer.paused(), vec!["appdb".to_string()]);
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn databases_a_killed_rebouncer_moved_but_did_not_kill_are_killed_at_start() {
+        // What a SIGKILL between a switch's RELOAD and its KILL leaves behind: PgBouncer
+        // already routes to the new master, but session clients may still be on the old
+        // server. The next rebouncer KILLs (and RESUMEs) them once, and only them.
+        let state = State {
+            held: vec!["appdb".into()],
+            unreset: vec!["appdb".into()],
+            ..State::default()
+        };
+        let w = world(&[Master(1), Standby(1)], 1, state).await;
+        w.until(
+            S(2),
+            |w| w.bouncer.count("KILL appdb") == 1 && w.bouncer.paused().is_empty(),
+            "appdb killed and resumed at start",
+        )
+        .await;
+        let log = w.bouncer.log();
+        let k = log.iter().position(|c| c == "KILL appdb").unwrap();
+        assert_eq!(log[k + 1], "RESUME appdb", "{log:?}");
+        let file = StateFile::load(&w.root.join("rebouncer.state")).unwrap();
+        assert!(file.state().unreset.is_empty(), "{:?}", file.state());
+        assert!(file.state().held.is_empty(), "{:?}", file.state());
+        sleep(S(10)).await;
+        assert_eq!(w.bouncer.count("KILL"), 1, "{:?}", w.bouncer.log());
+        assert!(w.nagios().starts_with("OK"), "{}", w.nagios());
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kill_that_fails_is_shown_kept_on_disk_and_retried_until_it_works() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        w.bouncer.fail("KILL", Some("permission denied"));
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.until(S(3), |w| w.routed() == Some(2), "switched to pg2")
+            .await;
+        w.until(
+            S(3),
+            |w| {
+                w.nagios()
+                    .starts_with("WARNING: database(s) appdb moved to pg2 but KILL failing")
+            },
+            "the failed KILL on /nagios",
+        )
+        .await;
+        let file = || {
+            StateFile::load(&w.root.join("rebouncer.state"))
+                .unwrap()
+                .state()
+                .clone()
+        };
+        assert_eq!(
+            file().unreset,
+            ["appdb"],
+            "a restarted rebouncer would KILL it"
+        );
+        let tries = w.bouncer.count("KILL");
+        sleep(S(5)).await;
+        assert!(w.bouncer.count("KILL") > tries, "retried every round");
+        w.bouncer.fail("KILL", None);
+        w.until(
+            S(5),
+            |w| !w.nagios().contains("KILL failing"),
+            "the KILL through, /nagios back to the cluster's state",
+        )
+        .await;
+        assert!(file().unreset.is_empty(), "{:?}", file());
+        assert!(w.bouncer.paused().is_empty());
         w.stop().await;
     }
 

@@ -431,6 +431,11 @@ pub fn render(s: &Snapshot) -> String {
         "Databases a switch killed and could not resume yet (RESUME retried every round).",
         s.held.len(),
     );
+    o.gauge(
+        "rebouncer_pgbouncer_databases_unreset",
+        "Databases a switch moved whose KILL has not gone through: session clients may still be on the old server (retried every round).",
+        s.unreset.len(),
+    );
     // Clients held in PgBouncer through a failover (pause_on_failover).
     let holding = s.hold.as_ref().filter(|h| h.ended.is_none());
     o.gauge(

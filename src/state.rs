@@ -4,6 +4,9 @@
 //!   primary that comes back after rebouncer itself restarted is still known as stale.
 //! - The databases a switch sent `KILL` (or `PAUSE`) to and has not yet resumed: a rebouncer
 //!   killed between the two would otherwise leave PgBouncer holding those clients forever.
+//! - The databases a switch moved to a new server and has not yet `KILL`ed: a rebouncer
+//!   killed between the `RELOAD` and the `KILL` would otherwise leave session clients on
+//!   the old server, which may be a stale primary still taking writes.
 //!
 //! The file is small text, replaced atomically (a new file beside it, fsync, rename, fsync
 //! of the directory), so a crash leaves either the old or the new version. Writing it can
@@ -38,6 +41,9 @@ pub struct State {
     pub timelines: Vec<Highest>,
     /// Databases rebouncer paused (`KILL` or `PAUSE`) and has not resumed yet.
     pub held: Vec<String>,
+    /// Databases a switch moved whose `KILL` has not gone through yet: their clients may
+    /// still be on the old server.
+    pub unreset: Vec<String>,
 }
 
 impl State {
@@ -73,6 +79,15 @@ impl State {
         }
     }
 
+    /// Record databases whose clients must still be moved off the old server, each once.
+    pub fn must_reset(&mut self, databases: impl IntoIterator<Item = String>) {
+        for db in databases {
+            if !self.unreset.contains(&db) {
+                self.unreset.push(db);
+            }
+        }
+    }
+
     fn render(&self) -> String {
         let mut out = String::from(
             "# rebouncer state file: what rebouncer remembers across restarts.\n\
@@ -86,6 +101,9 @@ impl State {
         }
         for db in &self.held {
             out += &format!("held {db}\n");
+        }
+        for db in &self.unreset {
+            out += &format!("reset {db}\n");
         }
         out
     }
@@ -104,6 +122,8 @@ impl State {
             };
             if let Some(db) = line.strip_prefix("held ") {
                 state.held.push(db.trim().to_string());
+            } else if let Some(db) = line.strip_prefix("reset ") {
+                state.unreset.push(db.trim().to_string());
             } else if let Some(rest) = line.strip_prefix("timeline ") {
                 let mut system = None;
                 let mut highest = None;
@@ -303,11 +323,17 @@ mod tests {
             s.raise(Some(7312345678901234567), 3);
             s.raise(None, 2);
             s.held = vec!["appdb".into(), "App-DB".into()];
+            s.must_reset([
+                "appdb".to_string(),
+                "appdb".to_string(),
+                "other".to_string(),
+            ]);
         })
         .await
         .unwrap();
         let again = StateFile::load(&path).unwrap();
         assert_eq!(again.state(), f.state());
+        assert_eq!(again.state().unreset, ["appdb", "other"]);
         assert_eq!(
             fs::read_dir(d.path()).unwrap().count(),
             1,

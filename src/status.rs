@@ -162,6 +162,9 @@ pub struct Snapshot {
     pub paused: Vec<Paused>,
     /// Databases a switch killed and could not resume yet (retried every round).
     pub held: Vec<String>,
+    /// Databases a switch moved whose `KILL` has not gone through: session clients may
+    /// still be on the old server (retried every round).
+    pub unreset: Vec<String>,
     /// The pause rebouncer holds now, or the last one (with `ended` set).
     pub hold: Option<Hold>,
     pub state_file: String,
@@ -195,6 +198,7 @@ impl Snapshot {
             drift: None,
             paused: Vec::new(),
             held: Vec::new(),
+            unreset: Vec::new(),
             hold: None,
             state_file: String::new(),
             state_error: None,
@@ -376,6 +380,12 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
             s.stale_list()
         );
     }
+    if !s.unreset.is_empty() {
+        return format!(
+            "WARNING: database(s) {} moved to {master} but KILL failing: their session clients may still be on the old server; retried every round",
+            s.unreset.join(", ")
+        );
+    }
     if !s.held.is_empty() {
         return format!(
             "WARNING: database(s) {} still held by rebouncer's switch in PgBouncer, RESUME failing; retried every round",
@@ -528,6 +538,13 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
                 waiting.map_or("unknown".to_string(), |w| w.to_string())
             ),
         };
+    }
+    if !s.unreset.is_empty() {
+        let _ = writeln!(
+            out,
+            "Moved but not yet KILLed (session clients may still be on the old server; retried every round): {}",
+            s.unreset.join(", ")
+        );
     }
     if !s.held.is_empty() && s.hold.as_ref().is_none_or(|h| h.ended.is_some()) {
         let _ = writeln!(
@@ -752,6 +769,7 @@ pub fn render_root_json(s: &Snapshot, now: SystemTime) -> String {
             ),
         ),
         ("held", strings(&s.held)),
+        ("unreset", strings(&s.unreset)),
         (
             "refusing_new_connections",
             Value::Arr(

@@ -27,6 +27,9 @@ use crate::state::StateFile;
 /// TEST-ONLY hook, never set in production: milliseconds a switch waits between its `KILL`s
 /// and its `RESUME`s, so that tests/crash_safety.rs can kill rebouncer inside that window.
 pub const TEST_HOLD_AFTER_KILL_ENV: &str = "REBOUNCER_TEST_HOLD_AFTER_KILL_MS";
+/// TEST-ONLY hook, never set in production: milliseconds a switch waits between its
+/// confirmed `RELOAD` and its `KILL`s, for the same purpose.
+pub const TEST_HOLD_AFTER_RELOAD_ENV: &str = "REBOUNCER_TEST_HOLD_AFTER_RELOAD_MS";
 
 /// What to switch to, and what PgBouncer was known to use before.
 #[derive(Clone, Copy, Debug)]
@@ -178,7 +181,7 @@ pub struct Resets {
     /// Databases whose client and server connections were dropped (`KILL` went through).
     pub reset: Vec<String>,
     /// Databases that moved but whose `KILL` failed: their clients may stay on the old
-    /// server. Pass them to [`reset`] at the next rounds until it is empty.
+    /// server. The state file lists them (`unreset`) until [`reset`] gets them through.
     pub not_reset: Vec<String>,
     /// Databases an earlier attempt or an earlier rebouncer left held, resumed now.
     pub resumed: Vec<String>,
@@ -196,8 +199,11 @@ pub struct Resets {
 /// Make PgBouncer use `plan.node_file`. Order matters: the node file is checked and the
 /// admin console must answer before the link is touched, so a switch that cannot complete
 /// leaves PgBouncer's config as it was. After a confirmed `RELOAD` the databases that moved
-/// are `KILL`ed and `RESUME`d (recorded in `state` in between), and so is every database
-/// `state` still lists as held.
+/// are `KILL`ed and `RESUME`d, and so is every database `state` still lists as held. The
+/// databases about to move are recorded in `state` before the `RELOAD`, both as to be
+/// reset and as held, so that a rebouncer killed anywhere between the `RELOAD` and the
+/// `RESUME` leaves the next one enough to finish: `KILL` what may still have clients on the
+/// old server, `RESUME` what may still be paused.
 ///
 /// What moved is decided against `plan.last_confirmed` and against `SHOW DATABASES` taken
 /// before this attempt's `RELOAD`: a retry after a `RELOAD` that went through sees no move
@@ -253,6 +259,29 @@ async fn run_with<C: Console>(
             error,
             link: link.clone(),
         })?;
+
+    // What moves is known before the RELOAD: `before` is PgBouncer's routes until then.
+    let mut moved = moved(&node, last_confirmed, &before);
+    moved.retain(|db| !paused.contains(db));
+    let held_before = state.state().held.clone();
+    let ours = paused_by_us(&moved, &held_before, &before);
+    let mut record_warning = None;
+    if !moved.is_empty() {
+        let (m, o) = (moved.clone(), ours.clone());
+        if let Err(e) = state
+            .update(|s| {
+                s.must_reset(m);
+                s.hold(o);
+            })
+            .await
+        {
+            record_warning = Some(format!(
+                "{e}; the switch of database(s) {} goes ahead unrecorded: if rebouncer dies before their KILL and \
+                 RESUME, send KILL <db> and then RESUME <db> on the admin console by hand",
+                moved.join(", ")
+            ));
+        }
+    }
 
     let mut link_warning = None;
     let link = if already {
@@ -321,13 +350,30 @@ async fn run_with<C: Console>(
         why,
     })?;
 
+    if let Some(ms) = test_hold(TEST_HOLD_AFTER_RELOAD_ENV).filter(|_| !moved.is_empty()) {
+        tracing::warn!(
+            "{TEST_HOLD_AFTER_RELOAD_ENV}={ms} is set: holding {ms} ms after RELOAD before KILL; this is a test-only hook, unset it"
+        );
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
     // Databases that moved: drop every client and server connection to the old server and
     // resume at once. A session-mode client would otherwise stay on the old primary until
     // it disconnects, and PgBouncer would keep delaying new logins after the failed ones
     // to the old primary (server_login_retry) although the new one is up.
-    let mut moved = moved(&node, last_confirmed, &before);
-    moved.retain(|db| !paused.contains(db));
-    let resets = kill_and_resume(console, Some(check), state, &moved, &after, paused).await;
+    let mut resets = kill_and_resume(
+        console,
+        Some(check),
+        state,
+        Held {
+            before: &held_before,
+            moved: &moved,
+            now: &after,
+            paused,
+        },
+    )
+    .await;
+    resets.warnings.splice(0..0, record_warning);
     Ok(Switched {
         relinked: !already,
         confirmed: after,
@@ -357,23 +403,39 @@ fn moved(node: &NodeFile, last_confirmed: Option<&[Database]>, before: &[Databas
         .collect()
 }
 
-/// `KILL` (and then `RESUME`) databases whose clients must leave the old server: those a
-/// [`Switched`] listed as `not_reset`, at the next rounds. Also resumes whatever the state
-/// file lists as held. Databases PgBouncer no longer has are skipped. `Err` only when the
-/// admin console does not answer; nothing was sent then.
-pub async fn reset<C: Console>(
-    console: &C,
-    state: &mut StateFile,
-    databases: &[String],
-) -> Result<Resets, AdminError> {
+/// `KILL` (and then `RESUME`) the databases the state file lists as to be reset: their
+/// clients may still be on the old server, because a switch's `KILL` failed or because a
+/// rebouncer died between its `RELOAD` and its `KILL`. Also resumes whatever the state file
+/// lists as held. Databases PgBouncer no longer has are dropped from the list. `Err` only
+/// when the admin console does not answer; nothing was sent then.
+pub async fn reset<C: Console>(console: &C, state: &mut StateFile) -> Result<Resets, AdminError> {
+    let listed = state.state().unreset.clone();
     let session = console.session().await?;
     let now = admin::databases(&session).await?;
-    let present: Vec<String> = databases
-        .iter()
-        .filter(|db| now.iter().any(|d| d.name == **db))
-        .cloned()
-        .collect();
-    Ok(kill_and_resume(console, Some(session), state, &present, &now, &[]).await)
+    let (present, gone): (Vec<String>, Vec<String>) = listed
+        .into_iter()
+        .partition(|db| now.iter().any(|d| d.name == *db));
+    let held = state.state().held.clone();
+    let mut r = kill_and_resume(
+        console,
+        Some(session),
+        state,
+        Held {
+            before: &held,
+            moved: &present,
+            now: &now,
+            paused: &[],
+        },
+    )
+    .await;
+    if !gone.is_empty()
+        && let Err(e) = state
+            .update(|s| s.unreset.retain(|d| !gone.contains(d)))
+            .await
+    {
+        r.warnings.push(e.to_string());
+    }
+    Ok(r)
 }
 
 /// What [`resume_held`] resumed.
@@ -453,7 +515,7 @@ async fn resume_held_with<C: Console>(
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let warning = forget_held(state, &done).await;
+    let warning = forget(state, &done, &[]).await;
     match error {
         Some(error) if !left.is_empty() => Err(ResumeError {
             resumed: done,
@@ -468,33 +530,67 @@ async fn resume_held_with<C: Console>(
     }
 }
 
+/// What [`kill_and_resume`] works on.
+struct Held<'a> {
+    /// The databases the state file listed as held before this switch began: what an
+    /// earlier attempt or an earlier rebouncer left paused.
+    before: &'a [String],
+    /// The databases to `KILL`.
+    moved: &'a [String],
+    /// PgBouncer's databases now.
+    now: &'a [Database],
+    /// The databases a failover `PAUSE` holds; they are resumed with PgBouncer's cached
+    /// login failure cleared first.
+    paused: &'a [String],
+}
+
+/// The databases of `moved` whose pause after the `KILL` is rebouncer's to end: all but
+/// those someone else had paused already (paused, and not listed as held by rebouncer).
+fn paused_by_us(moved: &[String], held: &[String], now: &[Database]) -> Vec<String> {
+    moved
+        .iter()
+        .filter(|db| held.contains(db) || !now.iter().any(|d| d.name == **db && d.paused))
+        .cloned()
+        .collect()
+}
+
 async fn kill_and_resume<C: Console>(
     console: &C,
     session: Option<C::Session>,
     state: &mut StateFile,
-    moved: &[String],
-    now: &[Database],
-    paused: &[String],
+    held: Held<'_>,
 ) -> Resets {
+    let Held {
+        before: held_before,
+        moved,
+        now,
+        paused,
+    } = held;
     let mut r = Resets::default();
-    let held_before = state.state().held.clone();
-    let (theirs, ours): (Vec<String>, Vec<String>) = moved
+    let ours = paused_by_us(moved, held_before, now);
+    let theirs: Vec<String> = moved
         .iter()
+        .filter(|db| !ours.contains(db))
         .cloned()
-        .partition(|db| !held_before.contains(db) && now.iter().any(|d| d.name == *db && d.paused));
-    if !ours.is_empty() {
-        let add = ours.clone();
+        .collect();
+    let unrecorded: Vec<String> = ours
+        .iter()
+        .filter(|db| !state.state().held.contains(db))
+        .cloned()
+        .collect();
+    if !unrecorded.is_empty() {
+        let add = unrecorded.clone();
         let recorded = state.update(|s| s.hold(add)).await;
         if let Err(e) = recorded {
             // Clients must leave the old primary whether or not the record is on disk.
             r.warnings.push(format!(
                 "{e}; KILL of database(s) {} goes ahead unrecorded: if rebouncer dies before their RESUME, \
                  RESUME them by hand on the admin console",
-                ours.join(", ")
+                unrecorded.join(", ")
             ));
         }
     }
-    let hold = test_hold_after_kill();
+    let hold = test_hold(TEST_HOLD_AFTER_KILL_ENV);
     let mut conn = Conn { console, session };
     let mut resumed_with_kill = Vec::new();
     for db in moved {
@@ -547,7 +643,7 @@ async fn kill_and_resume<C: Console>(
     }
     // A failed KILL may still have gone through (a lost answer), so it is resumed too:
     // "is not paused" then says it did not.
-    let mut to_resume = held_before.clone();
+    let mut to_resume = held_before.to_vec();
     for db in &ours {
         if !to_resume.contains(db) {
             to_resume.push(db.clone());
@@ -562,7 +658,7 @@ async fn kill_and_resume<C: Console>(
         .filter(|db| held_before.contains(db))
         .cloned()
         .collect();
-    r.warnings.extend(forget_held(state, &done).await);
+    r.warnings.extend(forget(state, &done, &r.reset).await);
     if let Some(e) = error.filter(|_| !left.is_empty()) {
         r.warnings.push(format!(
             "database(s) {} stay paused after KILL, RESUME failed: {e}; their new clients wait until it succeeds \
@@ -574,28 +670,38 @@ async fn kill_and_resume<C: Console>(
     r
 }
 
-/// Take resumed databases off the state file's `held` list; a warning if it cannot be written.
-async fn forget_held(state: &mut StateFile, done: &[String]) -> Option<String> {
-    if done.is_empty() {
+/// Take resumed databases off the state file's `held` list and reset ones off its
+/// `unreset` list, in one write; a warning if it cannot be written.
+async fn forget(state: &mut StateFile, resumed: &[String], reset: &[String]) -> Option<String> {
+    let listed = state.state();
+    if !resumed.iter().any(|d| listed.held.contains(d))
+        && !reset.iter().any(|d| listed.unreset.contains(d))
+    {
         return None;
     }
-    let done_ = done.to_vec();
+    let (resumed_, reset_) = (resumed.to_vec(), reset.to_vec());
     match state
-        .update(|s| s.held.retain(|d| !done_.contains(d)))
+        .update(|s| {
+            s.held.retain(|d| !resumed_.contains(d));
+            s.unreset.retain(|d| !reset_.contains(d));
+        })
         .await
     {
         Ok(()) => None,
         Err(e) => Some(format!(
-            "{e}; database(s) {} were resumed but the file still lists them, so a restarted rebouncer would RESUME them again",
-            done.join(", ")
+            "{e}; the file still lists database(s) {} as paused or to be reset, so a restarted rebouncer would \
+             send them KILL or RESUME again",
+            {
+                let mut all = resumed.to_vec();
+                all.extend(reset.iter().filter(|d| !resumed.contains(d)).cloned());
+                all.join(", ")
+            }
         )),
     }
 }
 
-fn test_hold_after_kill() -> Option<u64> {
-    std::env::var(TEST_HOLD_AFTER_KILL_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
+fn test_hold(env: &str) -> Option<u64> {
+    std::env::var(env).ok().and_then(|v| v.parse::<u64>().ok())
 }
 
 /// RESUME went through, or there was nothing to resume: "is not paused" (an earlier
@@ -1026,10 +1132,6 @@ mod tests {
             at_kill.contains("held appdb\n") && at_kill.contains("held other\n"),
             "{at_kill}"
         );
-        assert!(
-            t.fake.file_at("RELOAD").unwrap().is_empty(),
-            "nothing held before the KILL"
-        );
         assert!(t.fake.paused().is_empty());
         assert!(t.state.state().held.is_empty());
         assert!(!t.state_on_disk().contains("held"), "{}", t.state_on_disk());
@@ -1052,7 +1154,7 @@ mod tests {
         let w = done.resets.warnings.join("\n");
         assert!(
             w.contains("cannot write state file")
-                && w.contains("KILL of database(s) appdb, other goes ahead unrecorded"),
+                && w.contains("the switch of database(s) appdb, other goes ahead unrecorded"),
             "{w}"
         );
     }
@@ -1103,15 +1205,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_moves_is_recorded_before_the_reload_and_forgotten_after_kill_and_resume() {
+        let mut t = setup();
+        t.fake.watch_file(t.state.path().to_path_buf());
+        let db2 = t.db2.clone();
+        let done = t.switch(&db2, None).await.unwrap();
+        assert_eq!(done.resets.reset, names(&["appdb", "other"]));
+        // A rebouncer killed after the RELOAD finds both: KILL what may still have
+        // clients on the old server, RESUME what may still be paused.
+        let at_reload = t.fake.file_at("RELOAD").unwrap_or_default();
+        for line in [
+            "held appdb\n",
+            "held other\n",
+            "reset appdb\n",
+            "reset other\n",
+        ] {
+            assert!(at_reload.contains(line), "{line:?} missing:\n{at_reload}");
+        }
+        assert!(
+            !t.state_on_disk().contains("held "),
+            "{}",
+            t.state_on_disk()
+        );
+        assert!(
+            !t.state_on_disk().contains("reset "),
+            "{}",
+            t.state_on_disk()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_switch_that_moves_nothing_records_nothing() {
+        let mut t = setup();
+        let db1 = t.db1.clone();
+        t.fake.watch_file(t.state.path().to_path_buf());
+        let done = t.switch(&db1, None).await.unwrap();
+        assert!(done.resets.reset.is_empty());
+        assert_eq!(
+            t.fake.file_at("RELOAD").as_deref(),
+            Some(""),
+            "no state file written"
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_drops_databases_pgbouncer_no_longer_has() {
+        let mut t = setup();
+        t.state
+            .update(|s| s.must_reset(names(&["appdb", "dropped"])))
+            .await
+            .unwrap();
+        let r = reset(&t.fake, &mut t.state).await.unwrap();
+        assert_eq!(r.reset, names(&["appdb"]));
+        assert_eq!(t.fake.count("KILL"), 1);
+        assert!(t.state.state().unreset.is_empty());
+        assert!(t.fake.paused().is_empty());
+    }
+
+    #[tokio::test]
     async fn reset_sends_nothing_when_the_console_does_not_answer() {
         let mut t = setup();
-        t.fake.set_up(false);
-        let e = reset(&t.fake, &mut t.state, &names(&["appdb"]))
+        t.state
+            .update(|s| s.must_reset(names(&["appdb"])))
             .await
-            .unwrap_err();
+            .unwrap();
+        t.fake.set_up(false);
+        let e = reset(&t.fake, &mut t.state).await.unwrap_err();
         assert!(e.to_string().contains("connection refused"), "{e}");
         assert_eq!(t.fake.count("KILL"), 0);
         assert!(t.state.state().held.is_empty());
+        assert_eq!(
+            t.state.state().unreset,
+            names(&["appdb"]),
+            "kept for the next try"
+        );
     }
 
     #[tokio::test]
@@ -1133,15 +1300,30 @@ mod tests {
         // Its RESUME was tried anyway ("not paused": the KILL did not get through).
         assert!(t.state.state().held.is_empty());
         assert!(t.fake.paused().is_empty());
+        // A restarted rebouncer would know too.
+        assert!(
+            t.state_on_disk().contains("reset appdb\n"),
+            "{}",
+            t.state_on_disk()
+        );
+        assert!(
+            !t.state_on_disk().contains("reset other"),
+            "{}",
+            t.state_on_disk()
+        );
 
-        let again = reset(&t.fake, &mut t.state, &done.resets.not_reset)
-            .await
-            .unwrap();
+        let again = reset(&t.fake, &mut t.state).await.unwrap();
         assert_eq!(again.reset, names(&["appdb"]));
         assert!(again.not_reset.is_empty());
         assert_eq!(t.fake.count("KILL appdb"), 2);
         assert!(t.fake.paused().is_empty());
         assert!(t.state.state().held.is_empty());
+        assert!(t.state.state().unreset.is_empty());
+        assert!(
+            !t.state_on_disk().contains("reset "),
+            "{}",
+            t.state_on_disk()
+        );
     }
 
     #[tokio::test]

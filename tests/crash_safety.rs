@@ -79,3 +79,66 @@ fn a_rebouncer_killed_between_kill_and_resume_is_cleaned_up_by_the_next_one() {
         !held().contains("held ")
     });
 }
+
+/// TEST-ONLY hook of src/switch.rs (`switch::TEST_HOLD_AFTER_RELOAD_ENV`): how long a switch
+/// waits between its confirmed `RELOAD` and its `KILL`s.
+const HOLD_AFTER_RELOAD: &str = "REBOUNCER_TEST_HOLD_AFTER_RELOAD_MS";
+
+/// pg2 is promoted while pg1 runs on: pg1 is a stale primary, and a session client through
+/// PgBouncer is still writing to it. The switch to pg2 records appdb as to be reset before
+/// its `RELOAD`; rebouncer is killed after the `RELOAD` and before the `KILL`. PgBouncer then
+/// routes new clients to pg2, so nothing looks wrong, but the session client stays on the
+/// stale primary. The next rebouncer reads the record and `KILL`s it off.
+#[test]
+fn a_rebouncer_killed_between_reload_and_kill_has_the_next_one_kill() {
+    // Already on pg1, so the start-up needs no switch that the hook would hold.
+    let c = Cluster::start(Opts::default().standbys(1).link(Link::Node(1)));
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let state = c.root().join("rebouncer.state");
+    let file = || fs::read_to_string(&state).unwrap_or_default();
+
+    let mut cmd = c.daemon_cmd(&cfg);
+    cmd.env.push((HOLD_AFTER_RELOAD.into(), "600000".into()));
+    let mut d = cmd.start();
+    d.wait_for(SHORT, "PgBouncer on pg1 and a write landing there", |_| {
+        c.bouncer_target_node() == Some(1) && c.bouncer_write("before") == Ok(1)
+    });
+
+    assert!(!d.log().contains("after RELOAD before KILL"), "{}", d.log());
+    std::thread::scope(|s| {
+        // A session client on pg1 (session pooling): its server connection is pg1's until
+        // it disconnects or PgBouncer drops it.
+        let session = s.spawn(|| {
+            let at = std::time::Instant::now();
+            let r =
+                c.bouncer_query_timeout("appdb", "SELECT pg_sleep(60)", Duration::from_secs(90));
+            (r, at.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        c.promote(2);
+        d.wait_log(SHORT, "holding 600000 ms after RELOAD before KILL");
+        assert_eq!(c.bouncer_target_node(), Some(2), "RELOAD went through");
+        let listed = file();
+        assert!(
+            listed.contains("reset appdb\n") && listed.contains("reset postgres\n"),
+            "{listed}"
+        );
+        d.kill9();
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!session.is_finished(), "the session client is still on pg1");
+
+        let mut d = c.daemon(&cfg);
+        d.wait_log(SHORT, "as moved to a new server but not yet KILLed");
+        d.wait_for(SHORT, "the state file no longer listing them", |_| {
+            !file().contains("reset ") && !file().contains("held ")
+        });
+        let (r, took) = session.join().unwrap();
+        assert!(
+            r.is_err() && took < Duration::from_secs(40),
+            "the session on the stale pg1 should have been dropped: {r:?} after {took:?}\n{}",
+            d.log()
+        );
+        assert_eq!(c.bouncer_write("after").unwrap(), 2);
+        assert_eq!(c.bouncer_target_node(), Some(2));
+    });
+}

@@ -115,6 +115,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rebouncer_pgbouncer_on_master", "gauge"),
     ("rebouncer_pgbouncer_databases_paused", "gauge"),
     ("rebouncer_pgbouncer_databases_held", "gauge"),
+    ("rebouncer_pgbouncer_databases_unreset", "gauge"),
     ("rebouncer_drift", "gauge"),
     ("rebouncer_failover_pause", "gauge"),
     ("rebouncer_failover_pause_start_timestamp_seconds", "gauge"),
@@ -258,6 +259,7 @@ fn metrics_json_and_events_when_healthy_after_a_failover_and_in_split_brain() {
     m.is("rebouncer_waiting_for_pgbouncer", 0.0);
     m.is("rebouncer_pgbouncer_databases_paused{by=other}", 0.0);
     m.is("rebouncer_pgbouncer_databases_held", 0.0);
+    m.is("rebouncer_pgbouncer_databases_unreset", 0.0);
     // The symlink started on pg2's config.
     m.is("rebouncer_switches_total{reason=failover}", 1.0);
     m.is("rebouncer_switches_total{reason=drift}", 0.0);
