@@ -427,6 +427,13 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
     if let Some(e) = &s.state_error {
         return format!("WARNING: {e}");
     }
+    // The file on disk is what the next start reads: left broken, a reboot stops rebouncer.
+    if let Some((r, e)) = s.reload.as_ref().and_then(|r| Some((r, r.error.as_ref()?))) {
+        return format!(
+            "WARNING: configuration reload at {} refused, the running configuration stays but a restart would fail: {e}",
+            local(r.at)
+        );
+    }
     let oldest = s.nodes.iter().filter_map(|n| n.last_check).min();
     if let Some(oldest) = oldest {
         let age = now.duration_since(oldest).unwrap_or_default();
@@ -859,6 +866,34 @@ mod tests {
             render_nagios(&s, SystemTime::now()),
             "OK: 1 master (db1, PgBouncer points at it), 2 standbys"
         );
+    }
+
+    #[test]
+    fn a_refused_reload_is_a_warning_until_a_reload_succeeds() {
+        let mut s = snap(
+            &[("db1", Some(Master)), ("db2", Some(Standby))],
+            Some("db1"),
+        );
+        s.reload = Some(ReloadStatus {
+            at: SystemTime::now(),
+            error: Some("config error in /etc/rebouncer.ini line 3: ...".into()),
+            changes: Vec::new(),
+            not_applied: Vec::new(),
+        });
+        let n = render_nagios(&s, SystemTime::now());
+        assert!(
+            n.starts_with("WARNING: configuration reload at ")
+                && n.ends_with(
+                    "refused, the running configuration stays but a restart would fail: config error in /etc/rebouncer.ini line 3: ..."
+                ),
+            "{n}"
+        );
+        // Worse news still comes first.
+        s.nodes[0].state = Some(Down);
+        assert!(render_nagios(&s, SystemTime::now()).starts_with("CRITICAL: no master"));
+        s.nodes[0].state = Some(Master);
+        s.reload.as_mut().unwrap().error = None;
+        assert!(render_nagios(&s, SystemTime::now()).starts_with("OK"));
     }
 
     #[test]

@@ -205,7 +205,15 @@ fn sighup_with_a_bad_config_is_refused_and_the_old_one_keeps_running() {
     // The old configuration keeps running: three servers, rounds every second.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(nodes(&d), before);
-    assert!(nagios(&d).starts_with("OK"), "{}", nagios(&d));
+    // The broken file would stop the next start: the monitoring says so.
+    let n = nagios(&d);
+    assert!(
+        n.starts_with("WARNING: configuration reload at ")
+            && n.contains(
+                "refused, the running configuration stays but a restart would fail: config error"
+            ),
+        "{n}"
+    );
     assert_eq!(c.symlink_node(), Some(1));
     assert!(!monitor_backends(&c, 3).is_empty(), "pg3 still monitored");
 
@@ -219,6 +227,7 @@ fn sighup_with_a_bad_config_is_refused_and_the_old_one_keeps_running() {
         metric(&d, "rebouncer_config_last_reload_successful").as_deref(),
         Some("1")
     );
+    d.wait_for(SHORT, "/nagios OK again", |d| nagios(d).starts_with("OK"));
 }
 
 #[test]
