@@ -384,3 +384,93 @@ fn a_pause_that_cannot_complete_is_given_up_and_resumed() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// Two standbys promoted while clients are held: a split brain is no master to switch to,
+/// so the clients are released to their errors at once instead of waiting out
+/// pause_timeout, and PgBouncer stays on pg1's config. (rebouncer is stopped with SIGSTOP
+/// while both promote, so that it cannot see one master before the other.)
+#[test]
+fn a_split_brain_while_paused_releases_the_clients_without_a_switch() {
+    let c = Cluster::start(Opts::default().standbys(2).pool_mode("transaction"));
+    let cfg = c.write_rebouncer_config(2, 2, "pause_on_failover=on\npause_timeout=60");
+    let mut d = c.daemon(&cfg);
+    d.wait_for(SHORT, "PgBouncer on pg1, /nagios OK", |d| {
+        c.bouncer_target_node() == Some(1) && nagios(d).starts_with("OK")
+    });
+    c.stop_fast(1);
+    d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));
+    d.signal("STOP").unwrap();
+    let promoted = std::panic::catch_unwind(|| {
+        c.promote(2);
+        c.promote(3);
+    });
+    d.signal("CONT").unwrap();
+    if let Err(p) = promoted {
+        std::panic::resume_unwind(p);
+    }
+    let released = Instant::now();
+    d.wait_for(SHORT, "resumed", |_| none_paused(&c));
+    assert!(
+        released.elapsed() < Duration::from_secs(10),
+        "released {:?} after the split brain, not at once",
+        released.elapsed()
+    );
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("ended after")
+            && l.contains("split brain (pg2, pg3): no switch until it is resolved")),
+        "{log}"
+    );
+    assert_eq!(c.bouncer_target_node(), Some(1), "no switch\n{log}");
+    assert_eq!(c.symlink_node(), Some(1));
+    let state = fs::read_to_string(c.root().join("rebouncer.state")).unwrap_or_default();
+    assert!(!state.contains("held "), "{state}");
+    let n = nagios(&d);
+    assert!(
+        n.starts_with("CRITICAL") && n.contains("split brain"),
+        "{n}"
+    );
+}
+
+/// The admin connection that sent PAUSE breaks (a firewall, a network path) while
+/// PgBouncer itself runs on, paused. rebouncer logs in again and ends the pause with the
+/// switch once pg2 is promoted.
+#[test]
+fn a_broken_admin_connection_while_paused_is_replaced_and_the_pause_still_ends() {
+    let c = Cluster::start(Opts::default().standbys(1).pool_mode("transaction"));
+    let proxy = common::Proxy::start(c.bouncer_port());
+    let cfg = c.write_rebouncer_config(2, 2, "pause_on_failover=on\npause_timeout=30");
+    let text = fs::read_to_string(&cfg).unwrap();
+    let via_proxy = text.replacen(
+        &format!("port={}", c.bouncer_port()),
+        &format!("port={}", proxy.port),
+        1,
+    );
+    assert_ne!(text, via_proxy);
+    fs::write(&cfg, via_proxy).unwrap();
+    let mut d = c.daemon(&cfg);
+    d.wait_for(SHORT, "PgBouncer on pg1, /nagios OK", |d| {
+        c.bouncer_target_node() == Some(1) && nagios(d).starts_with("OK")
+    });
+    c.stop_fast(1);
+    d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));
+    let before = proxy.accepted();
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(both_paused(&c), "the pause outlives the admin connection");
+    c.promote(2);
+    d.wait_for(SHORT, "switched to pg2 and resumed", |_| {
+        c.bouncer_target_node() == Some(2) && none_paused(&c)
+    });
+    assert!(proxy.accepted() > before, "rebouncer logged in again");
+    assert_eq!(c.bouncer_write("after").unwrap(), 2);
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l
+            .contains("pause of database(s) postgres, appdb in PgBouncer ended after")
+            && l.contains("switched to pg2")),
+        "{log}"
+    );
+    let state = fs::read_to_string(c.root().join("rebouncer.state")).unwrap_or_default();
+    assert!(!state.contains("held "), "{state}");
+}

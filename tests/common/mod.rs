@@ -2437,3 +2437,66 @@ pub fn http_request(addr: &str, method: &str, path: &str) -> Result<(u16, String
         .ok_or_else(|| format!("bad HTTP response: {head:?}"))?;
     Ok((code, head.to_string(), body.to_string()))
 }
+
+/// A loopback TCP forwarder to `127.0.0.1:target`, for cutting a daemon's connections
+/// without restarting what is behind them (a broken network path, a firewall's idle
+/// timeout). New connections are forwarded as long as the proxy lives.
+pub struct Proxy {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Proxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (o, a) = (open.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                a.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                };
+                if let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) {
+                    o.lock().unwrap().extend([c3, s3]);
+                    pipe(c2, s2);
+                    pipe(server, client);
+                }
+            }
+        });
+        Proxy {
+            port,
+            open,
+            accepted,
+        }
+    }
+
+    /// Breaks every connection made so far, both ways.
+    pub fn cut(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Connections accepted since the start.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
