@@ -3355,7 +3355,21 @@ mod tests {
                 .contains("pg9.ini does not exist")
         );
         assert_eq!(w.names(), ["pg1", "pg2"]);
-        w.during(S(4), |w| w.nagios().starts_with("OK"), "still running")
+        // Still running and switching as before; /nagios warns that the file on disk is
+        // broken (the next start would stop on it).
+        w.during(
+            S(4),
+            |w| {
+                w.routed() == Some(1)
+                    && w.nagios().starts_with("WARNING: configuration reload at ")
+                    && w.nagios().contains("pg9.ini does not exist")
+            },
+            "still running",
+        )
+        .await;
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.until(S(3), |w| w.routed() == Some(2), "a failover still followed")
             .await;
         w.stop().await;
     }
