@@ -1926,6 +1926,11 @@ impl<C: Console> Daemon<C> {
             warn!("{w}");
         }
         self.cfg = new;
+        if let Some(h) = &mut self.hold {
+            // A pause under way is measured against the new limit from when it began:
+            // an operator who shortens pause_timeout during an outage means now.
+            h.deadline = h.started + self.cfg.pause_timeout;
+        }
         if active_removed {
             // The switch goes through the normal, confirmed path at the next round.
             self.believed = Believed {
@@ -2920,6 +2925,26 @@ mod tests {
                 .starts_with("WARNING: 1 server down (pg1); 1 master (pg2)"),
             "{}",
             w.nagios()
+        );
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_shortens_pause_timeout_applies_to_the_pause_under_way() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        paused_after_pg1_is_lost(&w).await;
+        w.reload("pause_on_failover=on\npause_timeout=3\n", &w.lines(&[1, 2]))
+            .await;
+        w.until(
+            S(4),
+            |w| w.bouncer.paused().is_empty(),
+            "released at the new pause_timeout, not the old 10 s",
+        )
+        .await;
+        assert!(
+            last_hold_outcome(&w).is_some_and(|o| o.contains("pause_timeout (3 s)")),
+            "{:?}",
+            last_hold_outcome(&w)
         );
         w.stop().await;
     }
