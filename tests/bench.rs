@@ -757,6 +757,8 @@ fn bench_pause_through_failover() {
         for pause in [false, true] {
             let mut total = LedgerRun::default();
             let mut runs = 0;
+            // Per run: without pausing the count depends on a race inside PgBouncer.
+            let mut each_after_gone = Vec::new();
             for _ in 0..n {
                 let Some(r) = ledger_failover(pause, l) else {
                     continue;
@@ -766,6 +768,7 @@ fn bench_pause_through_failover() {
                 total.failed_tx += r.failed_tx;
                 total.failed_logins += r.failed_logins;
                 total.failed_after_gone += r.failed_after_gone;
+                each_after_gone.push(r.failed_after_gone.to_string());
                 total.longest = total.longest.max(r.longest);
                 total.outage = total.outage.max(r.outage);
                 total.lost += r.lost;
@@ -776,13 +779,14 @@ fn bench_pause_through_failover() {
                 }
             }
             println!(
-                "  {:31} pausing {:3}: {runs} runs, {:5} transactions, failed: {:4} tx + {:3} logins, {:4} after gone | longest wait {:5} ms (no primary for {:5} ms) | lost {}{}",
+                "  {:31} pausing {:3}: {runs} runs, {:5} transactions, failed: {:4} tx + {:3} logins, {:4} after gone ({}) | longest wait {:5} ms (no primary for {:5} ms) | lost {}{}",
                 l.label(),
                 if pause { "on" } else { "off" },
                 total.attempts,
                 total.failed_tx,
                 total.failed_logins,
                 total.failed_after_gone,
+                each_after_gone.join(", "),
                 total.longest.as_millis(),
                 total.outage.as_millis(),
                 total.lost,
