@@ -784,7 +784,9 @@ impl<C: Console> Daemon<C> {
             if let Some((why, how)) = self.hold_over(&decision) {
                 self.end_hold(&why, how).await;
             }
-            if !self.state.state().unreset.is_empty() {
+            // Not while clients are held: a reset RESUMEs what the state file lists as
+            // held, which would end the pause; the KILL waits for the pause to end.
+            if self.hold.is_none() && !self.state.state().unreset.is_empty() {
                 self.reset_not_reset().await;
             }
             if self.hold.is_none() && !self.state.state().held.is_empty() {
@@ -2846,6 +2848,55 @@ mod tests {
     }
 
     const PAUSING: &str = "pause_on_failover=on\npause_timeout=10\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kill_still_failing_does_not_end_a_pause() {
+        let w = world_with(
+            &[Master(1), Standby(1), Standby(1)],
+            1,
+            State::default(),
+            PAUSING,
+        )
+        .await;
+        w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
+            .await;
+        w.bouncer.fail("KILL", Some("permission denied"));
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.set(3, Standby(2));
+        w.until(
+            S(3),
+            |w| w.routed() == Some(2) && w.nagios().contains("KILL failing"),
+            "switched to pg2 with its KILL failing",
+        )
+        .await;
+        // pg2 is lost in turn: clients are held, and the failing KILL's retry must not
+        // RESUME them.
+        w.set(2, Down);
+        w.until(S(3), |w| w.bouncer.paused() == ["appdb"], "appdb paused")
+            .await;
+        w.during(
+            S(4),
+            |w| w.bouncer.paused() == ["appdb"],
+            "held while there is no master",
+        )
+        .await;
+        w.bouncer.fail("KILL", None);
+        w.set(3, Master(3));
+        w.until(
+            S(3),
+            |w| w.routed() == Some(3) && w.bouncer.paused().is_empty(),
+            "switched to pg3 and resumed",
+        )
+        .await;
+        w.until(
+            S(5),
+            |w| !w.nagios().contains("KILL failing"),
+            "the old KILL through once the pause is over",
+        )
+        .await;
+        w.stop().await;
+    }
 
     fn held_in_file(w: &World) -> Vec<String> {
         StateFile::load(&w.root.join("rebouncer.state"))
