@@ -390,10 +390,6 @@ fn check(args: &[&str]) -> (Option<i32>, String) {
     (code, out)
 }
 
-fn nagios(d: &Daemon) -> String {
-    d.http_get("/nagios").unwrap_or_default()
-}
-
 /// Runs the plugin with both URL forms, with and without `-t 5`, and checks the exit code
 /// and that it printed the daemon's line.
 fn check_all_forms(d: &Daemon, want_code: i32, want_prefix: &str) {
@@ -422,7 +418,7 @@ fn nagios_plugin_exit_codes_follow_the_daemon_state() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    d.wait_for(SHORT, "OK on /nagios", |d| nagios(d).starts_with("OK"));
+    d.wait_for(SHORT, "OK on /nagios", |d| d.nagios().starts_with("OK"));
 
     check_all_forms(
         &d,
@@ -432,7 +428,7 @@ fn nagios_plugin_exit_codes_follow_the_daemon_state() {
 
     c.stop_fast(3);
     d.wait_for(SHORT, "WARNING on /nagios", |d| {
-        nagios(d).starts_with("WARNING")
+        d.nagios().starts_with("WARNING")
     });
     check_all_forms(
         &d,
@@ -442,7 +438,7 @@ fn nagios_plugin_exit_codes_follow_the_daemon_state() {
 
     c.stop_fast(1);
     d.wait_for(SHORT, "CRITICAL on /nagios", |d| {
-        nagios(d).starts_with("CRITICAL")
+        d.nagios().starts_with("CRITICAL")
     });
     check_all_forms(&d, 2, "CRITICAL: no master (1 standby, 2 down)");
 }

@@ -17,18 +17,6 @@ const SHORT: Duration = Duration::from_secs(20);
 /// switch waits between its `KILL`s and its `RESUME`s.
 const HOLD_AFTER_KILL: &str = "REBOUNCER_TEST_HOLD_AFTER_KILL_MS";
 
-/// The `paused` column of `SHOW DATABASES` for `db` ("1" or "0"; "" when unknown).
-fn paused(c: &Cluster, db: &str) -> String {
-    let Ok(rows) = c.admin("SHOW DATABASES") else {
-        return String::new();
-    };
-    rows.lines()
-        .find(|l| l.split('|').next() == Some(db))
-        .and_then(|row| row.split('|').nth(11))
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn a_rebouncer_killed_between_kill_and_resume_is_cleaned_up_by_the_next_one() {
     let c = Cluster::start(Opts::default().link(Link::Node(1)));
@@ -48,8 +36,8 @@ fn a_rebouncer_killed_between_kill_and_resume_is_cleaned_up_by_the_next_one() {
         SHORT,
         "appdb and postgres KILLed by the switch to pg2, and listed as held in the state file",
         |_| {
-            paused(&c, "appdb") == "1"
-                && paused(&c, "postgres") == "1"
+            c.paused("appdb") == "1"
+                && c.paused("postgres") == "1"
                 && held().contains("held appdb\n")
                 && held().contains("held postgres\n")
         },
@@ -61,7 +49,7 @@ fn a_rebouncer_killed_between_kill_and_resume_is_cleaned_up_by_the_next_one() {
     // only: the held client makes PgBouncer start a server login that the pause closes,
     // and PgBouncer then delays that database's next logins by server_login_retry, 15 s.)
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(paused(&c, "appdb"), "1");
+    assert_eq!(c.paused("appdb"), "1");
     assert!(
         c.bouncer_query_timeout("postgres", "SELECT 1", Duration::from_secs(2))
             .is_err(),
@@ -72,7 +60,7 @@ fn a_rebouncer_killed_between_kill_and_resume_is_cleaned_up_by_the_next_one() {
     d.wait_for(
         SHORT,
         "appdb and postgres resumed by the restarted rebouncer",
-        |_| paused(&c, "appdb") == "0" && paused(&c, "postgres") == "0",
+        |_| c.paused("appdb") == "0" && c.paused("postgres") == "0",
     );
     assert_eq!(c.bouncer_write("after").unwrap(), 2);
     d.wait_for(SHORT, "the state file no longer listing them", |_| {

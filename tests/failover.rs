@@ -13,23 +13,12 @@ fn nodes(d: &common::Daemon) -> String {
     d.http_get("/nodes").unwrap_or_default()
 }
 
-fn nagios(d: &common::Daemon) -> String {
-    d.http_get("/nagios").unwrap_or_default()
-}
-
 /// Runs `body`, then `cleanup` even if `body` panicked (a stopped server must be resumed
 /// before the failure is reported, or the teardown waits on it).
 fn finally<T>(body: impl FnOnce() -> T, cleanup: impl FnOnce()) -> T {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
     cleanup();
     r.unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
-/// The daemon is running, has pointed PgBouncer at pg1 and confirmed it.
-fn settled_on_pg1(c: &Cluster, d: &mut common::Daemon) {
-    d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |d| {
-        c.symlink_node() == Some(1) && nagios(d).starts_with("OK")
-    });
 }
 
 #[test]
@@ -39,13 +28,13 @@ fn at_start_up_pgbouncer_is_pointed_at_the_primary() {
     assert!(c.bouncer_write("before").is_err(), "pg2 is a standby");
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
 
     assert_eq!(c.bouncer_target_node(), Some(1));
     assert_eq!(c.bouncer_write("after").unwrap(), 1);
     assert_eq!(nodes(&d), "pg1: master\npg2: standby\npg3: standby\n");
     assert_eq!(
-        nagios(&d).trim(),
+        d.nagios().trim(),
         "OK: 1 master (pg1, PgBouncer points at it), 2 standbys"
     );
     let root = d.http_get("/").unwrap();
@@ -69,7 +58,7 @@ fn failover_is_followed_and_writes_land_on_the_new_primary() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
 
     c.stop_fast(1);
     let promoted = Instant::now();
@@ -87,7 +76,7 @@ fn failover_is_followed_and_writes_land_on_the_new_primary() {
     d.wait_for(SHORT, "/nodes to show the new roles", |d| {
         nodes(d) == "pg1: down\npg2: master\npg3: standby\n"
     });
-    let text = nagios(&d);
+    let text = d.nagios();
     assert!(
         text.starts_with("WARNING: 1 server down (pg1); 1 master (pg2)"),
         "{text}"
@@ -106,7 +95,7 @@ fn failover_is_followed_without_waiting_for_the_interval() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(30, 3, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
 
     c.stop_fast(1);
     let promoted = Instant::now();
@@ -134,7 +123,7 @@ fn old_primary_coming_back_is_refused_as_a_stale_primary() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     c.stop_fast(1);
     c.promote(2);
     d.wait_for(SHORT, "switch to pg2", |_| {
@@ -144,7 +133,7 @@ fn old_primary_coming_back_is_refused_as_a_stale_primary() {
     // The old primary restarts as it was: a second master, on the old timeline.
     c.start_node(1);
     d.wait_for(SHORT, "stale primary on /nagios", |d| {
-        nagios(d).starts_with(
+        d.nagios().starts_with(
             "CRITICAL: stale primary pg1 (timeline 1, the cluster is on 2) accepts connections",
         )
     });
@@ -182,7 +171,7 @@ fn old_primary_coming_back_is_refused_as_a_stale_primary() {
     d.wait_log(SHORT, "stale primary pg1 no longer answers as master");
     assert_eq!(c.symlink_node(), Some(2));
     d.wait_for(SHORT, "/nagios back to a warning", |d| {
-        nagios(d).starts_with("WARNING: 1 server down (pg1)")
+        d.nagios().starts_with("WARNING: 1 server down (pg1)")
     });
 }
 
@@ -192,7 +181,7 @@ fn two_standbys_promoted_from_one_primary_are_split_brain() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     c.stop_fast(1);
     c.promote(2);
     d.wait_for(SHORT, "switch to pg2", |_| {
@@ -200,7 +189,8 @@ fn two_standbys_promoted_from_one_primary_are_split_brain() {
     });
     c.promote(3);
     d.wait_for(SHORT, "split brain on /nagios", |d| {
-        nagios(d).starts_with("CRITICAL: split brain: 2 masters (pg2, pg3)")
+        d.nagios()
+            .starts_with("CRITICAL: split brain: 2 masters (pg2, pg3)")
     });
     let logins = c.monitor_logins(2);
     std::thread::sleep(Duration::from_secs(4));
@@ -232,11 +222,12 @@ fn with_no_master_pgbouncer_is_left_alone() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
 
     c.stop_fast(1);
     d.wait_for(SHORT, "no master on /nagios", |d| {
-        nagios(d).starts_with("CRITICAL: no master (2 standbys, 1 down)")
+        d.nagios()
+            .starts_with("CRITICAL: no master (2 standbys, 1 down)")
     });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.symlink_node(), Some(1));
@@ -256,7 +247,10 @@ fn with_no_master_pgbouncer_is_left_alone() {
         nodes(d) == "pg1: down\npg2: down\npg3: down\n"
     });
     assert_eq!(c.symlink_node(), Some(1));
-    assert!(nagios(&d).starts_with("CRITICAL: no master (0 standbys, 3 down)"));
+    assert!(
+        d.nagios()
+            .starts_with("CRITICAL: no master (0 standbys, 3 down)")
+    );
 }
 
 #[test]
@@ -264,7 +258,7 @@ fn a_hung_server_is_down_within_the_timeout_and_holds_up_nothing() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     let fds_before = open_fds(d.pid());
 
     // pg3's processes stop: its port accepts, nothing answers.
@@ -305,7 +299,7 @@ fn a_hung_primary_is_replaced_by_the_promoted_standby() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
 
     c.sigstop(1);
     d.wait_for(SHORT, "pg1 down", |d| nodes(d).contains("pg1: down"));
@@ -317,7 +311,7 @@ fn a_hung_primary_is_replaced_by_the_promoted_standby() {
     c.sigcont(1);
     // pg1 comes back as a master beside pg2, on the old timeline: refused.
     d.wait_for(SHORT, "stale primary", |d| {
-        nagios(d).starts_with("CRITICAL: stale primary pg1")
+        d.nagios().starts_with("CRITICAL: stale primary pg1")
     });
     assert_eq!(c.symlink_node(), Some(2));
 }
@@ -330,7 +324,7 @@ fn a_master_whose_postmaster_hangs_is_flagged_and_never_followed_back() {
     let c = Cluster::start(Opts::default().standbys(1).link(common::Link::Node(1)));
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
 
     let postmaster = c.postmaster_pid(1).expect("pg1 postmaster pid");
     common::signal(&postmaster.to_string(), "STOP").unwrap();
@@ -357,7 +351,7 @@ fn clients_are_not_held_back_by_failed_logins_to_the_old_primary() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     assert!(
         !c.node_file(1).exists()
             || !std::fs::read_to_string(c.node_file(1))
@@ -418,7 +412,7 @@ fn a_config_shaped_like_the_go_sample_follows_a_failover() {
     let cfg = c.write_file("rebouncer.ini", &text);
     // The daemon runs in the cluster directory, so the relative paths resolve there.
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     assert!(c.symlink_target().is_absolute());
     assert_eq!(c.bouncer_write("go-sample before").unwrap(), 1);
 
@@ -439,7 +433,7 @@ fn a_hung_primary_is_noticed_between_rounds() {
     let c = Cluster::start(Opts::default().standbys(1).link(common::Link::Node(1)));
     let cfg = c.write_rebouncer_config(30, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     // Past the fast rounds that follow the start-up switch: from here on, rounds are
     // 30 s apart.
     std::thread::sleep(Duration::from_secs(2));

@@ -14,24 +14,12 @@ const SHORT: Duration = Duration::from_secs(30);
 /// How long the HA manager takes to promote in these tests.
 const GAP: Duration = Duration::from_secs(3);
 
-/// The `paused` column of `SHOW DATABASES` for `db` ("1" or "0"; "" when unknown).
-fn paused(c: &Cluster, db: &str) -> String {
-    let Ok(rows) = c.admin("SHOW DATABASES") else {
-        return String::new();
-    };
-    rows.lines()
-        .find(|l| l.split('|').next() == Some(db))
-        .and_then(|row| row.split('|').nth(11))
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn both_paused(c: &Cluster) -> bool {
-    paused(c, "appdb") == "1" && paused(c, "postgres") == "1"
+    c.paused("appdb") == "1" && c.paused("postgres") == "1"
 }
 
 fn none_paused(c: &Cluster) -> bool {
-    paused(c, "appdb") == "0" && paused(c, "postgres") == "0"
+    c.paused("appdb") == "0" && c.paused("postgres") == "0"
 }
 
 /// PgBouncer's `server_login_retry` as `SHOW CONFIG` gives it.
@@ -45,10 +33,6 @@ fn login_retry(c: &Cluster) -> String {
         .to_string()
 }
 
-fn nagios(d: &Daemon) -> String {
-    d.http_get("/nagios").unwrap_or_default()
-}
-
 /// pg1 primary, pg2 standby, PgBouncer in transaction pooling, the daemon (interval 2 s,
 /// timeout 2 s, `extra` in `[global]`) settled on pg1.
 fn settled(extra: &str) -> (Cluster, Daemon) {
@@ -58,7 +42,7 @@ fn settled(extra: &str) -> (Cluster, Daemon) {
     d.wait_for(SHORT, "PgBouncer on pg1 and a write landing there", |_| {
         c.bouncer_target_node() == Some(1) && c.bouncer_write("before") == Ok(1)
     });
-    d.wait_for(SHORT, "/nagios OK", |d| nagios(d).starts_with("OK"));
+    d.wait_for(SHORT, "/nagios OK", |d| d.nagios().starts_with("OK"));
     (c, d)
 }
 
@@ -222,7 +206,7 @@ fn without_pausing_nothing_is_paused_through_a_failover() {
         let sampler = s.spawn(|| {
             let mut seen = Vec::new();
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                seen.push(paused(&c, "appdb"));
+                seen.push(c.paused("appdb"));
                 std::thread::sleep(Duration::from_millis(100));
             }
             seen
@@ -251,7 +235,7 @@ fn sigterm_while_paused_resumes_before_the_process_exits() {
     let (c, mut d) = settled("pause_on_failover=on\npause_timeout=60");
     c.stop_fast(1);
     d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));
-    let n = nagios(&d);
+    let n = d.nagios();
     assert!(
         n.starts_with("WARNING: database(s) postgres, appdb paused by rebouncer"),
         "{n}"
@@ -341,9 +325,9 @@ fn without_a_promotion_clients_are_released_after_pause_timeout_and_get_errors()
         "{text}"
     );
     assert!(
-        nagios(&d).starts_with("CRITICAL: no master"),
+        d.nagios().starts_with("CRITICAL: no master"),
         "{}",
-        nagios(&d)
+        d.nagios()
     );
 }
 
@@ -399,7 +383,7 @@ fn a_split_brain_while_paused_releases_the_clients_without_a_switch() {
     let cfg = c.write_rebouncer_config(2, 2, "pause_on_failover=on\npause_timeout=60");
     let mut d = c.daemon(&cfg);
     d.wait_for(SHORT, "PgBouncer on pg1, /nagios OK", |d| {
-        c.bouncer_target_node() == Some(1) && nagios(d).starts_with("OK")
+        c.bouncer_target_node() == Some(1) && d.nagios().starts_with("OK")
     });
     c.stop_fast(1);
     d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));
@@ -429,7 +413,7 @@ fn a_split_brain_while_paused_releases_the_clients_without_a_switch() {
     assert_eq!(c.symlink_node(), Some(1));
     let state = fs::read_to_string(c.root().join("rebouncer.state")).unwrap_or_default();
     assert!(!state.contains("held "), "{state}");
-    let n = nagios(&d);
+    let n = d.nagios();
     assert!(
         n.starts_with("CRITICAL") && n.contains("split brain"),
         "{n}"
@@ -454,7 +438,7 @@ fn a_broken_admin_connection_while_paused_is_replaced_and_the_pause_still_ends()
     fs::write(&cfg, via_proxy).unwrap();
     let mut d = c.daemon(&cfg);
     d.wait_for(SHORT, "PgBouncer on pg1, /nagios OK", |d| {
-        c.bouncer_target_node() == Some(1) && nagios(d).starts_with("OK")
+        c.bouncer_target_node() == Some(1) && d.nagios().starts_with("OK")
     });
     c.stop_fast(1);
     d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));

@@ -10,10 +10,6 @@ use common::{Cluster, Opts};
 
 const SHORT: Duration = Duration::from_secs(20);
 
-fn nagios(d: &common::Daemon) -> String {
-    d.http_get("/nagios").unwrap_or_default()
-}
-
 #[test]
 fn waits_for_pgbouncer_at_start_up_then_switches() {
     let c = Cluster::start(Opts::default().bouncer(false));
@@ -21,7 +17,8 @@ fn waits_for_pgbouncer_at_start_up_then_switches() {
     let mut d = c.daemon(&cfg);
 
     d.wait_for(SHORT, "waiting for PgBouncer on /nagios", |d| {
-        nagios(d).starts_with("CRITICAL: waiting for PgBouncer's admin console at 127.0.0.1:")
+        d.nagios()
+            .starts_with("CRITICAL: waiting for PgBouncer's admin console at 127.0.0.1:")
     });
     let root = d.http_get("/").unwrap();
     assert!(root.contains("State: waiting for PgBouncer"), "{root}");
@@ -36,7 +33,7 @@ fn waits_for_pgbouncer_at_start_up_then_switches() {
     d.wait_for(
         Duration::from_secs(30),
         "switch to pg1 once PgBouncer is up",
-        |d| c.symlink_node() == Some(1) && nagios(d).starts_with("OK"),
+        |d| c.symlink_node() == Some(1) && d.nagios().starts_with("OK"),
     );
     assert_eq!(c.bouncer_write("after start").unwrap(), 1);
 }
@@ -47,14 +44,14 @@ fn switch_is_retried_after_pgbouncer_returns() {
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
     d.wait_for(SHORT, "initial switch to pg1", |d| {
-        c.symlink_node() == Some(1) && nagios(d).starts_with("OK")
+        c.symlink_node() == Some(1) && d.nagios().starts_with("OK")
     });
 
     c.bouncer_stop();
     c.stop_fast(1);
     c.promote(2);
     d.wait_for(SHORT, "the failed switch on /nagios", |d| {
-        let n = nagios(d);
+        let n = d.nagios();
         n.starts_with("CRITICAL: PgBouncer points at pg1 but the master is pg2")
             && n.contains("switch failing since")
     });
@@ -66,7 +63,7 @@ fn switch_is_retried_after_pgbouncer_returns() {
     d.wait_for(
         SHORT,
         "the switch to complete once PgBouncer is back",
-        |d| c.symlink_node() == Some(2) && nagios(d).starts_with("WARNING: 1 server down (pg1)"),
+        |d| c.symlink_node() == Some(2) && d.nagios().starts_with("WARNING: 1 server down (pg1)"),
     );
     assert_eq!(c.bouncer_write("after return").unwrap(), 2);
 }
@@ -83,7 +80,7 @@ fn switch_is_retried_when_the_symlink_directory_becomes_writable() {
     }
     let mut d = cmd.start();
     d.wait_for(SHORT, "initial switch to pg1", |d| {
-        c.symlink_node() == Some(1) && nagios(d).starts_with("OK")
+        c.symlink_node() == Some(1) && d.nagios().starts_with("OK")
     });
 
     let dir = c.root().to_path_buf();
@@ -91,7 +88,7 @@ fn switch_is_retried_when_the_symlink_directory_becomes_writable() {
     c.stop_fast(1);
     c.promote(2);
     d.wait_for(SHORT, "the failed switch on /nagios", |d| {
-        let n = nagios(d);
+        let n = d.nagios();
         n.starts_with("CRITICAL: PgBouncer points at pg1 but the master is pg2")
             && n.contains("Permission denied")
     });

@@ -15,10 +15,6 @@ fn nodes(d: &common::Daemon) -> String {
     d.http_get("/nodes").unwrap_or_default()
 }
 
-fn nagios(d: &common::Daemon) -> String {
-    d.http_get("/nagios").unwrap_or_default()
-}
-
 fn metric(d: &common::Daemon, series: &str) -> Option<String> {
     let text = d.http_get("/metrics").unwrap_or_default();
     text.lines()
@@ -45,19 +41,13 @@ fn bouncer_reloads(c: &Cluster) -> usize {
     c.bouncer_log().matches("RELOAD command issued").count()
 }
 
-fn settled_on_pg1(c: &Cluster, d: &mut common::Daemon) {
-    d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |d| {
-        c.symlink_node() == Some(1) && nagios(d).starts_with("OK")
-    });
-}
-
 #[test]
 fn sighup_with_a_good_config_adds_and_removes_servers_without_a_restart() {
     let c = Cluster::start_default();
     let servers = c.servers();
     let cfg = c.write_rebouncer_config_with(1, 2, "", &servers[..2]);
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     d.wait_for(SHORT, "pg1 and pg2 checked", |d| {
         nodes(d) == "pg1: master\npg2: standby\n"
     });
@@ -126,9 +116,9 @@ fn sighup_with_a_good_config_adds_and_removes_servers_without_a_restart() {
         switches
     );
     assert!(
-        nagios(&d).starts_with("OK: 1 master (pg1"),
+        d.nagios().starts_with("OK: 1 master (pg1"),
         "{}",
-        nagios(&d)
+        d.nagios()
     );
 
     // The new server is really monitored: a failover to it is followed.
@@ -144,7 +134,7 @@ fn sighup_with_a_bad_config_is_refused_and_the_old_one_keeps_running() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     d.wait_for(SHORT, "every server checked", |d| {
         nodes(d) == "pg1: master\npg2: standby\npg3: standby\n"
     });
@@ -206,7 +196,7 @@ fn sighup_with_a_bad_config_is_refused_and_the_old_one_keeps_running() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(nodes(&d), before);
     // The broken file would stop the next start: the monitoring says so.
-    let n = nagios(&d);
+    let n = d.nagios();
     assert!(
         n.starts_with("WARNING: configuration reload at ")
             && n.contains(
@@ -227,7 +217,7 @@ fn sighup_with_a_bad_config_is_refused_and_the_old_one_keeps_running() {
         metric(&d, "rebouncer_config_last_reload_successful").as_deref(),
         Some("1")
     );
-    d.wait_for(SHORT, "/nagios OK again", |d| nagios(d).starts_with("OK"));
+    d.wait_for(SHORT, "/nagios OK again", |d| d.nagios().starts_with("OK"));
 }
 
 #[test]
@@ -236,7 +226,7 @@ fn sighup_reopens_the_log_file_first_then_reloads_an_unchanged_config() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     let log = d.cmd.logfile.clone().unwrap();
     let rotated = log.with_extension("log.1");
     std::fs::rename(&log, &rotated).unwrap();
@@ -254,7 +244,7 @@ fn sighup_reopens_the_log_file_first_then_reloads_an_unchanged_config() {
             .unwrap()
             .contains("configuration reloaded")
     );
-    assert!(nagios(&d).starts_with("OK"), "{}", nagios(&d));
+    assert!(d.nagios().starts_with("OK"), "{}", d.nagios());
     assert_eq!(c.symlink_node(), Some(1));
 }
 
@@ -263,7 +253,7 @@ fn a_changed_pgbouncer_line_is_used_live_and_a_new_symlink_is_not() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
-    settled_on_pg1(&c, &mut d);
+    c.wait_settled_on_pg1(&mut d);
     let good = std::fs::read_to_string(&cfg).unwrap();
     let closed = common::alloc_port();
     let elsewhere = c.root().join("elsewhere");
@@ -306,8 +296,8 @@ fn a_changed_pgbouncer_line_is_used_live_and_a_new_symlink_is_not() {
             .contains(&format!("pgbouncer 127.0.0.1:{closed} -> 127.0.0.1:"))
     });
     assert!(
-        nagios(&d).starts_with("OK: 1 master (pg1"),
+        d.nagios().starts_with("OK: 1 master (pg1"),
         "{}",
-        nagios(&d)
+        d.nagios()
     );
 }

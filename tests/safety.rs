@@ -27,10 +27,6 @@ fn nodes(d: &Daemon) -> String {
     d.http_get("/nodes").unwrap_or_default()
 }
 
-fn nagios(d: &Daemon) -> String {
-    d.http_get("/nagios").unwrap_or_default()
-}
-
 /// Runs `body`, then `cleanup` even if `body` panicked (a stopped server must be resumed,
 /// a pg_hba.conf restored, before the failure is reported).
 fn finally<T>(body: impl FnOnce() -> T, cleanup: impl FnOnce()) -> T {
@@ -126,7 +122,7 @@ fn stale_primary_never_gets_writes_while_the_new_primary_hangs() {
             let mut seen = String::new();
             while hung.elapsed() < Duration::from_secs(15) {
                 if seen.is_empty() && hung.elapsed() >= Duration::from_secs(10) {
-                    seen = nagios(&d);
+                    seen = d.nagios();
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -173,7 +169,7 @@ fn stale_primary_never_gets_writes_while_the_new_primary_hangs() {
         "/nagios while pg2 hung and the stale primary pg1 ran: {nagios_while_hung}"
     );
     assert!(c.is_up(1));
-    let n = nagios(&d);
+    let n = d.nagios();
     assert!(
         n.starts_with("CRITICAL") && n.contains("stale primary"),
         "/nagios while the stale primary pg1 runs: {n}"
@@ -239,7 +235,7 @@ fn pgbouncer_changed_by_hand_is_put_back_on_the_master() {
     d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |d| {
         c.symlink_node() == Some(1)
             && c.bouncer_target_node() == Some(1)
-            && nagios(d).starts_with("OK")
+            && d.nagios().starts_with("OK")
     });
 
     // By hand: link to pg2's file, reload PgBouncer.
@@ -262,7 +258,7 @@ fn pgbouncer_changed_by_hand_is_put_back_on_the_master() {
         c.bouncer_target_node().map(|n| c.name(n)),
         c.symlink_node().map(|n| c.name(n)),
         d.log().contains("PgBouncer drifted"),
-        nagios(&d).trim(),
+        d.nagios().trim(),
         d.diagnostics()
     );
     eprintln!(
@@ -302,7 +298,7 @@ fn a_refusing_server_is_not_hammered_while_there_is_no_master() {
     let mark = c.node_log_len(2);
     let start = Instant::now();
     d.wait_for(SHORT, "no master on /nagios", |d| {
-        nagios(d).starts_with("CRITICAL")
+        d.nagios().starts_with("CRITICAL")
     });
     while start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(200));
@@ -416,7 +412,7 @@ fn an_unprivileged_monitoring_role_follows_a_failover() {
     routed.dedup();
     assert!(!routed.contains(&Some(1)), "routes {routed:?}");
     assert_eq!(c.bouncer_write("unprivileged after"), Ok(2));
-    assert!(nagios(&d).starts_with("CRITICAL"), "{}", nagios(&d));
+    assert!(d.nagios().starts_with("CRITICAL"), "{}", d.nagios());
 }
 
 /// Beyond the list, the rule "remembered across restarts": after the failover
@@ -480,7 +476,7 @@ fn stale_primary_is_refused_after_a_daemon_restart_while_the_new_primary_is_down
             .any(|l| says_refused(l)),
         "the restarted daemon does not say it refused the stale primary pg1:\n{new_part}"
     );
-    let n = nagios(&d);
+    let n = d.nagios();
     assert!(
         n.starts_with("CRITICAL") && n.contains("stale primary"),
         "/nagios: {n}"

@@ -23,10 +23,6 @@ const FLOOD: usize = 1100;
 /// limit too so the daemon cannot raise it).
 const DAEMON_NOFILE: u32 = 1024;
 
-fn nagios(d: &common::Daemon) -> String {
-    d.http_get("/nagios").unwrap_or_default()
-}
-
 /// `(soft, hard)` "Max open files" of a process, from /proc.
 fn nofile_limit(pid: u32) -> (u64, u64) {
     let text = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
@@ -150,7 +146,7 @@ fn a_flood_of_idle_status_connections_does_not_stop_a_failover() {
     // The way systemd runs it by default: 1024 open files at most.
     let mut d = daemon_with_nofile(&c, &cfg, DAEMON_NOFILE);
     d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |d| {
-        c.symlink_node() == Some(1) && nagios(d).starts_with("OK")
+        c.symlink_node() == Some(1) && d.nagios().starts_with("OK")
     });
 
     let (held, given_up) = open_idle(&d.http_addr, FLOOD);
@@ -196,7 +192,7 @@ fn a_flood_of_idle_status_connections_does_not_stop_a_failover() {
     d.wait_for(
         SHORT,
         "/nagios to answer after the flood and show pg2",
-        |d| nagios(d).contains("1 master (pg2"),
+        |d| d.nagios().contains("1 master (pg2"),
     );
     assert!(d.is_running());
     let log = d.log();
@@ -312,7 +308,7 @@ fn out_of_descriptors_the_status_server_backs_off_and_says_so_once() {
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = daemon_with_nofile(&c, &cfg, 40);
     d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |d| {
-        c.symlink_node() == Some(1) && nagios(d).starts_with("OK")
+        c.symlink_node() == Some(1) && d.nagios().starts_with("OK")
     });
 
     let (held, _) = open_idle(&d.http_addr, 100);
@@ -338,13 +334,13 @@ fn out_of_descriptors_the_status_server_backs_off_and_says_so_once() {
     // after some quiet seconds says the trouble is over.
     drop(held);
     d.wait_for(SHORT, "/nagios to answer again", |d| {
-        nagios(d).starts_with("OK")
+        d.nagios().starts_with("OK")
     });
     d.wait_for(
         Duration::from_secs(30),
         "the log to say the status server accepts connections again",
         |d| {
-            let _ = nagios(d);
+            let _ = d.nagios();
             d.log()
                 .contains("status web server accepts connections again")
         },

@@ -200,17 +200,13 @@ fn events(d: &Daemon) -> Vec<(String, String, String)> {
     out
 }
 
-fn nagios(d: &Daemon) -> String {
-    d.http_get("/nagios").unwrap_or_default()
-}
-
 #[test]
 fn metrics_json_and_events_when_healthy_after_a_failover_and_in_split_brain() {
     let c = Cluster::start_default();
     let cfg = c.write_rebouncer_config(1, 2, "");
     let mut d = c.daemon(&cfg);
     d.wait_for(SHORT, "settled on pg1", |d| {
-        c.symlink_node() == Some(1) && nagios(d).starts_with("OK")
+        c.symlink_node() == Some(1) && d.nagios().starts_with("OK")
     });
 
     // Healthy.
@@ -306,7 +302,7 @@ fn metrics_json_and_events_when_healthy_after_a_failover_and_in_split_brain() {
     d.wait_for(SHORT, "switch to pg2, confirmed", |d| {
         c.bouncer_target_node() == Some(2)
             && d.http_get("/nodes").unwrap_or_default() == "pg1: down\npg2: master\npg3: standby\n"
-            && nagios(d).starts_with("WARNING: 1 server down (pg1)")
+            && d.nagios().starts_with("WARNING: 1 server down (pg1)")
     });
     let m = metrics(&d);
     all_families_present(&m);
@@ -360,7 +356,8 @@ fn metrics_json_and_events_when_healthy_after_a_failover_and_in_split_brain() {
     // Split brain: two standbys promoted from one primary, both on timeline 2.
     c.promote(3);
     d.wait_for(SHORT, "split brain on /nagios", |d| {
-        nagios(d).starts_with("CRITICAL: split brain: 2 masters (pg2, pg3)")
+        d.nagios()
+            .starts_with("CRITICAL: split brain: 2 masters (pg2, pg3)")
     });
     let m = metrics(&d);
     all_families_present(&m);

@@ -1326,6 +1326,28 @@ impl Cluster {
                 .flatten()
         })
     }
+    /// Waits (20 s at most) until the daemon has pointed PgBouncer at pg1 and `/nagios` is OK.
+    pub fn wait_settled_on_pg1(&self, d: &mut Daemon) {
+        d.wait_for(
+            Duration::from_secs(20),
+            "PgBouncer switched to pg1 at start-up",
+            |d| self.symlink_node() == Some(1) && d.nagios().starts_with("OK"),
+        );
+    }
+
+    /// The `paused` column of `SHOW DATABASES` for `db` ("1" or "0"; "" when PgBouncer
+    /// does not answer or has no such database).
+    pub fn paused(&self, db: &str) -> String {
+        let Ok(rows) = self.admin("SHOW DATABASES") else {
+            return String::new();
+        };
+        rows.lines()
+            .find(|l| l.split('|').next() == Some(db))
+            .and_then(|row| row.split('|').nth(11))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Node PgBouncer currently sends `postgres` to, per `SHOW DATABASES`.
     pub fn bouncer_target_node(&self) -> Option<usize> {
         self.bouncer_target_port()
@@ -2328,6 +2350,11 @@ impl Daemon {
         let mut ch = self.child.take().expect("daemon already stopped");
         let _ = ch.kill();
         ch.wait().unwrap()
+    }
+
+    /// The `/nagios` line ("" when the page does not answer).
+    pub fn nagios(&self) -> String {
+        self.http_get("/nagios").unwrap_or_default()
     }
 
     /// `GET path` with HTTP/1.0 (2 s timeouts). Ok(body) on 200, Err otherwise.
