@@ -462,3 +462,33 @@ fn a_broken_admin_connection_while_paused_is_replaced_and_the_pause_still_ends()
     let state = fs::read_to_string(c.root().join("rebouncer.state")).unwrap_or_default();
     assert!(!state.contains("held "), "{state}");
 }
+
+/// An operator shortens `pause_timeout` with SIGHUP during an outage: the pause under way
+/// ends at the new limit, counted from when it began, and the log says why.
+#[test]
+fn a_reload_that_shortens_pause_timeout_ends_the_pause_under_way() {
+    let (c, mut d) = settled("pause_on_failover=on\npause_timeout=60");
+    c.stop_fast(1);
+    d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));
+    let cfg = c.root().join("rebouncer.ini");
+    let text = fs::read_to_string(&cfg).unwrap();
+    let shorter = text.replace("pause_timeout=60", "pause_timeout=2");
+    assert_ne!(text, shorter);
+    fs::write(&cfg, shorter).unwrap();
+    d.signal("HUP").unwrap();
+    let reloaded = Instant::now();
+    d.wait_for(SHORT, "resumed at the new pause_timeout", |_| {
+        none_paused(&c)
+    });
+    assert!(
+        reloaded.elapsed() < Duration::from_secs(20),
+        "resumed {:?} after the reload, not at the new limit",
+        reloaded.elapsed()
+    );
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("ended after")
+            && l.contains("no master appeared within pause_timeout (2 s)")),
+        "{log}"
+    );
+}
