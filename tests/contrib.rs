@@ -67,6 +67,9 @@ fn daemon_user() -> String {
 
 /// The init script's files, all under `dir`.
 struct InitFiles {
+    /// A copy of the built binary: the daemon runs as another user, who may not reach
+    /// cargo's target directory (a checkout under a 0700 directory, as `mktemp -d` makes).
+    bin: PathBuf,
     sysconfig: PathBuf,
     pidfile: PathBuf,
     lockfile: PathBuf,
@@ -75,10 +78,14 @@ struct InitFiles {
     statedir: PathBuf,
 }
 
-/// Writes `<dir>/sysconfig` pointing the init script at the built binary, `config`, and
-/// files under `dir`.
+/// Writes `<dir>/sysconfig` pointing the init script at a copy of the built binary,
+/// `config`, and files under `dir`.
 fn init_files(dir: &Path, config: &Path) -> InitFiles {
+    let bin = dir.join("rebouncer");
+    fs::copy(common::rebouncer_bin(), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
     let f = InitFiles {
+        bin,
         sysconfig: dir.join("sysconfig"),
         pidfile: dir.join("run/rebouncer.pid"),
         lockfile: dir.join("lock/rebouncer"),
@@ -96,7 +103,7 @@ fn init_files(dir: &Path, config: &Path) -> InitFiles {
          REBOUNCERLISTEN='{}'\n\
          REBOUNCERUSER='{}'\n\
          statedir='{}'\n",
-        common::rebouncer_bin().display(),
+        f.bin.display(),
         f.pidfile.display(),
         f.lockfile.display(),
         config.display(),
@@ -126,8 +133,8 @@ fn read_pid(f: &InitFiles) -> Option<u32> {
 
 /// Pids of running rebouncer binaries (by /proc/<pid>/exe) whose command line names
 /// `config`: the init script's `runuser` parent is not counted.
-fn daemons_with(config: &Path) -> Vec<u32> {
-    let bin = fs::canonicalize(common::rebouncer_bin()).unwrap();
+fn daemons_with(f: &InitFiles, config: &Path) -> Vec<u32> {
+    let bin = fs::canonicalize(&f.bin).unwrap();
     common::pgrep_f(&config.to_string_lossy())
         .into_iter()
         .filter(|p| fs::read_link(format!("/proc/{p}/exe")).ok().as_ref() == Some(&bin))
@@ -174,7 +181,7 @@ fn init_script_starts_reports_and_stops_the_daemon() {
     eprintln!("init script start took {} ms", t.elapsed().as_millis());
     let pid = read_pid(&f).expect("pid file written");
     assert!(common::pid_alive(pid));
-    assert_eq!(daemons_with(&cfg), vec![pid], "exactly one daemon");
+    assert_eq!(daemons_with(&f, &cfg), vec![pid], "exactly one daemon");
     assert_eq!(
         uid_of(pid),
         Some(common::os_user(&daemon_user()).uid),
@@ -224,7 +231,11 @@ fn init_script_starts_reports_and_stops_the_daemon() {
     let (code, out, _) = init(&f, "start");
     assert_eq!(code, Some(0), "second start: {out}");
     assert_eq!(read_pid(&f), Some(pid));
-    assert_eq!(daemons_with(&cfg), vec![pid], "still exactly one daemon");
+    assert_eq!(
+        daemons_with(&f, &cfg),
+        vec![pid],
+        "still exactly one daemon"
+    );
 
     // reload: checked first, then SIGHUP; a broken config is refused with its error.
     let good = fs::read_to_string(&cfg).unwrap();
@@ -255,7 +266,7 @@ fn init_script_starts_reports_and_stops_the_daemon() {
     assert_eq!(out, "Stopping rebouncer: OK\n");
     eprintln!("init script stop took {} ms", t.elapsed().as_millis());
     assert!(!common::pid_alive(pid), "daemon {pid} still running");
-    assert!(daemons_with(&cfg).is_empty());
+    assert!(daemons_with(&f, &cfg).is_empty());
     assert!(!f.pidfile.exists(), "pid file removed");
     assert!(!f.lockfile.exists(), "lock file removed");
     let log = fs::read_to_string(&f.log).unwrap();
@@ -276,15 +287,15 @@ fn init_script_starts_reports_and_stops_the_daemon() {
     assert_eq!(code, Some(0), "restart: {out}");
     let pid2 = read_pid(&f).expect("pid file after restart");
     assert_ne!(pid2, pid);
-    assert_eq!(daemons_with(&cfg), vec![pid2]);
+    assert_eq!(daemons_with(&f, &cfg), vec![pid2]);
     let (code, out, _) = init(&f, "restart");
     assert_eq!(code, Some(0), "restart while running: {out}");
     let pid3 = read_pid(&f).expect("pid file after the second restart");
     assert!(!common::pid_alive(pid2));
-    assert_eq!(daemons_with(&cfg), vec![pid3]);
+    assert_eq!(daemons_with(&f, &cfg), vec![pid3]);
     let (code, out, _) = init(&f, "stop");
     assert_eq!(code, Some(0), "final stop: {out}");
-    assert!(daemons_with(&cfg).is_empty());
+    assert!(daemons_with(&f, &cfg).is_empty());
 
     let (code, out, _) = init(&f, "bogus");
     assert_eq!(code, Some(2), "{out}");
@@ -328,7 +339,7 @@ fn init_script_refuses_a_broken_config_and_prints_the_error() {
     assert!(lines[1].contains("interval"), "{out}");
     assert!(read_pid(&f).is_none(), "no pid file");
     assert!(!f.lockfile.exists(), "no lock file");
-    assert!(daemons_with(&cfg).is_empty(), "nothing started");
+    assert!(daemons_with(&f, &cfg).is_empty(), "nothing started");
 
     let (code, _, _) = init(&f, "status");
     assert_eq!(code, Some(3));
