@@ -67,8 +67,7 @@ fn daemon_user() -> String {
 
 /// The init script's files, all under `dir`.
 struct InitFiles {
-    /// A copy of the built binary: the daemon runs as another user, who may not reach
-    /// cargo's target directory (a checkout under a 0700 directory, as `mktemp -d` makes).
+    /// The built binary, or a copy the daemon's user can reach (see `common::runnable_by`).
     bin: PathBuf,
     sysconfig: PathBuf,
     pidfile: PathBuf,
@@ -78,12 +77,10 @@ struct InitFiles {
     statedir: PathBuf,
 }
 
-/// Writes `<dir>/sysconfig` pointing the init script at a copy of the built binary,
-/// `config`, and files under `dir`.
+/// Writes `<dir>/sysconfig` pointing the init script at the built binary, `config`, and
+/// files under `dir`.
 fn init_files(dir: &Path, config: &Path) -> InitFiles {
-    let bin = dir.join("rebouncer");
-    fs::copy(common::rebouncer_bin(), &bin).unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = common::runnable_by(&common::rebouncer_bin(), &common::os_user(&daemon_user()));
     let f = InitFiles {
         bin,
         sysconfig: dir.join("sysconfig"),

@@ -380,37 +380,55 @@ pub fn rebouncer_bin() -> PathBuf {
     panic!("rebouncer binary not found: set REBOUNCER_BIN")
 }
 
-/// Panics unless `user` can execute `bin` (every ancestor directory searchable, file
-/// executable), with a message saying what to fix.
-pub fn assert_executable_by(bin: &Path, user: &OsUser) {
-    let can = |meta: &fs::Metadata, bit: u32| {
+/// Whether `user` can execute `bin`: every ancestor directory searchable, the file
+/// executable.
+fn executable_by(bin: &Path, user: &OsUser) -> bool {
+    let can = |path: &Path| {
         use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = fs::metadata(path) else {
+            return false;
+        };
         let m = meta.mode();
         user.uid == 0
-            || (meta.uid() == user.uid && m & (bit << 6) != 0)
-            || (meta.gid() == user.gid && m & (bit << 3) != 0)
-            || m & bit != 0
+            || (meta.uid() == user.uid && m & 0o100 != 0)
+            || (meta.gid() == user.gid && m & 0o010 != 0)
+            || m & 0o001 != 0
     };
-    let bin = fs::canonicalize(bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    for dir in bin.ancestors().skip(1) {
-        let meta = fs::metadata(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        assert!(
-            can(&meta, 0o1),
-            "OS user {} cannot traverse {} (mode {:o}), so it cannot run {}: `chmod o+x` it or \
-             set CARGO_TARGET_DIR to a world-traversable place",
-            user.name,
-            dir.display(),
-            meta.permissions().mode() & 0o7777,
-            bin.display()
-        );
+    fs::canonicalize(bin).is_ok_and(|bin| bin.ancestors().all(can))
+}
+
+/// `bin`, or, when `user` cannot reach it, a copy `user` can run. A checkout under a 0700
+/// directory (`git clone . "$(mktemp -d)/c"`) puts cargo's target directory out of reach
+/// of the `postgres` user that root-run tests start the daemon as. The copy lives in a
+/// directory of this test process under [`base_dir`], removed by the next run's sweep.
+pub fn runnable_by(bin: &Path, user: &OsUser) -> PathBuf {
+    if executable_by(bin, user) {
+        return bin.to_path_buf();
     }
-    let meta = fs::metadata(&bin).unwrap();
+    static COPIES: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+    let mut copies = COPIES.lock().unwrap();
+    if let Some((_, copy)) = copies.iter().find(|(b, _)| b == bin) {
+        return copy.clone();
+    }
+    let dir = base_dir().join(format!(
+        "{DIR_PREFIX}{}-bin-{}",
+        std::process::id(),
+        copies.len()
+    ));
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join(bin.file_name().unwrap_or_default());
+    fs::copy(bin, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
     assert!(
-        can(&meta, 0o1),
-        "OS user {} cannot execute {}",
+        executable_by(&copy, user),
+        "OS user {} cannot run {} either: is {} traversable?",
         user.name,
-        bin.display()
+        copy.display(),
+        base_dir().display()
     );
+    copies.push((bin.to_path_buf(), copy.clone()));
+    copy
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2204,7 +2222,7 @@ impl DaemonCmd {
     }
 
     /// Spawns the daemon; does not wait for anything.
-    pub fn spawn(self) -> Daemon {
+    pub fn spawn(mut self) -> Daemon {
         let user = self.user.as_deref().map(os_user);
         if let Some(u) = &user {
             assert!(
@@ -2212,7 +2230,7 @@ impl DaemonCmd {
                 "running the daemon as {} needs root",
                 u.name
             );
-            assert_executable_by(&self.bin, u);
+            self.bin = runnable_by(&self.bin, u);
             // Files a previous daemon (as root) may have created must stay writable.
             for p in [Some(&self.pidfile), self.logfile.as_ref()]
                 .into_iter()
