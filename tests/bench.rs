@@ -2,7 +2,9 @@
 //!
 //!     cargo test --release --test bench -- --ignored --nocapture --test-threads=1
 //!
-//! (`REBOUNCER_BENCH_REPS=N` changes the number of failovers per case, default 10.)
+//! (`REBOUNCER_BENCH_REPS=N` changes the number of failovers per case, default 10;
+//! `REBOUNCER_BENCH_BIN=/path/to/rebouncer` also measures another build, in turn with this
+//! one, for the failover, steady-state and status-page benchmarks.)
 //! Each uses the same real-cluster fixture as the integration tests.
 
 mod common;
@@ -120,11 +122,15 @@ async fn write_once(conninfo: &str) -> Result<u16, String> {
 
 /// One failover; returns (ms from `pg_ctl promote` being called, and from it returning,
 /// until every client wrote to the new primary; failed writes; longest write in ms).
-fn failover_once(keep: bool, how: Kill) -> Option<(f64, f64, usize, f64)> {
+fn failover_once(keep: bool, how: Kill, bin: Option<&str>) -> Option<(f64, f64, usize, f64)> {
     let c = Cluster::start(Opts::default().standbys(1).link(Link::Node(1)));
     let extra = if keep { "" } else { "keep_connections=false" };
     let cfg = c.write_rebouncer_config(30, 3, extra);
-    let mut d = c.daemon(&cfg);
+    let mut cmd = c.daemon_cmd(&cfg);
+    if let Some(bin) = bin {
+        cmd.bin = bin.into();
+    }
+    let mut d = cmd.start();
     d.wait_for(Duration::from_secs(20), "settled on pg1", |d| {
         d.http_get("/nagios").unwrap_or_default().starts_with("OK")
     });
@@ -185,6 +191,10 @@ fn failover_once(keep: bool, how: Kill) -> Option<(f64, f64, usize, f64)> {
     ))
 }
 
+/// One build's failovers of one case: ms from `pg_ctl promote` called, ms from its return,
+/// the longest write in ms, and the failed writes.
+type Figures = (Vec<f64>, Vec<f64>, Vec<f64>, usize);
+
 /// Good enough randomness for spreading failures over the polling cycle.
 fn random_below(max: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -226,6 +236,7 @@ fn bench_failover_as_clients_see_it() {
     );
     let cases = std::env::var("REBOUNCER_BENCH_CASES").unwrap_or_else(|_| "stop,kill,hang".into());
     let modes = std::env::var("REBOUNCER_BENCH_MODES").unwrap_or_else(|_| "kept,reconnect".into());
+    let other = std::env::var("REBOUNCER_BENCH_BIN").ok();
     for how in [Kill::Stop, Kill::Kill9, Kill::Hang] {
         let case = match how {
             Kill::Stop => "stop",
@@ -247,22 +258,39 @@ fn bench_failover_as_clients_see_it() {
             } else {
                 "reconnect every round (Go)"
             };
-            let (mut times, mut after_w, mut longest, mut fails) =
-                (Vec::new(), Vec::new(), Vec::new(), 0);
+            // With another build named, each repetition runs it and this build in turn
+            // on fresh clusters, so both meet the same machine load.
+            let builds: Vec<(String, Option<&str>)> = match other.as_deref() {
+                Some(bin) => vec![
+                    (format!("other ({bin})"), Some(bin)),
+                    ("this build".into(), None),
+                ],
+                None => vec![("this build".into(), None)],
+            };
+            let mut figures: Vec<Figures> = vec![Figures::default(); builds.len()];
             for _ in 0..n {
-                if let Some((t, w, f, l)) = failover_once(keep, how) {
-                    times.push(t);
-                    after_w.push(w);
-                    longest.push(l);
-                    fails += f;
+                for (b, (_, bin)) in builds.iter().enumerate() {
+                    if let Some((t, w, f, l)) = failover_once(keep, how, *bin) {
+                        figures[b].0.push(t);
+                        figures[b].1.push(w);
+                        figures[b].2.push(l);
+                        figures[b].3 += f;
+                    }
                 }
             }
-            println!(
-                "  {how:?} {mode:28}: from promote called: {}  | from promote -w returned: {}  | longest write {}  | failed writes {fails}",
-                summary(&mut times, 0),
-                summary(&mut after_w, 0),
-                summary(&mut longest, 0)
-            );
+            let mut medians = Vec::new();
+            for ((name, _), (times, after_w, longest, fails)) in builds.iter().zip(&mut figures) {
+                println!(
+                    "  {how:?} {mode:28} {name}: from promote called: {}  | from promote -w returned: {}  | longest write {}  | failed writes {fails}",
+                    summary(times, 0),
+                    summary(after_w, 0),
+                    summary(longest, 0)
+                );
+                medians.push(times.get(times.len() / 2).copied());
+            }
+            if let [Some(a), Some(b)] = medians[..] {
+                println!("  {how:?} {mode:28} median this/other: {:.2}", b / a);
+            }
         }
     }
 }
@@ -293,11 +321,23 @@ fn bench_steady_state_cost() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     println!("\nsteady healthy cluster, 3 servers, interval=1, measured over {secs} s:");
+    let other = std::env::var("REBOUNCER_BENCH_BIN").ok();
+    let mut runs: Vec<(bool, Option<&str>)> = Vec::new();
     for keep in [true, false] {
+        if let Some(bin) = other.as_deref() {
+            runs.push((keep, Some(bin)));
+        }
+        runs.push((keep, None));
+    }
+    for (keep, bin) in runs {
         let c = Cluster::start(Opts::default().link(Link::Node(1)));
         let extra = if keep { "" } else { "keep_connections=false" };
         let cfg = c.write_rebouncer_config(1, 3, extra);
-        let mut d = c.daemon(&cfg);
+        let mut cmd = c.daemon_cmd(&cfg);
+        if let Some(bin) = bin {
+            cmd.bin = bin.into();
+        }
+        let mut d = cmd.start();
         d.wait_for(Duration::from_secs(20), "settled", |d| {
             d.http_get("/nagios").unwrap_or_default().starts_with("OK")
         });
@@ -313,12 +353,13 @@ fn bench_steady_state_cost() {
         );
         let per_min = (logins1 - logins0) as f64 * 60.0 / secs as f64;
         println!(
-            "  {:28}: new server connections {:6.0}/min | CPU {:5.2} s/min | VmHWM {} | VmRSS {} | threads {}",
+            "  {:28} {}: new server connections {:6.0}/min | CPU {:5.2} s/min | VmHWM {} | VmRSS {} | threads {}",
             if keep {
                 "kept connections (default)"
             } else {
                 "reconnect every round (Go)"
             },
+            bin.map_or("this build".to_string(), |b| format!("other ({b})")),
             per_min,
             (cpu1 - cpu0) * 60.0 / secs as f64,
             proc_status(d.pid(), "VmHWM:"),
