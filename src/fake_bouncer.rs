@@ -1,16 +1,20 @@
 //! A PgBouncer admin console in memory, for unit tests of the switch and the main loop.
-//! It behaves like the real one where rebouncer depends on it (measured, CRATES.md
-//! section 2): `RELOAD` re-reads the file the symlink points at and answers success even
-//! when it cannot; `KILL` and `PAUSE` leave a database paused until `RESUME`; `RESUME` of a
-//! database that is not paused is an error. Faults are injected per command.
+//! It keeps its own books and behaves like PgBouncer 1.18 where rebouncer depends on it
+//! (checked against the real one; see docs/pgbouncer.md): `RELOAD` re-reads the file the
+//! symlink points at with its own small reader (never rebouncer's), answers success even
+//! when it cannot read it, and puts settings changed by `SET` back to the file's values;
+//! `KILL` and `PAUSE` leave a database paused until `RESUME`; `RESUME` of a database that
+//! is not paused is an error; a global `PAUSE` refuses `KILL` and `PAUSE` of a database;
+//! `SHOW CONFIG` and `SET` know `server_login_retry`. Faults are injected per command.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::admin::{AdminError, Console, Database, Route, Row, Session};
-use crate::config;
-use crate::switch;
+
+/// PgBouncer's default `server_login_retry`, in seconds.
+const DEFAULT_LOGIN_RETRY: &str = "15";
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -25,11 +29,17 @@ struct Inner {
     watched: Option<PathBuf>,
     /// (command, contents of the watched file when the command arrived).
     seen: Vec<(String, String)>,
+    /// (command, `server_login_retry` when the command arrived).
+    retry_seen: Vec<(String, String)>,
     /// Incremented by `restart`: sessions from before it count as closed.
     generation: u64,
     /// Commands starting with one of these take effect but are never answered, as a real
     /// `PAUSE` waits for server connections that are never released.
     hangs: Vec<String>,
+    /// A global `PAUSE` is in force (apart from each database's own `paused`).
+    paused_all: bool,
+    /// `server_login_retry` now: the file's value (or the default) until a `SET`.
+    login_retry: String,
 }
 
 #[derive(Debug)]
@@ -45,6 +55,8 @@ struct Fault {
 impl Inner {
     fn arrived(&mut self, command: &str) {
         self.log.push(command.to_string());
+        self.retry_seen
+            .push((command.to_string(), self.login_retry.clone()));
         if let Some(p) = &self.watched {
             let contents = std::fs::read_to_string(p).unwrap_or_default();
             self.seen.push((command.to_string(), contents));
@@ -89,37 +101,37 @@ impl FakeBouncer {
 
     fn load(&self) {
         let mut i = self.inner.lock().unwrap();
-        let Some(target) = switch::link_target(&i.symlink) else {
-            return;
-        };
-        let Ok(node) = config::read_node_file(&target) else {
+        // PgBouncer opens the path it was started with; the kernel follows the link.
+        let Ok(text) = std::fs::read_to_string(&i.symlink) else {
             return; // like PgBouncer: a file it cannot read changes nothing here
         };
+        let file = read_config(&text);
         let old = std::mem::take(&mut i.databases);
-        i.databases = node
+        i.databases = file
             .databases
             .into_iter()
-            .map(|d| Database {
-                paused: old.iter().any(|o| o.name == d.name && o.paused),
-                name: d.name,
-                route: Route {
-                    host: d.host,
-                    port: d.port,
-                },
+            .map(|(name, route)| Database {
+                paused: old.iter().any(|o| o.name == name && o.paused),
+                name,
+                route,
             })
             .collect();
+        i.login_retry = file
+            .login_retry
+            .unwrap_or_else(|| DEFAULT_LOGIN_RETRY.to_string());
     }
 
     pub fn set_up(&self, up: bool) {
         self.inner.lock().unwrap().up = up;
     }
 
-    /// A restart: sessions are closed, paused databases are forgotten, the file is re-read.
+    /// A restart: sessions are closed, pauses are forgotten, the file is re-read.
     pub fn restart(&self) {
         {
             let mut i = self.inner.lock().unwrap();
             i.generation += 1;
             i.databases.clear();
+            i.paused_all = false;
         }
         self.load();
     }
@@ -200,6 +212,122 @@ impl FakeBouncer {
             d.paused = true;
         }
     }
+
+    /// `PAUSE` without a database, as an operator would type it on the console.
+    pub fn pause_all_by_hand(&self) {
+        self.inner.lock().unwrap().paused_all = true;
+    }
+
+    /// Whether a global `PAUSE` is in force.
+    pub fn paused_all(&self) -> bool {
+        self.inner.lock().unwrap().paused_all
+    }
+
+    /// `server_login_retry` when the first command starting with `prefix` arrived.
+    pub fn server_login_retry_at(&self, prefix: &str) -> Option<String> {
+        let i = self.inner.lock().unwrap();
+        i.retry_seen
+            .iter()
+            .find(|(c, _)| c.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+    }
+
+    /// `server_login_retry` as `SHOW CONFIG` would show it now.
+    pub fn server_login_retry(&self) -> String {
+        self.inner.lock().unwrap().login_retry.clone()
+    }
+}
+
+/// What the fake reads of a PgBouncer config file: the `[databases]` entries' host and
+/// port (in file order, a repeated name redefining the entry in place) and
+/// `server_login_retry` from `[pgbouncer]`. Enough for files the tests write, not a
+/// validator: lines it does not understand are skipped.
+#[derive(Debug, Default, PartialEq)]
+struct ConfigFile {
+    databases: Vec<(String, Route)>,
+    login_retry: Option<String>,
+}
+
+fn read_config(text: &str) -> ConfigFile {
+    let mut out = ConfigFile::default();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_ascii_lowercase();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match section.as_str() {
+            // `*` is the fallback for unlisted names, not a database of its own.
+            "databases" if key != "*" => {
+                let name = key.trim_matches('\'').to_string();
+                let route = route_of(value);
+                match out.databases.iter_mut().find(|(n, _)| *n == name) {
+                    Some(entry) => entry.1 = route,
+                    None => out.databases.push((name, route)),
+                }
+            }
+            "pgbouncer" if key == "server_login_retry" => {
+                out.login_retry = Some(value.to_string());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `host` and `port` of a connection string (`key=value` words; a value may be in single
+/// quotes); no host means the default socket, no port 5432, as in PgBouncer.
+fn route_of(connstr: &str) -> Route {
+    let mut route = Route {
+        host: None,
+        port: 5432,
+    };
+    let mut rest = connstr.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let after = after.trim_start();
+        let (value, next) = match after.strip_prefix('\'') {
+            Some(q) => q.split_once('\'').unwrap_or((q, "")),
+            None => after.split_once(' ').unwrap_or((after, "")),
+        };
+        match key.trim() {
+            "host" => route.host = Some(value.to_string()),
+            "port" => route.port = value.parse().unwrap_or(0),
+            _ => {}
+        }
+        rest = next.trim_start();
+    }
+    route
+}
+
+/// `SET key = value` as PgBouncer's console parses it: the value a quoted string or one
+/// word. None: not that shape (PgBouncer answers "invalid command").
+fn parse_set(command: &str) -> Option<(&str, &str)> {
+    let rest = command.strip_prefix("SET")?.trim_start();
+    let (key, value) = rest.split_once('=')?;
+    let (key, value) = (key.trim(), value.trim());
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !word(key) {
+        return None;
+    }
+    match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        Some(quoted) => Some((key, quoted)),
+        None if word(value) => Some((key, value)),
+        None => None,
+    }
+}
+
+/// A `server_login_retry` PgBouncer takes: a number of seconds, not negative.
+fn login_retry_value(v: &str) -> Option<String> {
+    let n: f64 = v.trim().parse().ok()?;
+    (n >= 0.0 && n.is_finite()).then(|| v.trim().to_string())
 }
 
 pub struct FakeSession {
@@ -294,13 +422,35 @@ impl Session for FakeSession {
                         })
                         .collect());
                 }
+                "SHOW" if command == "SHOW CONFIG" => {
+                    return Ok(vec![Row::new(vec![
+                        ("key".into(), Some("server_login_retry".into())),
+                        ("value".into(), Some(i.login_retry.clone())),
+                        ("default".into(), Some(DEFAULT_LOGIN_RETRY.into())),
+                        ("changeable".into(), Some("yes".into())),
+                    ])]);
+                }
                 "SHOW" => return Ok(Vec::new()),
+                "PAUSE" | "KILL" if i.paused_all => {
+                    return Err(error(command, "already suspended/paused"));
+                }
+                "PAUSE" if command == "PAUSE" => {
+                    i.paused_all = true;
+                    false
+                }
                 "KILL" | "PAUSE" => {
                     let db = word(command);
                     match i.databases.iter_mut().find(|d| d.name == db) {
                         Some(d) => d.paused = true,
                         None => return Err(error(command, &format!("no such database: {db}"))),
                     }
+                    false
+                }
+                "RESUME" if command == "RESUME" => {
+                    if !i.paused_all {
+                        return Err(error(command, "pooler is not paused/suspended"));
+                    }
+                    i.paused_all = false;
                     false
                 }
                 "RESUME" => {
@@ -315,7 +465,16 @@ impl Session for FakeSession {
                     false
                 }
                 "RELOAD" => true,
-                "SET" => false,
+                "SET" => {
+                    let invalid = || format!("invalid command '{command}', use SHOW HELP;");
+                    let (key, value) =
+                        parse_set(command).ok_or_else(|| error(command, &invalid()))?;
+                    match (key, login_retry_value(value)) {
+                        ("server_login_retry", Some(v)) => i.login_retry = v,
+                        _ => return Err(error(command, "SET failed")),
+                    }
+                    false
+                }
                 _ => return Err(error(command, "unknown command")),
             }
         };
@@ -331,5 +490,147 @@ impl Session for FakeSession {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
             || self.inner.lock().unwrap().generation != self.generation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateFile;
+
+    fn detail(r: Result<Vec<Row>, AdminError>) -> String {
+        match r {
+            Err(AdminError::Command { detail, .. }) => detail,
+            other => panic!("expected an error from the console, got {other:?}"),
+        }
+    }
+
+    /// A fake loaded from `text` through a symlink, as PgBouncer runs in production.
+    fn bouncer(text: &str) -> (tempfile::TempDir, FakeBouncer) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node1.ini");
+        std::fs::write(&file, text).unwrap();
+        let link = dir.path().join("pgbouncer.ini");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let b = FakeBouncer::new(link);
+        (dir, b)
+    }
+
+    const NODE: &str = "[databases]\nappdb = host=127.0.0.1 port=5433 dbname=appdb\n[pgbouncer]\nlisten_port = 6432\n";
+
+    #[test]
+    fn reads_databases_and_login_retry_from_the_file_itself() {
+        let f = read_config(
+            "; comment\n[databases]\n\
+             zeta = host=10.0.0.1 port=5433 dbname=z\n\
+             sock = dbname=s\n\
+             a = host='my host' port='6000'\n\
+             * = host=10.0.0.9\n\
+             zeta = host=10.0.0.2\n\
+             [pgbouncer]\nlisten_port = 6432\nserver_login_retry = 3\n",
+        );
+        let route = |h: Option<&str>, port| Route {
+            host: h.map(str::to_string),
+            port,
+        };
+        assert_eq!(
+            f.databases,
+            [
+                ("zeta".to_string(), route(Some("10.0.0.2"), 5432)),
+                ("sock".to_string(), route(None, 5432)),
+                ("a".to_string(), route(Some("my host"), 6000)),
+            ]
+        );
+        assert_eq!(f.login_retry.as_deref(), Some("3"));
+        assert_eq!(read_config(NODE).login_retry, None);
+    }
+
+    #[tokio::test]
+    async fn show_config_and_set_keep_server_login_retry_until_a_reload() {
+        let (_dir, b) = bouncer(NODE);
+        let s = b.session().await.unwrap();
+        let shown = |rows: Vec<Row>| {
+            rows.iter()
+                .find(|r| r.get("key") == Some("server_login_retry"))
+                .and_then(|r| r.get("value").map(str::to_string))
+        };
+        assert_eq!(
+            shown(s.command("SHOW CONFIG").await.unwrap()).as_deref(),
+            Some("15")
+        );
+        s.command("SET server_login_retry = '0'").await.unwrap();
+        assert_eq!(
+            shown(s.command("SHOW CONFIG").await.unwrap()).as_deref(),
+            Some("0")
+        );
+        // What PgBouncer 1.18 answers to values and keys it does not take.
+        for bad in [
+            "SET server_login_retry = 'abc'",
+            "SET server_login_retry = '-1'",
+            "SET nosuch = '1'",
+        ] {
+            assert_eq!(detail(s.command(bad).await), "SET failed", "{bad}");
+        }
+        assert_eq!(
+            detail(s.command("SET server_login_retry = 2.5").await),
+            "invalid command 'SET server_login_retry = 2.5', use SHOW HELP;"
+        );
+        s.command("SET server_login_retry = 7").await.unwrap();
+        assert_eq!(b.server_login_retry(), "7");
+        // RELOAD puts back what the file says, the default when it says nothing.
+        s.command("RELOAD").await.unwrap();
+        assert_eq!(b.server_login_retry(), "15");
+    }
+
+    #[tokio::test]
+    async fn a_global_pause_refuses_kill_and_pause_of_a_database() {
+        let (_dir, b) = bouncer(NODE);
+        let s = b.session().await.unwrap();
+        s.command("PAUSE").await.unwrap();
+        assert!(b.paused_all());
+        for c in ["KILL appdb", "PAUSE appdb", "PAUSE"] {
+            assert_eq!(
+                detail(s.command(c).await),
+                "already suspended/paused",
+                "{c}"
+            );
+        }
+        // The global pause is not the database's own: SHOW DATABASES does not show it.
+        assert_eq!(b.paused(), Vec::<String>::new());
+        assert_eq!(
+            detail(s.command("RESUME appdb").await),
+            "database appdb is not paused"
+        );
+        s.command("RESUME").await.unwrap();
+        assert_eq!(
+            detail(s.command("RESUME").await),
+            "pooler is not paused/suspended"
+        );
+        s.command("KILL appdb").await.unwrap();
+        assert_eq!(b.paused(), ["appdb"]);
+        // A global RESUME leaves a database's own pause alone.
+        b.pause_all_by_hand();
+        s.command("RESUME").await.unwrap();
+        assert_eq!(b.paused(), ["appdb"]);
+    }
+
+    #[tokio::test]
+    async fn the_resume_after_a_pause_lowers_server_login_retry_then_puts_it_back() {
+        let (dir, b) = bouncer(NODE);
+        let mut state = StateFile::load(&dir.path().join("rebouncer.state")).unwrap();
+        state
+            .update(|s| s.hold(["appdb".to_string()]))
+            .await
+            .unwrap();
+        b.pause_by_hand("appdb");
+        crate::switch::resume_paused(&b, &mut state, &["appdb".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(b.paused(), Vec::<String>::new());
+        assert_eq!(
+            b.server_login_retry_at("RESUME appdb").as_deref(),
+            Some("0")
+        );
+        assert_eq!(b.server_login_retry(), "15", "{:?}", b.log());
     }
 }

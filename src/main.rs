@@ -66,7 +66,8 @@ fn fatal(logged: bool, msg: &str) -> ExitCode {
 }
 
 async fn run(opts: Options) -> ExitCode {
-    let logfile = match logging::init(opts.logfile.as_deref()) {
+    // Kept to the end of `run`: dropping it writes out the lines still queued.
+    let logging = match logging::init(opts.logfile.as_deref()) {
         Ok(l) => l,
         Err(e) => {
             let path = opts.logfile.as_deref().unwrap_or(Path::new("")).display();
@@ -78,7 +79,7 @@ async fn run(opts: Options) -> ExitCode {
             );
         }
     };
-    let to_log = logfile.is_some();
+    let to_log = logging.file.is_some();
     let cfg = match load_config(&opts.config) {
         Ok(c) => c,
         Err(e) => return fatal(to_log, &e.to_string()),
@@ -164,7 +165,7 @@ async fn run(opts: Options) -> ExitCode {
             .map(Arc::new),
         status: status_tx.subscribe(),
     };
-    let signals = match spawn_signal_handler(shutdown_tx, logfile, reloader) {
+    let signals = match spawn_signal_handler(shutdown_tx, logging.file.clone(), reloader) {
         Ok(h) => h,
         Err(e) => return fatal(to_log, &format!("cannot install signal handlers: {e}")),
     };
@@ -269,9 +270,10 @@ fn spawn_signal_handler(
                 _ = int.recv() => { info!("SIGINT received; stopping"); let _ = shutdown.send(true); }
                 _ = hup.recv() => {
                     match &logfile {
-                        Some(l) => match l.reopen() {
+                        // Opening a file can block on a sick disk: not on the loop's thread.
+                        Some(l) => match reopen(l.clone()).await {
                             Ok(()) => info!("SIGHUP received; log file {} reopened", l.path().display()),
-                            Err(e) => eprintln!("rebouncer: cannot reopen log file {}: {e}", l.path().display()),
+                            Err(e) => eprintln!("rebouncer: cannot reopen log file {}: {e}; still writing to the file it had open (check the directory's permissions and space, then send SIGHUP again)", l.path().display()),
                         },
                         None => info!("SIGHUP received; logging to stdout, nothing to reopen"),
                     }
@@ -280,6 +282,12 @@ fn spawn_signal_handler(
             }
         }
     }))
+}
+
+async fn reopen(l: LogFile) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || l.reopen())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// The pid file, locked for as long as the daemon runs so that a second instance with the

@@ -1,4 +1,4 @@
-//! Issue 9: with `pause_on_failover`, clients that reach PgBouncer while there is no
+//! With `pause_on_failover`, clients that reach PgBouncer while there is no
 //! primary wait (`PAUSE`) instead of failing, and every path that paused ends in `RESUME`.
 //! Real PostgreSQL 15 primary + streaming standby, real PgBouncer in transaction pooling,
 //! clients writing through PgBouncer with a new connection per write.
@@ -33,10 +33,41 @@ fn login_retry(c: &Cluster) -> String {
         .to_string()
 }
 
+/// Makes PgBouncer log every admin command it gets (`verbose = 2` in each node file,
+/// in force from the daemon's first RELOAD): a successful `SET` leaves no other trace.
+fn log_admin_commands(c: &Cluster) {
+    for i in 1..=2 {
+        let file = c.node_file(i);
+        let text = fs::read_to_string(&file).unwrap();
+        assert!(
+            text.trim_end().ends_with("query_wait_timeout = 8"),
+            "{text}"
+        );
+        fs::write(&file, format!("{text}verbose = 2\n")).unwrap();
+    }
+}
+
+/// The admin commands PgBouncer logged (see [`log_admin_commands`]), in order.
+fn admin_commands(c: &Cluster) -> Vec<String> {
+    c.bouncer_log()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("got admin query: ")
+                .map(|(_, q)| q.trim().to_string())
+        })
+        .collect()
+}
+
 /// pg1 primary, pg2 standby, PgBouncer in transaction pooling, the daemon (interval 2 s,
 /// timeout 2 s, `extra` in `[global]`) settled on pg1.
 fn settled(extra: &str) -> (Cluster, Daemon) {
+    settled_with(extra, |_| {})
+}
+
+/// [`settled`], with `prepare` run on the cluster before the daemon starts.
+fn settled_with(extra: &str, prepare: impl FnOnce(&Cluster)) -> (Cluster, Daemon) {
     let c = Cluster::start(Opts::default().standbys(1).pool_mode("transaction"));
+    prepare(&c);
     let cfg = c.write_rebouncer_config(2, 2, extra);
     let mut d = c.daemon(&cfg);
     d.wait_for(SHORT, "PgBouncer on pg1 and a write landing there", |_| {
@@ -145,9 +176,10 @@ fn failover_under_writes(c: &Cluster, d: &mut Daemon) -> Failover {
 
 #[test]
 fn with_pausing_no_write_that_starts_after_the_primary_is_gone_fails() {
-    let (c, mut d) = settled("pause_on_failover=on\npause_timeout=8");
+    let (c, mut d) = settled_with("pause_on_failover=on\npause_timeout=8", log_admin_commands);
     let retry = login_retry(&c);
     assert!(!retry.is_empty());
+    assert_ne!(retry, "0");
     let f = failover_under_writes(&c, &mut d);
     eprintln!("pausing on: {}", f.summary());
     let failed = f.failed_after_gone();
@@ -181,8 +213,39 @@ fn with_pausing_no_write_that_starts_after_the_primary_is_gone_fails() {
         "{log}"
     );
     assert!(none_paused(&c));
-    // Lifted to 0 around the RESUME (the old primary's failed logins would otherwise hold
-    // back logins to pg2), then set back.
+    // Lowered to 0 around the RESUME (the old primary's failed logins would otherwise hold
+    // back logins to pg2), then set back: in PgBouncer's own record of the commands, the
+    // RESUME of both databases comes between the two SETs, with no RELOAD (which would
+    // put the file's value back) in between.
+    let commands = admin_commands(&c);
+    let relevant: Vec<&str> = commands
+        .iter()
+        .map(String::as_str)
+        .filter(|q| {
+            q.starts_with("SET server_login_retry") || q.starts_with("RESUME") || *q == "RELOAD"
+        })
+        .collect();
+    eprintln!("PgBouncer got: {relevant:?}");
+    let lowered = relevant
+        .iter()
+        .position(|q| *q == "SET server_login_retry = '0'")
+        .unwrap_or_else(|| panic!("server_login_retry never lowered: {relevant:?}"));
+    let during: Vec<&str> = relevant[lowered + 1..]
+        .iter()
+        .take_while(|q| !q.starts_with("SET server_login_retry"))
+        .copied()
+        .collect();
+    assert!(
+        during.contains(&"RESUME appdb")
+            && during.contains(&"RESUME postgres")
+            && !during.contains(&"RELOAD"),
+        "not resumed while lowered: {relevant:?}"
+    );
+    assert_eq!(
+        relevant.get(lowered + 1 + during.len()).copied(),
+        Some(format!("SET server_login_retry = '{retry}'").as_str()),
+        "{relevant:?}"
+    );
     assert_eq!(login_retry(&c), retry);
     let root = d.http_get("/").unwrap_or_default();
     assert!(root.contains("Last pause by rebouncer:"), "{root}");
