@@ -24,12 +24,9 @@ use crate::admin::{self, AdminError, Console, Database, Route, Session, quote_id
 use crate::config::{self, ConfigError, DatabaseEntry, NodeFile};
 use crate::state::StateFile;
 
-/// TEST-ONLY hook, never set in production: milliseconds a switch waits between its `KILL`s
-/// and its `RESUME`s, so that tests/crash_safety.rs can kill rebouncer inside that window.
-pub const TEST_HOLD_AFTER_KILL_ENV: &str = "REBOUNCER_TEST_HOLD_AFTER_KILL_MS";
-/// TEST-ONLY hook, never set in production: milliseconds a switch waits between its
-/// confirmed `RELOAD` and its `KILL`s, for the same purpose.
-pub const TEST_HOLD_AFTER_RELOAD_ENV: &str = "REBOUNCER_TEST_HOLD_AFTER_RELOAD_MS";
+mod hooks;
+
+use hooks::Holds;
 
 /// What to switch to, and what PgBouncer was known to use before.
 #[derive(Clone, Copy, Debug)]
@@ -214,7 +211,7 @@ pub async fn run<C: Console>(
     state: &mut StateFile,
     plan: SwitchPlan<'_>,
 ) -> Result<Switched, SwitchError> {
-    run_with(console, state, plan, sync_dir).await
+    run_with(console, state, plan, sync_dir, Holds::from_env()).await
 }
 
 async fn run_with<C: Console>(
@@ -222,6 +219,7 @@ async fn run_with<C: Console>(
     state: &mut StateFile,
     plan: SwitchPlan<'_>,
     sync: SyncDir,
+    holds: Holds,
 ) -> Result<Switched, SwitchError> {
     let SwitchPlan {
         symlink,
@@ -350,11 +348,8 @@ async fn run_with<C: Console>(
         why,
     })?;
 
-    if let Some(ms) = test_hold(TEST_HOLD_AFTER_RELOAD_ENV).filter(|_| !moved.is_empty()) {
-        tracing::warn!(
-            "{TEST_HOLD_AFTER_RELOAD_ENV}={ms} is set: holding {ms} ms after RELOAD before KILL; this is a test-only hook, unset it"
-        );
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    if !moved.is_empty() {
+        holds.after_reload().await;
     }
 
     // Databases that moved: drop every client and server connection to the old server and
@@ -371,6 +366,7 @@ async fn run_with<C: Console>(
             now: &after,
             paused,
         },
+        holds,
     )
     .await;
     resets.warnings.splice(0..0, record_warning);
@@ -426,6 +422,7 @@ pub async fn reset<C: Console>(console: &C, state: &mut StateFile) -> Result<Res
             now: &now,
             paused: &[],
         },
+        Holds::from_env(),
     )
     .await;
     if !gone.is_empty()
@@ -559,6 +556,7 @@ async fn kill_and_resume<C: Console>(
     session: Option<C::Session>,
     state: &mut StateFile,
     held: Held<'_>,
+    holds: Holds,
 ) -> Resets {
     let Held {
         before: held_before,
@@ -590,7 +588,6 @@ async fn kill_and_resume<C: Console>(
             ));
         }
     }
-    let hold = test_hold(TEST_HOLD_AFTER_KILL_ENV);
     let mut conn = Conn { console, session };
     let mut resumed_with_kill = Vec::new();
     for db in moved {
@@ -601,7 +598,7 @@ async fn kill_and_resume<C: Console>(
         // because: pause mode"); PgBouncer counts that as a failed login, and that
         // database's next logins then wait out server_login_retry (15 s by default;
         // measured with tests/crash_safety.rs's window held open: 13 s after the RESUME).
-        let killed = if hold.is_none() && ours.contains(db) {
+        let killed = if holds.pipelined() && ours.contains(db) {
             let resume = format!("RESUME {}", quote_ident(db));
             match conn.pair(&kill, &resume).await {
                 Ok((killed, resumed)) => {
@@ -635,11 +632,8 @@ async fn kill_and_resume<C: Console>(
             }
         }
     }
-    if let Some(ms) = hold.filter(|_| !moved.is_empty()) {
-        tracing::warn!(
-            "{TEST_HOLD_AFTER_KILL_ENV}={ms} is set: holding killed databases {ms} ms before RESUME; this is a test-only hook, unset it"
-        );
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    if !moved.is_empty() {
+        holds.after_kill().await;
     }
     // A failed KILL may still have gone through (a lost answer), so it is resumed too:
     // "is not paused" then says it did not.
@@ -698,10 +692,6 @@ async fn forget(state: &mut StateFile, resumed: &[String], reset: &[String]) -> 
             }
         )),
     }
-}
-
-fn test_hold(env: &str) -> Option<u64> {
-    std::env::var(env).ok().and_then(|v| v.parse::<u64>().ok())
 }
 
 /// RESUME went through, or there was nothing to resume: "is not paused" (an earlier
@@ -1448,7 +1438,9 @@ mod tests {
             last_confirmed: None,
             paused: &[],
         };
-        let done = run_with(&t.fake, &mut t.state, plan, no_fds).await.unwrap();
+        let done = run_with(&t.fake, &mut t.state, plan, no_fds, Holds::default())
+            .await
+            .unwrap();
         assert!(points_at(&t.link, &t.db2));
         assert_eq!(t.fake.count("RELOAD"), 1);
         assert!(t.fake.databases().iter().all(|d| d.route.port == 5433));
