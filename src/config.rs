@@ -5,7 +5,7 @@
 //! `config error: <file>:<line>: <what is wrong>; <what to do>`. That includes every
 //! server's node file ([`crate::node_file`]).
 //!
-//! The file is read by our own line pass ([`scan`]), which is also the source of its
+//! The file is read by our own line pass (`scan`), which is also the source of its
 //! values, and not by rust-ini (which reads the node files): the Go tool parsed it line by
 //! line (trim; skip blank, `#` and `;` lines; `[section]`; `key=value` split at the first
 //! `=`), and rust-ini 0.21 silently reads inputs of that grammar differently: a line

@@ -4,7 +4,7 @@
 //! there (`SHOW DATABASES`).
 //!
 //! The file goes through rust-ini, the project's INI crate, after a pass
-//! ([`prepare_node_text`]) that neutralises exactly those quirks where PgBouncer's own parser
+//! (`prepare_node_text`) that neutralises exactly those quirks where PgBouncer's own parser
 //! differs, so rust-ini sees what PgBouncer will see. No message repeats a connection
 //! string: it may hold a password.
 
