@@ -1,7 +1,7 @@
 //! Connection strings as the Go tool's users wrote them (lib/pq, i.e. libpq syntax), turned
 //! into a tokio-postgres `Config` plus a native-tls connector.
 //!
-//! tokio-postgres's own parser is not libpq (see CRATES.md §0.7, §3): it knows no
+//! tokio-postgres's own parser is not libpq (docs/postgresql.md): it knows no
 //! `verify-*`/`allow` modes, no `sslrootcert`/`sslcert`/`sslkey`/`passfile`, no `PG*`
 //! variables and no `.pgpass`; it accumulates repeated `host`/`port` keys and silently stops
 //! parsing at a token that starts with `=`. So the string is tokenised here with libpq's rules,
@@ -133,7 +133,7 @@ impl Target {
     }
 
     /// Connects and spawns the connection task. No outer timeout here (`connect_timeout`
-    /// covers only the socket connect, CRATES.md §0.4): the caller wraps this.
+    /// covers only the socket connect, docs/postgresql.md): the caller wraps this.
     pub async fn connect(
         &self,
     ) -> Result<(Client, JoinHandle<Result<(), tokio_postgres::Error>>), ConnectError> {
@@ -402,7 +402,7 @@ fn put_hosts(
     for h in hosts {
         match h.addr {
             // tokio-postgres takes the TLS server name from `host` and refuses TLS without
-            // one (CRATES.md §0.9). Below verify-full the name is not checked, so the
+            // one (docs/postgresql.md). Below verify-full the name is not checked, so the
             // address serves; verify-full needs the real name.
             Some(a) if h.name.is_empty() || h.name.starts_with('/') => {
                 if wire != WireMode::Disable && mode == Mode::VerifyFull {
@@ -504,7 +504,7 @@ fn translate_libpq_keys(p: &mut Params) -> Result<(), ConnInfoError> {
                 origin("tcp_user_timeout", src)
             ))
         })?;
-        // libpq: milliseconds; tokio-postgres: seconds (CRATES.md §3). Round up.
+        // libpq: milliseconds; tokio-postgres: seconds (docs/postgresql.md). Round up.
         let secs = if ms <= 0 { 0 } else { (ms + 999) / 1000 };
         p.set("tcp_user_timeout", secs.to_string(), src);
     }

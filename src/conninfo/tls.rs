@@ -42,7 +42,7 @@ pub fn build_tls(
         None => {
             // prefer/require without a root certificate: encryption without verification,
             // as libpq. native-tls would otherwise verify against the system roots and
-            // fail on the usual self-signed server certificate (CRATES.md §0.8).
+            // fail on the usual self-signed server certificate (docs/postgresql.md).
             b.danger_accept_invalid_certs(true);
         }
         Some((file, _)) if file == "system" => {} // keep the built-in roots
