@@ -2,7 +2,7 @@
 //! switch and the main loop can be driven by a fake PgBouncer in unit tests, while the real
 //! one ([`Bouncer`]) is exercised end to end by the integration tests.
 //!
-//! Facts about the real console (measured, CRATES.md section 2): it speaks only the simple
+//! Facts about the real console (docs/pgbouncer.md): it speaks only the simple
 //! query protocol and only its own commands; any extended-protocol call makes it drop the
 //! connection ("bad packet").
 

@@ -1,36 +1,32 @@
-//! The configuration file (the Go tool's format, read the Go way) and the per-node
-//! PgBouncer configs it points at.
+//! The configuration file: the Go tool's format, read the Go way.
 //!
 //! Everything is checked here, before anything runs: `load` returns either a complete
 //! [`Config`] or the first problem, as one line for an operator:
-//! `config error: <file>:<line>: <what is wrong>; <what to do>`.
+//! `config error: <file>:<line>: <what is wrong>; <what to do>`. That includes every
+//! server's node file ([`crate::node_file`]).
 //!
-//! Two parsers, on purpose:
-//! - The rebouncer config is read by our own line pass ([`scan`]), which is also the source
-//!   of its values. The Go tool parsed it line by line (trim; skip blank, `#` and `;` lines;
-//!   `[section]`; `key=value` split at the first `=`), and rust-ini 0.21 silently reads
-//!   inputs of that grammar differently (CRATES.md §0.10, §7): a line without `=` is glued
-//!   to the next key, an indented comment swallows the next key, a trailing `\` joins two
-//!   lines, `:` splits keys, keys outside a section are accepted, and of duplicated keys the
-//!   first wins where Go took the last. Our pass knows every value's line number, which
-//!   the error messages need anyway.
-//! - Node files are PgBouncer configs and go through rust-ini, the project's INI crate, after
-//!   a pass ([`prepare_node_text`]) that neutralises exactly those quirks where PgBouncer's
-//!   own parser differs, so rust-ini sees what PgBouncer will see.
+//! The file is read by our own line pass (`scan`), which is also the source of its
+//! values, and not by rust-ini (which reads the node files): the Go tool parsed it line by
+//! line (trim; skip blank, `#` and `;` lines; `[section]`; `key=value` split at the first
+//! `=`), and rust-ini 0.21 silently reads inputs of that grammar differently: a line
+//! without `=` is glued to the next key, an indented comment swallows the next key, a
+//! trailing `\` joins two lines, `:` splits keys, keys outside a section are accepted, and
+//! of duplicated keys the first wins where Go took the last. Our pass knows every value's
+//! line number, which the error messages need anyway.
 //!
 //! No message ever repeats a connection string: it may hold a password. Messages name the
 //! key or the server instead.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use ini::{Ini, ParseOption};
-
 use crate::conninfo::{Env, Target};
+use crate::ini_text::{Line, ReadError, classify, read_text, shown};
+use crate::node_file;
+pub use crate::node_file::{DatabaseEntry, NodeFile};
 
 /// The validated configuration. Built once at start; nothing in it is a default that
 /// stands in for a value the operator gave.
@@ -79,23 +75,6 @@ pub struct Server {
     pub conninfo: String,
     /// `<configdir>/<name>.ini`, absolute.
     pub node_file: PathBuf,
-}
-
-/// One entry of a node file's `[databases]` section, as PgBouncer will use it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatabaseEntry {
-    pub name: String,
-    /// `None` when the entry names no host (PgBouncer then uses its unix socket default).
-    pub host: Option<String>,
-    pub port: u16,
-}
-
-/// A precooked PgBouncer config for one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFile {
-    pub path: PathBuf,
-    /// Named databases in file order, at least one; the `*` fallback entry is not listed.
-    pub databases: Vec<DatabaseEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,9 +184,10 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
 }
 
 /// Read one node file (a complete PgBouncer config) and list where its `[databases]`
-/// entries point. Used at start for every node, and again before each switch.
+/// entries point, or say what is wrong as a config error. Used at start for every node,
+/// and again before each switch.
 pub fn read_node_file(path: &Path) -> Result<NodeFile, ConfigError> {
-    parse_node_file(path).map_err(|p| ConfigError(format!("config error: {p}")))
+    node_file::read(path).map_err(|p| ConfigError(format!("config error: {p}")))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -221,21 +201,6 @@ fn in_file(file: &Path, msg: impl fmt::Display) -> ConfigError {
     ConfigError(format!("config error: {}: {msg}", file.display()))
 }
 
-/// A key as it may appear in a message. A line that lost its name can have a connection
-/// URL before its first `=` (`postgresql://u:secret@h/db?sslmode=require`), so only keys
-/// that look like names are repeated.
-fn shown(key: &str) -> String {
-    let plain = key.len() <= 64
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if plain {
-        format!("\"{key}\"")
-    } else {
-        "this key".to_string()
-    }
-}
-
 fn unknown_key(key: &str) -> String {
     match shown(key).as_str() {
         "this key" => "an unknown key".to_string(),
@@ -245,33 +210,6 @@ fn unknown_key(key: &str) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Reading files
-
-enum ReadError {
-    Io(io::Error),
-    /// 1-based line of the first byte that is not UTF-8.
-    NotUtf8(usize),
-}
-
-/// Read a whole file as UTF-8 text (connection strings are `&str` for tokio-postgres),
-/// saying on which line it stops being text.
-fn read_text(path: &Path) -> Result<String, ReadError> {
-    let bytes = fs::read(path).map_err(ReadError::Io)?;
-    match String::from_utf8(bytes) {
-        Ok(mut s) => {
-            // Editors on Windows write a byte order mark; Go would have read it as part of
-            // the first line and failed on it. Nothing can mean it, so drop it.
-            if s.starts_with('\u{feff}') {
-                s.drain(..'\u{feff}'.len_utf8());
-            }
-            Ok(s)
-        }
-        Err(e) => {
-            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-            let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
-            Err(ReadError::NotUtf8(line))
-        }
-    }
-}
 
 fn read_config_file(path: &Path, cwd: &Path) -> Result<String, ConfigError> {
     read_text(&cwd.join(path)).map_err(|e| match e {
@@ -293,49 +231,6 @@ fn read_config_file(path: &Path, cwd: &Path) -> Result<String, ConfigError> {
             "this line is not UTF-8 text; save the file as UTF-8",
         ),
     })
-}
-
-// ---------------------------------------------------------------------------------------
-// The line grammar
-
-/// One line of an INI file, trimmed, in the grammar of the Go tool (and, for the shapes
-/// it knows, of PgBouncer).
-#[derive(Debug, PartialEq, Eq)]
-enum Line<'a> {
-    /// Empty, or a comment: `#` or `;` first, after any indentation.
-    Blank,
-    /// `[name]`, name trimmed; `rest` is whatever follows the `]`.
-    Section { name: &'a str, rest: &'a str },
-    /// Starts with `[` but has no `]`.
-    UnclosedSection,
-    /// `key = value`, split at the first `=`, both trimmed. Values are kept verbatim
-    /// otherwise: quotes, backslashes, `#` and `;` belong to connection strings.
-    Entry { key: &'a str, value: &'a str },
-    /// Anything else: a line with no `=`.
-    NoEquals,
-}
-
-fn classify(raw: &str) -> Line<'_> {
-    let line = raw.trim();
-    if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-        return Line::Blank;
-    }
-    if let Some(inner) = line.strip_prefix('[') {
-        return match inner.split_once(']') {
-            Some((name, rest)) => Line::Section {
-                name: name.trim(),
-                rest: rest.trim(),
-            },
-            None => Line::UnclosedSection,
-        };
-    }
-    match line.split_once('=') {
-        Some((key, value)) => Line::Entry {
-            key: key.trim(),
-            value: value.trim(),
-        },
-        None => Line::NoEquals,
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -950,8 +845,8 @@ fn load_server(
     let target = parse_target(file, e, &format!("server {name}"), env, connect_timeout)?;
 
     let node_file = configdir.join(format!("{name}.ini"));
-    parse_node_file(&node_file).map_err(|p| {
-        if p.not_found {
+    node_file::read(&node_file).map_err(|p| {
+        if p.not_found() {
             at(
                 file,
                 e.line,
@@ -970,315 +865,6 @@ fn load_server(
         conninfo: e.value.clone(),
         node_file,
     })
-}
-
-// ---------------------------------------------------------------------------------------
-// Node files
-
-/// What is wrong with a node file; Display: `<path>[:<line>]: <message>`.
-#[derive(Debug)]
-struct NodeProblem {
-    path: PathBuf,
-    line: Option<usize>,
-    msg: String,
-    not_found: bool,
-}
-
-impl fmt::Display for NodeProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(l) = self.line {
-            write!(f, ":{l}")?;
-        }
-        write!(f, ": {}", self.msg)
-    }
-}
-
-/// rust-ini as close to PgBouncer (and Go) as it goes: values verbatim.
-fn go_like() -> ParseOption {
-    ParseOption {
-        enabled_quote: false,
-        enabled_escape: false,
-        enabled_indented_mutiline_value: false,
-        enabled_preserve_key_leading_whitespace: false,
-    }
-}
-
-/// The node file text made safe for rust-ini, line for line (so its line numbers stay
-/// right), plus what the pass learned.
-#[derive(Debug)]
-struct Prepared {
-    text: String,
-    /// Line of each key in `[databases]`; a repeated name keeps its last line.
-    database_lines: HashMap<String, usize>,
-    /// `%include` was used: sections may come from another file.
-    includes: bool,
-    /// Line of the first `[databases]` header.
-    databases_header: Option<usize>,
-}
-
-/// Where PgBouncer's parser (libusual `parse_ini_file`) and rust-ini part ways:
-/// - an indented `#`/`;` comment is a comment for PgBouncer, a key prefix for rust-ini;
-/// - `%include FILE` is a PgBouncer directive, a glued-on key for rust-ini; blanked here
-///   (its contents are not read, so a database defined there is not listed);
-/// - a trailing `\` is literal for PgBouncer, a line join for rust-ini, even with escapes
-///   off; a space after it stops the join and rust-ini trims it from the value;
-/// - a line without `=` and a key before any section are syntax errors for PgBouncer but
-///   silently accepted (glued to the next line, or put in a general section) by rust-ini;
-/// - `:` ends a key for rust-ini; PgBouncer's unquoted keys cannot contain it.
-fn prepare_node_text(text: &str) -> Result<Prepared, (usize, String)> {
-    let mut out = String::with_capacity(text.len() + 16);
-    let mut database_lines = HashMap::new();
-    let mut includes = false;
-    let mut databases_header = None;
-    let mut section: Option<&str> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let no = i + 1;
-        let mut line = raw.to_string();
-        if raw.trim_start().starts_with("%include") {
-            includes = true;
-            line.clear();
-        }
-        match classify(raw) {
-            _ if line.is_empty() => {}
-            Line::Blank => line.clear(),
-            Line::Section { name, rest } => {
-                section = Some(name);
-                if name == "databases" && databases_header.is_none() {
-                    databases_header = Some(no);
-                }
-                // PgBouncer reads on after the `]`: a comment there is fine for it, while
-                // rust-ini calls it an inline comment and fails.
-                if rest.starts_with('#') || rest.starts_with(';') {
-                    line = format!("[{name}]");
-                } else if !rest.is_empty() {
-                    return Err((
-                        no,
-                        format!("text after \"[{name}]\"; put it on a line of its own"),
-                    ));
-                }
-            }
-            Line::UnclosedSection => {
-                return Err((no, "a section header must end with \"]\"; PgBouncer rejects the file too (syntax error)".into()));
-            }
-            Line::NoEquals => {
-                return Err((no, "this line has no \"=\"; PgBouncer rejects the file too (syntax error): fix or remove the line".into()));
-            }
-            Line::Entry { key, .. } => {
-                let Some(section) = section else {
-                    return Err((
-                        no,
-                        format!(
-                            "{} comes before any section; PgBouncer rejects a value without section: move it under [databases] or [pgbouncer]",
-                            shown(key)
-                        ),
-                    ));
-                };
-                if key.contains(':') {
-                    return Err((
-                        no,
-                        format!(
-                            "{} contains \":\"; PgBouncer does not accept it in a name (syntax error)",
-                            shown(key)
-                        ),
-                    ));
-                }
-                if section == "databases" {
-                    database_lines.insert(key.to_string(), no);
-                }
-            }
-        }
-        out.push_str(&line);
-        if line.ends_with('\\') {
-            out.push(' ');
-        }
-        out.push('\n');
-    }
-    Ok(Prepared {
-        text: out,
-        database_lines,
-        includes,
-        databases_header,
-    })
-}
-
-fn parse_node_file(path: &Path) -> Result<NodeFile, NodeProblem> {
-    let problem = |line: Option<usize>, msg: String| NodeProblem {
-        path: path.to_path_buf(),
-        line,
-        msg,
-        not_found: false,
-    };
-    let text = read_text(path).map_err(|e| match e {
-        ReadError::Io(err) => NodeProblem {
-            not_found: err.kind() == io::ErrorKind::NotFound,
-            ..problem(None, format!("cannot read the node file: {err}"))
-        },
-        ReadError::NotUtf8(line) => problem(
-            Some(line),
-            "this line is not UTF-8 text; is this really a PgBouncer config? Save it as UTF-8"
-                .into(),
-        ),
-    })?;
-    let prepared = prepare_node_text(&text).map_err(|(line, msg)| problem(Some(line), msg))?;
-    let ini = Ini::load_from_str_opt(&prepared.text, go_like()).map_err(|e| {
-        problem(
-            Some(e.line),
-            // rust-ini's column points past the offending character; the line is enough.
-            format!(
-                "not a valid INI file ({}); PgBouncer would not load it either",
-                e.msg
-            ),
-        )
-    })?;
-    if ini.section(Some("databases")).is_none() {
-        return Err(problem(
-            None,
-            "no [databases] section; a node file is a complete PgBouncer config whose [databases] point at that node".into(),
-        ));
-    }
-    // Without [pgbouncer], a RELOAD would keep or reset settings unpredictably; an included
-    // file may supply it, which we do not read.
-    if ini.section(Some("pgbouncer")).is_none() && !prepared.includes {
-        return Err(problem(
-            None,
-            "no [pgbouncer] section; a node file is a complete PgBouncer config: add the [pgbouncer] settings PgBouncer runs with".into(),
-        ));
-    }
-    let mut databases: Vec<DatabaseEntry> = Vec::new();
-    for props in ini.section_all(Some("databases")) {
-        for (key, value) in props.iter() {
-            // `*` is the fallback for databases not listed; it names no database to check.
-            if key == "*" {
-                continue;
-            }
-            let line = prepared.database_lines.get(key).copied();
-            let entry = database_entry(key, value).map_err(|msg| problem(line, msg))?;
-            // PgBouncer: a repeated name redefines the database; the last definition counts.
-            match databases.iter_mut().find(|d| d.name == entry.name) {
-                Some(d) => *d = entry,
-                None => databases.push(entry),
-            }
-        }
-    }
-    if databases.is_empty() {
-        // A switch is confirmed by finding each named database in SHOW DATABASES, routed
-        // where this file says; with none named, any config PgBouncer ends up with would
-        // pass as confirmed.
-        let has_star = prepared.database_lines.contains_key("*");
-        let what = match (has_star, prepared.includes) {
-            (true, true) => "only the \"*\" fallback, and databases in %include files are not read",
-            (true, false) => "only the \"*\" fallback",
-            (false, true) => "databases in %include files are not read",
-            (false, false) => "the section is empty",
-        };
-        return Err(problem(
-            prepared.databases_header,
-            format!(
-                "[databases] names no database ({what}); rebouncer confirms a switch by \
-                 finding these databases in PgBouncer's SHOW DATABASES, so with none a wrong \
-                 config would pass: add a line for each database the applications use, \
-                 e.g. appdb = host=<this node> port=5432 dbname=appdb"
-            ),
-        ));
-    }
-    Ok(NodeFile {
-        path: path.to_path_buf(),
-        databases,
-    })
-}
-
-/// One `[databases]` line as PgBouncer reads it (`parse_database` in src/loader.c).
-fn database_entry(key: &str, value: &str) -> Result<DatabaseEntry, String> {
-    // PgBouncer 1.21+ allows a quoted name, `'my db' = ...`, with no escapes inside.
-    let name = key
-        .strip_prefix('\'')
-        .and_then(|k| k.strip_suffix('\''))
-        .unwrap_or(key);
-    let shown_name = shown(name);
-    let pairs = pgbouncer_connstr_pairs(value).map_err(|why| {
-        format!("database {shown_name}: {why}; PgBouncer would reject this entry")
-    })?;
-    let mut host = None;
-    let mut port = 5432;
-    // Like PgBouncer: the last of repeated keys wins.
-    for (k, v) in pairs {
-        match k {
-            "host" => host = Some(v),
-            "port" => {
-                port = v.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
-                    format!(
-                        "database {shown_name}: port={} is not a port number (1 to 65535); correct it",
-                        if v.len() <= 16 { v.as_str() } else { "..." }
-                    )
-                })?;
-            }
-            _ => {}
-        }
-    }
-    Ok(DatabaseEntry {
-        name: name.to_string(),
-        host,
-        port,
-    })
-}
-
-/// PgBouncer's connection-string syntax (`cstr_get_pair`, src/loader.c): `key=value`
-/// separated by spaces (only spaces, not tabs), spaces allowed around `=`, a value in single
-/// quotes may contain spaces and `''` for a quote; no backslash escapes; no empty values.
-fn pgbouncer_connstr_pairs(s: &str) -> Result<Vec<(&str, String)>, &'static str> {
-    let mut pairs = Vec::new();
-    let mut rest = s.trim_start_matches(' ');
-    while !rest.is_empty() {
-        let key_end = rest.find(['=', ' ']).unwrap_or(rest.len());
-        let key = &rest[..key_end];
-        let after_key = rest[key_end..].trim_start_matches(' ');
-        let Some(after_eq) = after_key.strip_prefix('=') else {
-            return Err("a word without \"=\" in the connection string (expected key=value)");
-        };
-        if key.is_empty() {
-            return Err("\"=\" without a key in the connection string");
-        }
-        let v = after_eq.trim_start_matches(' ');
-        let (value, next) = match v.strip_prefix('\'') {
-            Some(quoted) => unquote(quoted)?,
-            None => {
-                let end = v.find(' ').unwrap_or(v.len());
-                (v[..end].to_string(), &v[end..])
-            }
-        };
-        if value.is_empty() {
-            return Err("an empty value in the connection string");
-        }
-        pairs.push((key, value));
-        rest = next.trim_start_matches(' ');
-    }
-    Ok(pairs)
-}
-
-/// The rest of a single-quoted value: returns the value and what follows the closing quote.
-fn unquote(s: &str) -> Result<(String, &str), &'static str> {
-    let mut value = String::new();
-    let mut chars = s.char_indices();
-    while let Some((i, c)) = chars.next() {
-        if c != '\'' {
-            value.push(c);
-            continue;
-        }
-        if s[i + 1..].starts_with('\'') {
-            value.push('\'');
-            chars.next();
-            continue;
-        }
-        let next = &s[i + 1..];
-        if !next.is_empty() && !next.starts_with(' ') {
-            return Err(
-                "text right after a closing quote in the connection string (expected a space)",
-            );
-        }
-        return Ok((value, next));
-    }
-    Err("an unterminated quote in the connection string")
 }
 
 #[cfg(test)]
@@ -2144,221 +1730,6 @@ http=:7100",
             "{e}"
         );
         assert!(e.contains("is also the node file of server db1"), "{e}");
-    }
-
-    // --- node files ----------------------------------------------------------------------
-
-    fn node(text: &str) -> Result<NodeFile, ConfigError> {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path().join("n.ini");
-        fs::write(&p, text).unwrap();
-        read_node_file(&p).map_err(|e| ConfigError(e.0.replace(&p.display().to_string(), "N")))
-    }
-
-    fn db(name: &str, host: Option<&str>, port: u16) -> DatabaseEntry {
-        DatabaseEntry {
-            name: name.into(),
-            host: host.map(Into::into),
-            port,
-        }
-    }
-
-    #[test]
-    fn node_file_databases_with_host_and_port_in_file_order() {
-        let n = node(
-            "; node db1\n[databases]\n\
-             zeta = host=10.0.0.1 port=5433 dbname=z\n\
-             alpha = dbname=a host = 10.0.0.1\n\
-             sock = host=/var/run/postgresql\n\
-             * = host=10.0.0.1\n\
-             [pgbouncer]\nlisten_port = 6432\n",
-        )
-        .unwrap();
-        assert_eq!(
-            n.databases,
-            [
-                db("zeta", Some("10.0.0.1"), 5433),
-                db("alpha", Some("10.0.0.1"), 5432),
-                db("sock", Some("/var/run/postgresql"), 5432),
-            ]
-        );
-    }
-
-    #[test]
-    fn node_file_entry_without_host_uses_the_default_socket_and_port() {
-        let n = node("[databases]\nappdb = dbname=app\n[pgbouncer]\n").unwrap();
-        assert_eq!(n.databases, [db("appdb", None, 5432)]);
-    }
-
-    #[test]
-    fn node_file_quoted_values_and_names_as_pgbouncer_reads_them() {
-        let n = node(
-            "[databases]\n\
-             a = host='my host' port='6000' password='it''s #; \\x'\n\
-             'my db' = host=h\n\
-             [pgbouncer]\n",
-        )
-        .unwrap();
-        assert_eq!(
-            n.databases,
-            [db("a", Some("my host"), 6000), db("my db", Some("h"), 5432)]
-        );
-    }
-
-    #[test]
-    fn node_file_last_definition_of_a_database_counts() {
-        let n =
-            node("[databases]\na = host=x\nb = host=y\na = host=z port=1\n[pgbouncer]\n").unwrap();
-        assert_eq!(
-            n.databases,
-            [db("a", Some("z"), 1), db("b", Some("y"), 5432)]
-        );
-    }
-
-    #[test]
-    fn node_file_bad_port_names_the_database_and_line() {
-        let e = node("[databases]\nappdb = host=x port=abc\n[pgbouncer]\n")
-            .unwrap_err()
-            .0;
-        assert_eq!(
-            e,
-            "config error: N:2: database \"appdb\": port=abc is not a port number (1 to 65535); correct it"
-        );
-        assert!(node("[databases]\na = host=x port=0\n[pgbouncer]\n").is_err());
-        assert!(node("[databases]\na = host=x port=65536\n[pgbouncer]\n").is_err());
-    }
-
-    #[test]
-    fn node_file_connection_string_syntax_errors_do_not_echo_the_value() {
-        for bad in [
-            "host=x password='s3cret",
-            "host=x password=s3cret junk",
-            "host= ",
-            "host=x password='s3cret'port=1",
-            "=s3cret",
-        ] {
-            let e = node(&format!("[databases]\na = {bad}\n[pgbouncer]\n"))
-                .unwrap_err()
-                .0;
-            assert!(
-                e.starts_with("config error: N:2: database \"a\": "),
-                "{bad}: {e}"
-            );
-            assert!(
-                e.ends_with("PgBouncer would reject this entry"),
-                "{bad}: {e}"
-            );
-            assert!(!e.contains("s3cret"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn node_file_without_sections_is_refused() {
-        let e = node("[pgbouncer]\nlisten_port=1\n").unwrap_err().0;
-        assert!(
-            e.starts_with("config error: N: no [databases] section"),
-            "{e}"
-        );
-        let e = node("[databases]\na = host=x\n").unwrap_err().0;
-        assert!(
-            e.starts_with("config error: N: no [pgbouncer] section"),
-            "{e}"
-        );
-        // An included file may hold [pgbouncer]; PgBouncer resolves it, we cannot check it.
-        let n = node("%include /etc/pgbouncer/common.ini\n[databases]\na = host=x\n").unwrap();
-        assert_eq!(n.databases, [db("a", Some("x"), 5432)]);
-    }
-
-    #[test]
-    fn node_file_comments_and_backslashes_as_pgbouncer_reads_them() {
-        let n = node(
-            "[databases]  ; the node\n  # indented comment\n\
-             a = host=x password=ab\\\n\
-             b = host=y\n[pgbouncer]\n",
-        )
-        .unwrap();
-        assert_eq!(
-            n.databases,
-            [db("a", Some("x"), 5432), db("b", Some("y"), 5432)]
-        );
-    }
-
-    #[test]
-    fn node_file_lines_rust_ini_would_misread_are_refused_with_their_line() {
-        let e = node("[databases]\ngarbage line\na = host=x\n[pgbouncer]\n")
-            .unwrap_err()
-            .0;
-        assert!(
-            e.starts_with("config error: N:2: this line has no \"=\""),
-            "{e}"
-        );
-        let e = node("a = host=x\n[databases]\n[pgbouncer]\n")
-            .unwrap_err()
-            .0;
-        assert!(
-            e.starts_with("config error: N:1: \"a\" comes before any section"),
-            "{e}"
-        );
-        let e = node("[databases]\na:b = host=x\n[pgbouncer]\n")
-            .unwrap_err()
-            .0;
-        assert!(
-            e.starts_with("config error: N:2: this key contains \":\""),
-            "{e}"
-        );
-        let e = node("[databases\na = host=x\n").unwrap_err().0;
-        assert!(
-            e.starts_with("config error: N:1: a section header must end with"),
-            "{e}"
-        );
-        let e = node("[databases]\na = host=x\n= host=y\n[pgbouncer]\n")
-            .unwrap_err()
-            .0;
-        assert_eq!(
-            e,
-            "config error: N:3: not a valid INI file (missing key); PgBouncer would not load it either"
-        );
-    }
-
-    #[test]
-    fn node_file_naming_no_database_is_refused_with_the_line_and_why() {
-        for (text, what, line) in [
-            (
-                "[databases]\n* = host=10.0.0.1\n[pgbouncer]\n",
-                "only the \"*\" fallback",
-                1,
-            ),
-            (
-                "; node db1\n\n[databases]\n%include /etc/pgbouncer/dbs.ini\n[pgbouncer]\n",
-                "databases in %include files are not read",
-                3,
-            ),
-            (
-                "[pgbouncer]\nlisten_port=1\n[databases]  ; none\n\n",
-                "the section is empty",
-                3,
-            ),
-            (
-                "[databases]\n* = host=x\n%include /etc/x.ini\n[pgbouncer]\n",
-                "only the \"*\" fallback, and databases in %include files are not read",
-                1,
-            ),
-        ] {
-            let e = node(text).unwrap_err().0;
-            assert_eq!(
-                e,
-                format!(
-                    "config error: N:{line}: [databases] names no database ({what}); rebouncer confirms a switch \
-                     by finding these databases in PgBouncer's SHOW DATABASES, so with none a wrong config would \
-                     pass: add a line for each database the applications use, e.g. appdb = host=<this node> \
-                     port=5432 dbname=appdb"
-                ),
-                "{text}"
-            );
-        }
-        // One named database next to `*` is enough.
-        let n = node("[databases]\n* = host=x\na = host=x\n[pgbouncer]\n").unwrap();
-        assert_eq!(n.databases, [db("a", Some("x"), 5432)]);
     }
 
     #[test]

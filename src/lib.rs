@@ -13,9 +13,11 @@ pub mod events;
 #[cfg(test)]
 pub mod fake_bouncer;
 pub mod http;
+mod ini_text;
 pub mod json;
 pub mod logging;
 pub mod metrics;
+pub mod node_file;
 pub mod notify;
 pub mod probe;
 pub mod state;
