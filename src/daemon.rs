@@ -260,6 +260,8 @@ impl<C: Console> Daemon<C> {
             .enumerate()
             .map(|(key, server)| Node::new(server.name.clone(), key, spawn(key, server, &cfg)))
             .collect();
+        let mut state = state;
+        state.bound_writes(cfg.timeout);
         let memory = Memory {
             timelines: state.state().clone(),
             contested: Vec::new(),
@@ -323,7 +325,7 @@ impl<C: Console> Daemon<C> {
                 stale.display()
             );
         }
-        self.believed.active = self.node_behind_symlink();
+        self.believed.active = self.node_behind_symlink().await;
         match self.believed.active {
             Some(n) => info!(
                 "PgBouncer's config {} points at node {}; it will be confirmed after the first round",
@@ -967,11 +969,11 @@ impl<C: Console> Daemon<C> {
         let Some(active) = self.believed.active.filter(|_| self.believed.confirmed) else {
             return;
         };
-        let behind = self.node_behind_symlink();
+        let (behind, target) = self.read_symlink().await;
         if behind != Some(active) {
             let now_at = match behind {
                 Some(n) => format!("{}'s config", self.nodes[n].name),
-                None => match switch::link_target(&self.cfg.symlink) {
+                None => match target {
                     Some(t) => format!("{}, no node's config", t.display()),
                     None => "nothing (it is missing or not a symlink)".to_string(),
                 },
@@ -1292,7 +1294,7 @@ impl<C: Console> Daemon<C> {
                     .send_modify(|s| s.counters.switch_failed(reason));
                 // The link may or may not have moved; believe only what it says now.
                 self.believed = Believed {
-                    active: self.node_behind_symlink(),
+                    active: self.node_behind_symlink().await,
                     confirmed: false,
                 };
                 let since = self
@@ -1636,12 +1638,30 @@ impl<C: Console> Daemon<C> {
     }
 
     /// The node whose config file the symlink points at now, if any.
-    fn node_behind_symlink(&self) -> Option<NodeId> {
-        let target = switch::link_target(&self.cfg.symlink)?;
-        self.cfg
+    async fn node_behind_symlink(&self) -> Option<NodeId> {
+        self.read_symlink().await.0
+    }
+
+    /// Where the symlink points now and whose node file that is, read off the runtime
+    /// thread (a `read_link` and a `canonicalize` per node file, each may block on a slow
+    /// disk).
+    async fn read_symlink(&self) -> (Option<NodeId>, Option<std::path::PathBuf>) {
+        let symlink = self.cfg.symlink.clone();
+        let files: Vec<std::path::PathBuf> = self
+            .cfg
             .servers
             .iter()
-            .position(|s| switch::same_file(&s.node_file, &target))
+            .map(|s| s.node_file.clone())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let target = switch::link_target(&symlink);
+            let node = target
+                .as_ref()
+                .and_then(|t| files.iter().position(|f| switch::same_file(f, t)));
+            (node, target)
+        })
+        .await
+        .unwrap_or((None, None))
     }
 
     fn active_name(&self) -> String {
@@ -1928,6 +1948,7 @@ impl<C: Console> Daemon<C> {
             warn!("{w}");
         }
         self.cfg = new;
+        self.state.bound_writes(self.cfg.timeout);
         if let Some(h) = &mut self.hold {
             // A pause under way is measured against the new limit from when it began:
             // an operator who shortens pause_timeout during an outage means now.
@@ -1936,7 +1957,7 @@ impl<C: Console> Daemon<C> {
         if active_removed {
             // The switch goes through the normal, confirmed path at the next round.
             self.believed = Believed {
-                active: self.node_behind_symlink(),
+                active: self.node_behind_symlink().await,
                 confirmed: false,
             };
         }
