@@ -17,11 +17,16 @@ use crate::decide::{
 };
 use crate::events::{self, Kind};
 use crate::metrics::{self, SwitchReason};
+use crate::policy::checks::{self, Backoff};
+use crate::policy::drift::DriftCadence;
+use crate::policy::pacing::{self, SwitchPacing};
+use crate::policy::pause::{self, HoldEnd, NoHold, Pausing, Start};
+use crate::policy::persist::{Persist, Said};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
 use crate::status::{
-    Drift, Hold as HoldStatus, NodeStatus, Paused, Phase, ReloadStatus, RoundStats, Snapshot,
-    StaleStatus, SwitchFailure,
+    Drift, Hold as HoldStatus, NodeStatus, NotTaken, Paused, Phase, ReloadStatus, RoundStats,
+    Snapshot, StaleStatus, SwitchFailure,
 };
 use crate::switch::{self, SwitchPlan};
 use crate::throttle::{Say, Throttle};
@@ -38,15 +43,6 @@ const FRESH_CHECK_EVERY: Duration = Duration::from_secs(300);
 /// a primary that hangs closes no connection, and would otherwise be noticed only at the
 /// next round, up to `interval` later.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// While a split brain lasts (rounds come every `fast_interval`), or while the one master
-/// refuses new logins, each such master is asked on a new connection at most this often.
-const RECHECK_EVERY: Duration = Duration::from_secs(5);
-/// A failed switch is retried at every round, but not more often than this.
-const SWITCH_RETRY_MIN: Duration = Duration::from_secs(1);
-/// PgBouncer's routes are compared with the active node's file every this many rounds
-/// (and at once when the admin session closes: PgBouncer restarted). The symlink itself is
-/// read at every round.
-const DRIFT_CHECK_ROUNDS: u32 = 3;
 
 /// A `PAUSE` that has not completed by then is abandoned: it waits for running
 /// transactions, and every client arriving meanwhile waits too (together with `timeout`,
@@ -128,10 +124,9 @@ struct Node {
     refuses_new: Option<String>,
     /// When it was last asked on a new connection before a verdict.
     rechecked: Option<Instant>,
-    /// Failed checks in a row, and when it may be asked again: a server that keeps
-    /// refusing is not hammered at the fast rate (each attempt is a fork and a FATAL line).
-    failures: u32,
-    next_try: Instant,
+    /// A new connection to it worked since it last changed state.
+    accepted_new: bool,
+    backoff: Backoff,
     requests: mpsc::UnboundedSender<Request>,
 }
 
@@ -151,8 +146,8 @@ impl Node {
             timeline_note: None,
             refuses_new: None,
             rechecked: None,
-            failures: 0,
-            next_try: Instant::now(),
+            accepted_new: false,
+            backoff: Backoff::new(Instant::now().into_std()),
             requests,
         }
     }
@@ -186,9 +181,10 @@ pub struct Daemon<C: Console> {
     unsettled: bool,
     last_switch: Option<SystemTime>,
     switch_failure: Option<SwitchFailure>,
-    last_switch_attempt: Option<Instant>,
-    /// The node the last switch attempt went to.
-    last_switch_to: Option<NodeId>,
+    pacing: SwitchPacing,
+    /// What PgBouncer runs while it does not take the file the symlink names.
+    not_taken: Option<NotTaken>,
+    persist: Persist,
     conditions: Throttle<Condition>,
     stale_log: Throttle<Vec<String>>,
     refusal_log: Throttle<String>,
@@ -198,7 +194,7 @@ pub struct Daemon<C: Console> {
     /// A kept admin session: when PgBouncer closes it (a restart), its routes are checked
     /// at once.
     watch_session: Option<C::Session>,
-    rounds_since_drift_check: u32,
+    drift_cadence: DriftCadence,
     drift: Option<Drift>,
     paused: Vec<Paused>,
     /// The routes PgBouncer was last confirmed to use.
@@ -282,8 +278,9 @@ impl<C: Console> Daemon<C> {
             unsettled: true,
             last_switch: None,
             switch_failure: None,
-            last_switch_attempt: None,
-            last_switch_to: None,
+            pacing: SwitchPacing::default(),
+            not_taken: None,
+            persist: Persist::default(),
             conditions: Throttle::new(REMINDER_EVERY),
             stale_log: Throttle::new(REMINDER_EVERY),
             refusal_log: Throttle::new(REMINDER_EVERY),
@@ -291,7 +288,7 @@ impl<C: Console> Daemon<C> {
             last_round: None,
             last_decision: None,
             watch_session: None,
-            rounds_since_drift_check: 0,
+            drift_cadence: DriftCadence::default(),
             drift: None,
             paused: Vec::new(),
             last_confirmed: None,
@@ -350,6 +347,12 @@ impl<C: Console> Daemon<C> {
                 self.state.path().display(),
                 remembered.join(", ")
             );
+        }
+        if self.cfg.pause_on_failover {
+            // A pause must be on disk before it is made: find out now whether it can be,
+            // not at the first failover.
+            let _ = self.state.rewrite().await;
+            self.say_state_file();
         }
         self.publish();
         if !self.wait_for_pgbouncer().await {
@@ -563,7 +566,7 @@ impl<C: Console> Daemon<C> {
         let deadline = started + self.cfg.timeout + Duration::from_millis(250);
         let mut awaited = Vec::new();
         for n in self.nodes.iter_mut() {
-            if n.busy || n.next_try > started {
+            if n.busy || !n.backoff.due(started.into_std()) {
                 continue;
             }
             if n.requests.send(Request::Check).is_ok() {
@@ -619,9 +622,9 @@ impl<C: Console> Daemon<C> {
     /// A server that was backing off is asked at the next round: something changed, and
     /// it may be part of it.
     fn retry_failing_now(&mut self) {
-        let now = Instant::now();
-        for n in self.nodes.iter_mut().filter(|n| n.failures > 0) {
-            n.next_try = n.next_try.min(now);
+        let now = Instant::now().into_std();
+        for n in self.nodes.iter_mut() {
+            n.backoff.retry_now(now);
         }
     }
 
@@ -662,6 +665,7 @@ impl<C: Console> Daemon<C> {
             n.state = Some(obs.state);
             n.since = Some(now);
             n.refuses_new = None;
+            n.accepted_new = false;
         } else if let (Some(new), Some(old)) = (obs.timeline, n.timeline)
             && new.timeline != old.timeline
         {
@@ -689,28 +693,23 @@ impl<C: Console> Daemon<C> {
                 }
                 n.refuses_new = Some(e);
             }
-            Some(Ok(())) if n.refuses_new.take().is_some() => {
-                info!("{}: accepts new connections again", n.name);
+            Some(Ok(())) => {
+                n.accepted_new = true;
+                if n.refuses_new.take().is_some() {
+                    info!("{}: accepts new connections again", n.name);
+                }
             }
-            _ => {}
+            None => {}
         }
-        if obs.state == NodeState::Down {
-            n.failures = n.failures.saturating_add(1);
-            let backoff = fast
-                .saturating_mul(1u32 << (n.failures - 1).min(16))
-                .min(interval);
-            n.next_try = Instant::now() + backoff;
-        } else {
-            n.failures = 0;
-            n.next_try = Instant::now();
-        }
+        let at = Instant::now().into_std();
+        n.backoff
+            .checked(obs.state == NodeState::Down, at, fast, interval);
         n.error = obs.error;
         if changed {
             let this = index;
-            let at = Instant::now();
             for (id, other) in self.nodes.iter_mut().enumerate() {
-                if id != this && other.failures > 0 {
-                    other.next_try = other.next_try.min(at);
+                if id != this {
+                    other.backoff.retry_now(at);
                 }
             }
         }
@@ -731,6 +730,18 @@ impl<C: Console> Daemon<C> {
             .collect()
     }
 
+    /// What each node answered last, in node order.
+    fn states(&self) -> Vec<Option<NodeState>> {
+        self.nodes.iter().map(|n| n.state).collect()
+    }
+
+    fn pausing(&self) -> Pausing {
+        Pausing::new(
+            self.cfg.pause_on_failover,
+            self.state.write_error().is_none(),
+        )
+    }
+
     async fn decide_and_act(&mut self) {
         let mut decision = decide::decide(self.believed, &self.observed(), &self.memory);
         let recheck: Vec<NodeId> = match (&decision.cluster, &decision.refusal) {
@@ -738,39 +749,63 @@ impl<C: Console> Daemon<C> {
             (_, Some(Refusal::RefusesNewLogins(m))) => vec![*m],
             _ => Vec::new(),
         };
-        if !recheck.is_empty() && self.cfg.keep_connections && self.recheck_fresh(recheck).await {
+        if !recheck.is_empty()
+            && self.cfg.keep_connections
+            && self.recheck_fresh(recheck, false).await
+        {
             // Kept sessions can outlive a postmaster that refuses everyone else; what a new
             // connection finds may only make the verdict more cautious (see decide).
             decision = decide::decide(self.believed, &self.observed(), &self.memory);
         }
+        if let Action::Switch(to) = decision.action
+            && self.needs_fresh_check(to)
+            && self.recheck_fresh(vec![to], true).await
+        {
+            decision = decide::decide(self.believed, &self.observed(), &self.memory);
+        }
         self.remember(&decision).await;
         self.log_decision(&decision);
-        self.note_master(&decision);
-        if self.hold.is_none() && self.lost_master(&decision).is_some() {
-            self.start_hold(&decision).await;
+        let states = self.states();
+        if pause::master_back(self.believed.active, &decision, &states) {
+            self.loss_handled = false;
+        }
+        if self.hold.is_none() {
+            let start = pause::on_loss(
+                self.pausing(),
+                self.loss_handled,
+                self.believed,
+                &decision,
+                &states,
+            );
+            match start {
+                Some(Start::Hold(loss)) => self.start_hold(loss.why()).await,
+                Some(Start::CannotRecord(loss)) => {
+                    self.loss_handled = true;
+                    warn!(
+                        "{} stopped being master ({}), but its clients are not held in PgBouncer: pause_on_failover is off \
+                         until the state file can be written; they get errors until a new master is switched to",
+                        self.active_name(),
+                        loss.why()
+                    );
+                }
+                None => {}
+            }
         }
 
         self.unsettled = !matches!(decision.cluster, Cluster::OneMaster(_))
             || decision.refusal.is_some()
             || self.hold.is_some();
+        let now = Instant::now().into_std();
         if let Action::Switch(to) = decision.action {
             self.unsettled = true;
-            // A failed switch, or a switch to the same node again (something keeps undoing
-            // it), waits before it is tried again; a failover to another node right after a
-            // successful switch goes at once.
-            let again = self.switch_failure.is_some() || self.last_switch_to == Some(to);
-            let too_soon = again
-                && self
-                    .last_switch_attempt
-                    .is_some_and(|t| t.elapsed() < SWITCH_RETRY_MIN);
-            if !too_soon {
+            // A target still unproven on a new connection (its check is under way or did
+            // not answer in time) is not switched to: its report decides again.
+            if !self.needs_fresh_check(to) && self.pacing.may_switch(to, now, self.cfg.interval) {
                 self.switch(to).await;
             }
-            if self
-                .hold
-                .as_ref()
-                .is_some_and(|h| h.deadline <= Instant::now())
-            {
+            if self.hold.as_ref().is_some_and(|h| {
+                pause::switch_outlasted_hold(h.deadline.into_std(), Instant::now().into_std())
+            }) {
                 // The switch keeps failing: clients get errors rather than wait longer.
                 self.end_hold(
                     &format!(
@@ -783,7 +818,11 @@ impl<C: Console> Daemon<C> {
                 .await;
             }
         } else {
-            if let Some((why, how)) = self.hold_over(&decision) {
+            let over = self.hold.as_ref().and_then(|h| {
+                pause::hold_over(h.lost, h.deadline.into_std(), now, &decision, &states)
+            });
+            if let Some(end) = over {
+                let (why, how) = self.hold_end_text(end);
                 self.end_hold(&why, how).await;
             }
             // Not while clients are held: a reset RESUMEs what the state file lists as
@@ -800,19 +839,54 @@ impl<C: Console> Daemon<C> {
         self.publish();
     }
 
-    /// Keep the decision's memory; write the timelines to the state file when they rose.
+    /// Whether the node about to receive PgBouncer must first be asked on a new
+    /// connection (see [`checks::target_needs_fresh_check`]).
+    fn needs_fresh_check(&self, to: NodeId) -> bool {
+        checks::target_needs_fresh_check(self.cfg.keep_connections, self.nodes[to].accepted_new)
+    }
+
+    /// Keep the decision's memory; write the state file when the timelines rose or the
+    /// last write failed (retried every time until it works).
     async fn remember(&mut self, decision: &Decision) {
         let rose = decision.memory.timelines != self.memory.timelines;
         self.memory = decision.memory.clone();
-        if rose {
+        if Persist::must_write(rose, self.state.write_error().is_some()) {
             let timelines = self.memory.timelines.timelines.clone();
-            let had_error = self.state.write_error().is_some();
-            if let Err(e) = self.state.update(|s| s.timelines = timelines).await {
-                if !had_error {
-                    warn!("{e}");
-                }
-            } else if had_error {
-                info!("state file {} written again", self.state.path().display());
+            // The error is said below, throttled.
+            let _ = self.state.update(|s| s.timelines = timelines).await;
+        }
+        self.say_state_file();
+    }
+
+    /// Log how the state file stands: a failure once, then a reminder now and then, and
+    /// once more when a write works again.
+    fn say_state_file(&mut self) {
+        let pausing = self.cfg.pause_on_failover;
+        let path = self.state.path().display().to_string();
+        let now = Instant::now().into_std();
+        for said in self.persist.observe(self.state.write_error(), now) {
+            match said {
+                Said::Failing(e) if pausing => warn!(
+                    "{e}; pause_on_failover is off until the state file can be written (retried every round): \
+                     clients are not held during a failover"
+                ),
+                Said::Failing(e) => warn!("{e}; retried every round"),
+                Said::StillFailing {
+                    error,
+                    lasted,
+                    attempts,
+                } => warn!(
+                    "state file still cannot be written after {} s ({attempts} attempts since the last reminder): {error}",
+                    lasted.as_secs()
+                ),
+                Said::Written { lasted } if pausing => info!(
+                    "state file {path} written again after failing for {} s; pause_on_failover is on again",
+                    lasted.as_secs()
+                ),
+                Said::Written { lasted } => info!(
+                    "state file {path} written again after failing for {} s",
+                    lasted.as_secs()
+                ),
             }
         }
     }
@@ -939,14 +1013,19 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    /// Ask these masters on a new connection, each at most every [`RECHECK_EVERY`]; true
-    /// if any was asked.
-    async fn recheck_fresh(&mut self, masters: Vec<NodeId>) -> bool {
+    /// Ask these masters on a new connection, each at most every
+    /// [`checks::RECHECK_EVERY`] unless `always`; true if any was asked.
+    async fn recheck_fresh(&mut self, masters: Vec<NodeId>, always: bool) -> bool {
         let deadline = Instant::now() + self.cfg.timeout + Duration::from_millis(250);
         let mut awaited = Vec::new();
         for id in masters {
             let n = &mut self.nodes[id];
-            if n.rechecked.is_some_and(|t| t.elapsed() < RECHECK_EVERY) {
+            if !always
+                && !checks::recheck_due(
+                    n.rechecked.map(Instant::into_std),
+                    Instant::now().into_std(),
+                )
+            {
                 continue;
             }
             if !n.busy && n.requests.send(Request::Fresh).is_ok() {
@@ -988,11 +1067,9 @@ impl<C: Console> Daemon<C> {
         }
 
         let restarted = self.watch_session.as_ref().is_some_and(|s| s.is_closed());
-        self.rounds_since_drift_check += 1;
-        if !restarted && self.rounds_since_drift_check < DRIFT_CHECK_ROUNDS {
+        if !self.drift_cadence.round(restarted) {
             return;
         }
-        self.rounds_since_drift_check = 0;
         if restarted {
             info!(
                 "PgBouncer closed rebouncer's admin session (restarted?); checking where it routes now"
@@ -1202,8 +1279,6 @@ impl<C: Console> Daemon<C> {
             .map(|d| d.since)
             .or(self.nodes[to].since);
         let started = Instant::now();
-        self.last_switch_attempt = Some(started);
-        self.last_switch_to = Some(to);
         let waiting = match &self.hold {
             Some(h) => self.waiting_clients(&h.databases).await,
             None => None,
@@ -1222,6 +1297,9 @@ impl<C: Console> Daemon<C> {
         let result = switch::run(&self.console, &mut self.state, plan).await;
         match result {
             Ok(done) => {
+                self.pacing
+                    .attempted(to, started.into_std(), pacing::Outcome::Done);
+                self.not_taken = None;
                 let ms = started.elapsed().as_millis();
                 let reset = if done.resets.reset.is_empty() {
                     String::new()
@@ -1275,7 +1353,7 @@ impl<C: Console> Daemon<C> {
                 }
                 // Check the routes at the next round: that also opens the admin session
                 // whose closing tells of a PgBouncer restart.
-                self.rounds_since_drift_check = DRIFT_CHECK_ROUNDS;
+                self.drift_cadence.soon();
                 self.last_switch = done.relinked.then(SystemTime::now).or(self.last_switch);
                 self.switch_failure = None;
                 for say in self.switch_errors.observe(None, Instant::now().into_std()) {
@@ -1288,6 +1366,16 @@ impl<C: Console> Daemon<C> {
                 }
             }
             Err(e) => {
+                let not_taken = matches!(e, switch::SwitchError::NotApplied { .. });
+                let outcome = if not_taken {
+                    pacing::Outcome::NotTaken
+                } else {
+                    pacing::Outcome::Failed
+                };
+                self.pacing.attempted(to, started.into_std(), outcome);
+                if not_taken {
+                    self.not_taken = Some(self.what_pgbouncer_runs().await);
+                }
                 let error = e.to_string();
                 let reason = metrics::failure_reason(&e);
                 self.status
@@ -1314,10 +1402,18 @@ impl<C: Console> Daemon<C> {
                 {
                     match say {
                         Say::Started(_) => {
-                            let text = format!(
-                                "switch to {name} failed: {error}; the symlink points at {}; retrying every round",
-                                self.active_name()
-                            );
+                            let text = match &self.not_taken {
+                                Some(n) => format!(
+                                    "switch to {name} failed: {error}; {}; retrying less and less often, up to every {} s, \
+                                     until PgBouncer runs the symlink (restart it with the symlink as its config file)",
+                                    n.describe(),
+                                    self.cfg.interval.as_secs()
+                                ),
+                                None => format!(
+                                    "switch to {name} failed: {error}; the symlink points at {}; retrying every round",
+                                    self.active_name()
+                                ),
+                            };
                             error!("{text}");
                             events::record(&self.status, Kind::SwitchFailed, Some(&name), text);
                         }
@@ -1332,106 +1428,49 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    /// Forget that the active master's loss was handled once it answers as master again.
-    fn note_master(&mut self, decision: &Decision) {
-        if let Some(a) = self.believed.active
-            && self.nodes[a].state == Some(NodeState::Master)
-            && !decision.stale.iter().any(|s| s.node == a)
-        {
-            self.loss_handled = false;
-        }
-    }
-
-    /// Why the active, confirmed master no longer is one, when clients should be held for
-    /// a new one: pausing is on, its loss was not handled yet, and there is nothing to
-    /// switch to right now (then the switch itself is quicker than a pause).
-    fn lost_master(&self, decision: &Decision) -> Option<String> {
-        if !self.cfg.pause_on_failover || self.loss_handled {
-            return None;
-        }
-        let a = self.believed.active.filter(|_| self.believed.confirmed)?;
-        if matches!(decision.action, Action::Switch(_)) {
-            return None;
-        }
-        // A pause that the same verdict would end at once helps nobody.
-        if self.no_hold_verdict(decision, a).is_some() {
-            return None;
-        }
-        let n = &self.nodes[a];
-        let why = match n.state {
-            Some(NodeState::Master) if decision.stale.iter().any(|s| s.node == a) => {
-                "it turned out to be a stale primary".to_string()
+    /// What to say and do when a hold ends without a switch.
+    fn hold_end_text(&self, end: HoldEnd) -> (String, Ending) {
+        match end {
+            HoldEnd::MasterBack => {
+                let lost = self.hold.as_ref().map_or(0, |h| h.lost);
+                (
+                    format!("{} answers as master again", self.nodes[lost].name),
+                    Ending::MasterBack,
+                )
             }
-            Some(NodeState::Master) | None => return None,
-            Some(NodeState::Standby) => "it answers as a standby".to_string(),
-            // The line logged when it went down has the error.
-            Some(NodeState::Down) => "it is down".to_string(),
-        };
-        Some(why)
-    }
-
-    /// Why a hold must end without a switch, if it must.
-    fn hold_over(&self, decision: &Decision) -> Option<(String, Ending)> {
-        let h = self.hold.as_ref()?;
-        let lost = &self.nodes[h.lost];
-        if lost.state == Some(NodeState::Master) && !decision.stale.iter().any(|s| s.node == h.lost)
-        {
-            return Some((
-                format!("{} answers as master again", lost.name),
-                Ending::MasterBack,
-            ));
-        }
-        if let Some(why) = self.no_hold_verdict(decision, h.lost) {
-            return Some((why, Ending::GiveUp));
-        }
-        if h.deadline <= Instant::now() {
-            return Some((
+            HoldEnd::Verdict(v) => (self.no_hold_text(&v), Ending::GiveUp),
+            HoldEnd::TimedOut => (
                 format!(
                     "no master appeared within pause_timeout ({} s)",
                     self.cfg.pause_timeout.as_secs()
                 ),
                 Ending::GiveUp,
-            ));
+            ),
         }
-        None
     }
 
-    /// A verdict that will not end in a switch by itself soon, so clients are better off
-    /// with their errors now: split brain, only a stale primary, a refused master. The
-    /// lost master itself turning out stale is the loss, not such a verdict.
-    fn no_hold_verdict(&self, decision: &Decision, lost: NodeId) -> Option<String> {
-        if let Cluster::SplitBrain(m) = &decision.cluster {
-            let names: Vec<&str> = m.iter().map(|i| self.nodes[*i].name.as_str()).collect();
-            return Some(format!(
-                "split brain ({}): no switch until it is resolved",
-                names.join(", ")
-            ));
-        }
-        if let Some(r) = &decision.refusal {
-            return Some(self.refusal_text(r));
-        }
-        let stale: Vec<&str> = decision
-            .stale
-            .iter()
-            .filter(|s| s.node != lost)
-            .map(|s| self.nodes[s.node].name.as_str())
-            .collect();
-        if !stale.is_empty() {
-            let names = stale;
-            return Some(format!(
+    fn no_hold_text(&self, v: &NoHold) -> String {
+        let names = |ids: &[NodeId]| -> String {
+            ids.iter()
+                .map(|i| self.nodes[*i].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match v {
+            NoHold::SplitBrain(m) => {
+                format!("split brain ({}): no switch until it is resolved", names(m))
+            }
+            NoHold::Refused(r) => self.refusal_text(r),
+            NoHold::OnlyStale(n) => format!(
                 "only a stale primary ({}) answers as master, never switched to",
-                names.join(", ")
-            ));
+                names(n)
+            ),
         }
-        None
     }
 
     /// `PAUSE` the active node's databases, recorded in the state file first. Bounded:
     /// a `PAUSE` that does not complete in time is given up and resumed at once.
-    async fn start_hold(&mut self, decision: &Decision) {
-        let Some(why) = self.lost_master(decision) else {
-            return;
-        };
+    async fn start_hold(&mut self, why: &str) {
         let Some(lost) = self.believed.active else {
             return;
         };
@@ -1473,7 +1512,9 @@ impl<C: Console> Daemon<C> {
             return skip(&"none of its databases is there to pause");
         }
         let add = databases.clone();
-        let recorded = self.state.update(|s| s.hold(add)).await;
+        // Kept in memory only if on disk: a record that stayed in memory without its PAUSE
+        // would be "resumed" at the next round, a RESUME of something never paused.
+        let recorded = self.state.update_or_undo(|s| s.hold(add)).await;
         if let Err(e) = recorded {
             // Unrecorded, a rebouncer killed during the pause would leave them paused.
             return skip(&e);
@@ -1630,6 +1671,20 @@ impl<C: Console> Daemon<C> {
             timeout: self.cfg.pause_timeout,
             ended: Some((lasted, outcome.to_string(), waiting)),
         });
+    }
+
+    /// Which file PgBouncer runs (it says so in `SHOW CONFIG`) and which the symlink names.
+    async fn what_pgbouncer_runs(&self) -> NotTaken {
+        let runs = match self.console.session().await {
+            Ok(s) => admin::setting(&s, "conffile").await.ok().flatten(),
+            Err(_) => None,
+        };
+        let names = self.read_symlink().await.1;
+        NotTaken {
+            runs,
+            symlink: self.cfg.symlink.display().to_string(),
+            names: names.map(|n| n.display().to_string()),
+        }
     }
 
     async fn waiting_clients(&self, databases: &[String]) -> Option<u64> {
@@ -1894,7 +1949,10 @@ impl<C: Console> Daemon<C> {
                         requests: (self.spawn)(key, server, &new),
                         busy: false,
                         hung: false,
-                        next_try: Instant::now(),
+                        backoff: Backoff {
+                            next_try: Instant::now().into_std(),
+                            ..n.backoff
+                        },
                         ..n
                     }
                 }
@@ -1923,7 +1981,7 @@ impl<C: Console> Daemon<C> {
             .iter()
             .filter_map(|c| remap(*c))
             .collect();
-        self.last_switch_to = self.last_switch_to.and_then(remap);
+        self.pacing.remap(remap);
         if let Some(h) = &mut self.hold {
             // Not removed: that hold ended above.
             h.lost = remap(h.lost).unwrap_or(h.lost);
@@ -1935,7 +1993,7 @@ impl<C: Console> Daemon<C> {
             self.console = self.console.reconfigured(&new.pgbouncer, new.timeout);
             // Routes are checked through the new console at the next round.
             self.watch_session = None;
-            self.rounds_since_drift_check = DRIFT_CHECK_ROUNDS;
+            self.drift_cadence.soon();
         }
         let pause_changed = new.pause_on_failover != self.cfg.pause_on_failover
             || new.pause_timeout != self.cfg.pause_timeout;
@@ -2049,8 +2107,7 @@ impl<C: Console> Daemon<C> {
                 dst.timeline = src.timeline.map(|t| t.timeline);
                 dst.timeline_note = src.timeline_note.clone();
                 dst.refuses_new = src.refuses_new.clone();
-                dst.next_try = (src.failures > 1 && src.next_try > now)
-                    .then(|| src.next_try.duration_since(now));
+                dst.next_try = src.backoff.shown_wait(now.into_std());
             }
             s.last_round = self.last_round;
             s.active = active;
@@ -2087,6 +2144,8 @@ impl<C: Console> Daemon<C> {
             };
             s.state_file = self.state.path().display().to_string();
             s.state_error = self.state.write_error().map(str::to_string);
+            s.pause_on_failover = self.cfg.pause_on_failover;
+            s.not_taken = self.not_taken.clone();
         });
     }
 }
@@ -2337,6 +2396,18 @@ mod tests {
 
     /// [`world`] with more `[global]` lines.
     async fn world_with(start: &[Is], linked: usize, state: State, global: &str) -> World {
+        world_running(start, linked, state, global, "pgbouncer.ini").await
+    }
+
+    /// [`world_with`], PgBouncer started with `file` as its config file: another link to
+    /// `linked`'s node file than rebouncer's symlink, unless it is `pgbouncer.ini`.
+    async fn world_running(
+        start: &[Is],
+        linked: usize,
+        state: State,
+        global: &str,
+        bouncer_file: &str,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         std::fs::create_dir(root.join("nodes")).unwrap();
@@ -2358,7 +2429,14 @@ mod tests {
         let mut file = StateFile::load(&cfg.state_file).unwrap();
         file.update(|s| *s = state).await.unwrap();
 
-        let bouncer = FakeBouncer::new(root.join("pgbouncer.ini"));
+        if bouncer_file != "pgbouncer.ini" {
+            std::os::unix::fs::symlink(
+                root.join(format!("nodes/pg{linked}.ini")),
+                root.join(bouncer_file),
+            )
+            .unwrap();
+        }
+        let bouncer = FakeBouncer::new(root.join(bouncer_file));
         let servers: Vec<Shared> = start.iter().map(|is| new_server(*is)).collect();
         let cluster = Arc::new(Mutex::new(
             servers
@@ -3282,6 +3360,148 @@ mod tests {
             root.contains("State file: cannot write state file"),
             "{root}"
         );
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_state_file_that_could_not_be_written_is_written_once_it_can_be() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        let path = w.root.join("rebouncer.state");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), "").unwrap();
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
+            .await;
+        w.until(
+            S(1),
+            |w| w.snapshot().state_error.is_some(),
+            "write error shown",
+        )
+        .await;
+        w.set(1, Standby(2));
+        // Nothing changes from now on; the operator fixes the file system.
+        sleep(S(3)).await;
+        std::fs::remove_dir_all(&path).unwrap();
+        w.until(
+            S(3),
+            |w| w.snapshot().state_error.is_none(),
+            "written at a later round",
+        )
+        .await;
+        let on_disk = StateFile::load(&path).unwrap();
+        assert_eq!(on_disk.state().highest(Some(42)), Some(2));
+        w.until(S(1), |w| w.nagios().starts_with("OK"), "OK again")
+            .await;
+        w.stop().await;
+    }
+
+    /// A new master whose kept session answers while new logins are refused (pg_hba.conf,
+    /// max_connections) is not given PgBouncer, which could not log in either.
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_target_that_refuses_new_logins_is_not_switched_to() {
+        let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+        settled_on_pg1(&w).await;
+        w.refuse_new(2, true);
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.during(S(4), |w| w.routed() == Some(1), "PgBouncer kept off pg2")
+            .await;
+        let nagios = w.nagios();
+        assert!(nagios.contains("refuses new connections"), "{nagios}");
+        w.refuse_new(2, false);
+        w.until(
+            S(6),
+            |w| w.routed() == Some(2),
+            "pg2 once it accepts logins",
+        )
+        .await;
+        w.stop().await;
+    }
+
+    /// PgBouncer was started with another file than the symlink: every RELOAD re-reads
+    /// that file, so the switch is never confirmed. The RELOADs come less and less often,
+    /// up to one per `interval`, and /nagios names both files.
+    #[tokio::test(start_paused = true)]
+    async fn a_switch_pgbouncer_does_not_take_backs_off_up_to_interval() {
+        let w = world_running(
+            &[Master(1), Standby(1)],
+            1,
+            State::default(),
+            "",
+            "other.ini",
+        )
+        .await;
+        settled_on_pg1(&w).await;
+        w.set(1, Down);
+        w.set(2, Master(2));
+        let first = w.bouncer.count("RELOAD");
+        let mut reloads_at = Vec::new();
+        let end = Instant::now() + S(14);
+        while Instant::now() < end {
+            let n = w.bouncer.count("RELOAD");
+            if n > first + reloads_at.len() {
+                reloads_at.push(Instant::now());
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        let gaps: Vec<Duration> = reloads_at.windows(2).map(|p| p[1] - p[0]).collect();
+        let interval = S(2);
+        assert!(gaps.len() >= 4, "still retried: {gaps:?}");
+        assert!(gaps[0] >= pacing::SWITCH_RETRY_MIN, "{gaps:?}");
+        for g in &gaps[1..] {
+            assert!(*g >= interval, "backed off to interval: {gaps:?}");
+            assert!(*g < interval + S(1), "not beyond interval: {gaps:?}");
+        }
+        assert_eq!(w.routed(), Some(1), "PgBouncer still runs other.ini");
+        let nagios = w.nagios();
+        let link = w.root.join("pgbouncer.ini");
+        let names = w.root.join("nodes/pg2.ini");
+        assert!(
+            nagios.contains(&format!(
+                "the symlink {} names {}",
+                link.display(),
+                names.display()
+            )),
+            "{nagios}"
+        );
+        assert!(nagios.contains("PgBouncer runs"), "{nagios}");
+        w.stop().await;
+    }
+
+    /// With the state file unwritable, a pause could not be recorded: none is made, the
+    /// pages say pausing is off, and nothing that was never paused is "resumed".
+    #[tokio::test(start_paused = true)]
+    async fn an_unwritable_state_file_turns_pausing_off_and_says_so() {
+        let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+        settled_on_pg1(&w).await;
+        let file = w.root.join("rebouncer.state");
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        w.set(1, Down);
+        sleep(S(3)).await;
+        assert_eq!(w.bouncer.count("PAUSE"), 0, "{:?}", w.bouncer.log());
+        assert_eq!(w.bouncer.count("RESUME"), 0, "{:?}", w.bouncer.log());
+        let root = crate::status::render_root(&w.snapshot(), SystemTime::now());
+        assert!(
+            root.contains("Pausing: off until the state file can be written"),
+            "{root}"
+        );
+        w.set(2, Master(2));
+        w.until(S(3), |w| w.routed() == Some(2), "pg2 as without pausing")
+            .await;
+        w.set(1, Standby(2));
+        w.until(
+            S(3),
+            |w| {
+                w.nagios()
+                    .contains("pause_on_failover is off until the state file can be written")
+            },
+            "/nagios says pausing is off",
+        )
+        .await;
         w.stop().await;
     }
 

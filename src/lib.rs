@@ -17,6 +17,7 @@ pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod policy;
 pub mod probe;
 pub mod state;
 pub mod status;
