@@ -22,6 +22,7 @@ use crate::policy::drift::DriftCadence;
 use crate::policy::pacing::{self, SwitchPacing};
 use crate::policy::pause::{self, HoldEnd, NoHold, Pausing, Start};
 use crate::policy::persist::{Persist, Said};
+use crate::policy::reload_plan::{self, ReloadPlan};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
 use crate::status::{
@@ -1735,13 +1736,16 @@ impl<C: Console> Daemon<C> {
                 self.reload_refused(e.to_string());
                 false
             }
-            Ok(new) => match self.prepare_reload(new) {
-                Err(e) => {
-                    self.reload_refused(e);
-                    false
+            Ok(new) => {
+                let plan = reload_plan::plan(&self.cfg, new);
+                match node_files_readable(&plan.must_read, &self.cfg.configdir).await {
+                    Err(e) => {
+                        self.reload_refused(e);
+                        false
+                    }
+                    Ok(()) => self.apply_reload(plan).await,
                 }
-                Ok(plan) => self.apply_reload(plan).await,
-            },
+            }
         };
         if let Some(done) = r.done {
             let _ = done.send(());
@@ -1766,139 +1770,6 @@ impl<C: Console> Daemon<C> {
         });
     }
 
-    /// What a valid new configuration changes, and the configuration as it will run:
-    /// the settings that cannot change live keep their running values.
-    fn prepare_reload(&self, mut new: Config) -> Result<ReloadPlan, String> {
-        let old = &self.cfg;
-        let mut not_applied = Vec::new();
-        if new.symlink != old.symlink {
-            not_applied.push(format!(
-                "symlink (the file says {}, rebouncer keeps {})",
-                new.symlink.display(),
-                old.symlink.display()
-            ));
-            new.symlink = old.symlink.clone();
-        }
-        if new.state_file != old.state_file {
-            not_applied.push(format!(
-                "state_file (the file says {}, rebouncer keeps {})",
-                new.state_file.display(),
-                old.state_file.display()
-            ));
-            new.state_file = old.state_file.clone();
-        }
-        if new.configdir != old.configdir {
-            not_applied.push(format!(
-                "configdir (the file says {}, rebouncer keeps {})",
-                new.configdir.display(),
-                old.configdir.display()
-            ));
-            // The node files the switch will use are the kept directory's: they must be
-            // there and valid, as at start.
-            for s in &mut new.servers {
-                s.node_file = old.configdir.join(format!("{}.ini", s.name));
-                config::read_node_file(&s.node_file).map_err(|e| {
-                    format!(
-                        "{e} (server {}: configdir {} is kept until a restart, so its node file must be there)",
-                        s.name,
-                        old.configdir.display()
-                    )
-                })?;
-            }
-            new.configdir = old.configdir.clone();
-        }
-
-        let mut changes = Vec::new();
-        let secs = |d: Duration| format!("{} s", d.as_secs_f64());
-        let mut setting = |name: &str, was: String, now: String| {
-            if was != now {
-                changes.push(format!("{name} {was} -> {now}"));
-            }
-        };
-        setting("interval", secs(old.interval), secs(new.interval));
-        setting("timeout", secs(old.timeout), secs(new.timeout));
-        setting(
-            "fast_interval",
-            secs(old.fast_interval),
-            secs(new.fast_interval),
-        );
-        setting(
-            "keep_connections",
-            old.keep_connections.to_string(),
-            new.keep_connections.to_string(),
-        );
-        setting(
-            "pause_on_failover",
-            old.pause_on_failover.to_string(),
-            new.pause_on_failover.to_string(),
-        );
-        setting(
-            "pause_timeout",
-            secs(old.pause_timeout),
-            secs(new.pause_timeout),
-        );
-        let new_console = new.pgbouncer_conninfo != old.pgbouncer_conninfo;
-        if new_console {
-            changes.push(format!(
-                "pgbouncer {} -> {}",
-                old.pgbouncer.endpoint, new.pgbouncer.endpoint
-            ));
-        }
-        // Both are settings of every monitor (and of its connections).
-        let restart_all =
-            new.timeout != old.timeout || new.keep_connections != old.keep_connections;
-        let named = |list: &[Server], name: &str| list.iter().position(|s| s.name == name);
-        let added: Vec<String> = new
-            .servers
-            .iter()
-            .filter(|s| named(&old.servers, &s.name).is_none())
-            .map(|s| s.name.clone())
-            .collect();
-        let removed: Vec<String> = old
-            .servers
-            .iter()
-            .filter(|s| named(&new.servers, &s.name).is_none())
-            .map(|s| s.name.clone())
-            .collect();
-        let reconnected: Vec<String> = new
-            .servers
-            .iter()
-            .filter(|s| {
-                named(&old.servers, &s.name).is_some_and(|i| old.servers[i].conninfo != s.conninfo)
-            })
-            .map(|s| s.name.clone())
-            .collect();
-        let order = |list: &[Server]| list.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
-        let reordered =
-            added.is_empty() && removed.is_empty() && order(&old.servers) != order(&new.servers);
-        if !added.is_empty() {
-            changes.push(format!("server(s) {} added", added.join(", ")));
-        }
-        if !removed.is_empty() {
-            changes.push(format!("server(s) {} removed", removed.join(", ")));
-        }
-        if !reconnected.is_empty() {
-            changes.push(format!(
-                "connection string of {} changed (monitor restarted)",
-                reconnected.join(", ")
-            ));
-        }
-        if reordered {
-            changes.push("servers reordered".to_string());
-        }
-        if restart_all && !new.servers.is_empty() {
-            changes.push("every monitor restarted (timeout or keep_connections)".to_string());
-        }
-        Ok(ReloadPlan {
-            new,
-            changes,
-            not_applied,
-            restart_all,
-            new_console,
-            removed,
-        })
-    }
-
     async fn apply_reload(&mut self, plan: ReloadPlan) -> bool {
         let ReloadPlan {
             new,
@@ -1907,6 +1778,7 @@ impl<C: Console> Daemon<C> {
             restart_all,
             new_console,
             removed,
+            must_read: _,
         } = plan;
         // A hold waits for its lost master to come back; one that is no longer
         // configured never will: its clients are let go first (through the console they
@@ -2150,14 +2022,29 @@ impl<C: Console> Daemon<C> {
     }
 }
 
-/// A reload validated against the running configuration, not applied yet.
-struct ReloadPlan {
-    new: Config,
-    changes: Vec<String>,
-    not_applied: Vec<String>,
-    restart_all: bool,
-    new_console: bool,
-    removed: Vec<String>,
+/// The node files a reload keeps using must be there and valid, as at start; read off the
+/// runtime thread.
+async fn node_files_readable(
+    files: &[(String, std::path::PathBuf)],
+    configdir: &std::path::Path,
+) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let files = files.to_vec();
+    let dir = configdir.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        for (name, file) in &files {
+            config::read_node_file(file).map_err(|e| {
+                format!(
+                    "{e} (server {name}: configdir {dir} is kept until a restart, so its node file must be there)"
+                )
+            })?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("cannot read the node files: {e}")))
 }
 
 async fn next_reload(reloads: &mut Option<mpsc::UnboundedReceiver<Reload>>) -> Option<Reload> {

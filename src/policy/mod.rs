@@ -9,6 +9,7 @@
 //! - [`pause`]: when clients are held in PgBouncer, and when the hold ends.
 //! - [`persist`]: when the state file is written again, and what is said about it.
 //! - [`drift`]: when PgBouncer's routes are compared with the active node's file.
+//! - [`reload_plan`]: what a configuration re-read on SIGHUP changes.
 //!
 //! Times are `std::time::Instant`s handed in by the caller (on tokio's paused clock in
 //! the daemon's tests, so those run in virtual time too).
@@ -18,3 +19,4 @@ pub mod drift;
 pub mod pacing;
 pub mod pause;
 pub mod persist;
+pub mod reload_plan;
