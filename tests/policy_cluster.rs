@@ -131,3 +131,45 @@ fn pgbouncer_running_another_file_is_named_and_reloaded_less_and_less_often() {
         "PgBouncer still runs other.ini"
     );
 }
+
+/// The state file's directory is missing at start with `pause_on_failover` on: the
+/// start-up log, `/` and `/nagios` say pausing is off; the failure is logged once; once
+/// the directory exists the next round writes the file and `/nagios` is OK again.
+#[test]
+fn an_unwritable_state_file_turns_pausing_off_until_a_later_round_writes_it() {
+    let c = Cluster::start(Opts::default().standbys(1));
+    let dir = c.root().join("state");
+    let cfg = c.write_rebouncer_config(
+        2,
+        2,
+        &format!(
+            "pause_on_failover=on\npause_timeout=10\nstate_file={}/rebouncer.state\n",
+            dir.display()
+        ),
+    );
+    let mut d = c.daemon(&cfg);
+    let off = "pause_on_failover is off until the state file can be written";
+    d.wait_log(SHORT, off);
+    d.wait_for(SHORT, "/nagios saying pausing is off", |d| {
+        d.nagios().starts_with("WARNING") && d.nagios().contains(off)
+    });
+    let root = d.http_get("/").unwrap();
+    assert!(
+        root.contains("Pausing: off until the state file can be written"),
+        "{root}"
+    );
+    // Several rounds pass (interval 2 s), each retrying the write: the failure is not
+    // logged again.
+    let mark = d.log().len();
+    std::thread::sleep(Duration::from_secs(5));
+    let quiet = d.log()[mark..].to_string();
+    assert!(!quiet.contains("cannot write state file"), "{quiet}");
+    std::fs::create_dir(&dir).unwrap();
+    d.wait_for(SHORT, "/nagios OK once the state file is written", |d| {
+        d.nagios().starts_with("OK")
+    });
+    assert!(dir.join("rebouncer.state").exists());
+    let log = d.log();
+    assert_eq!(log.matches(off).count(), 1, "said once:\n{log}");
+    assert!(log.contains("written again"), "{log}");
+}
