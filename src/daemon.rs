@@ -4,8 +4,9 @@
 //! server has its own monitor task behind the [`Probe`] seam, and PgBouncer sits behind
 //! the [`Console`] seam, so the loop's behaviour over time is unit-tested with a fake
 //! cluster on tokio's paused clock (`daemon/tests.rs`); the integration tests drive the
-//! real processes. PgBouncer's side (switch, drift) is in `daemon/bouncer.rs`, the pause
-//! in `daemon/hold.rs`, reloads in `daemon/reload.rs`, the log lines in `daemon/say.rs`.
+//! real processes. The monitor tasks are in `daemon/monitor.rs`, PgBouncer's side
+//! (switch, drift) in `daemon/bouncer.rs`, the pause in `daemon/hold.rs`, reloads in
+//! `daemon/reload.rs`, the log lines in `daemon/say.rs`.
 
 use std::time::{Duration, SystemTime};
 
@@ -37,64 +38,22 @@ use crate::throttle::{Say, Throttle};
 
 mod bouncer;
 mod hold;
+mod monitor;
 mod reload;
 mod say;
+
+use hold::{Ending, Hold};
+use monitor::{Report, Request, run_monitor};
 
 /// How often PgBouncer's admin console is tried at start-up until it answers.
 const PGBOUNCER_RETRY: Duration = Duration::from_secs(5);
 /// How often a lasting condition is logged again.
 const REMINDER_EVERY: Duration = Duration::from_secs(60);
-/// With kept connections, each server is also checked with a new connection this often,
-/// so a server that no longer accepts logins shows as such.
-const FRESH_CHECK_EVERY: Duration = Duration::from_secs(300);
 /// With kept connections and an `interval` longer than this, the active master is also
 /// asked this often between rounds, on its kept connection (one query, no new backend):
 /// a primary that hangs closes no connection, and would otherwise be noticed only at the
 /// next round, up to `interval` later.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// A `PAUSE` that has not completed by then is abandoned: it waits for running
-/// transactions, and every client arriving meanwhile waits too (together with `timeout`,
-/// whichever is shorter).
-const PAUSE_BOUND: Duration = Duration::from_secs(2);
-
-/// Clients held in PgBouncer while the active master is gone (`pause_on_failover`).
-struct Hold {
-    /// Paused by rebouncer, listed in the state file's `held`.
-    databases: Vec<String>,
-    /// The master whose loss started it.
-    lost: NodeId,
-    started: Instant,
-    since: SystemTime,
-    deadline: Instant,
-}
-
-/// How a hold ends when no switch ends it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
-    /// The lost master answers as master again: plain RESUME, clients go on where they were.
-    MasterBack,
-    /// No single master in time, split brain, only a stale primary, a refused master:
-    /// clients get PgBouncer's errors as they would have without the pause.
-    GiveUp,
-    /// rebouncer stops: RESUME, and PgBouncer deals with the clients as without rebouncer.
-    Shutdown,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Request {
-    Check,
-    Fresh,
-}
-
-struct Report {
-    /// The monitor's key (see [`Node::key`]), not an index: the list of nodes may have
-    /// been rebuilt by a reload since the check was asked for.
-    key: MonitorKey,
-    obs: Observation,
-    /// How long the check took, fresh re-check included.
-    took: Duration,
-}
 
 /// Names one monitor task for as long as it runs: the index of its node in the first
 /// configuration, then increasing for every monitor a reload starts. Reports and news of
@@ -891,39 +850,6 @@ async fn next_reload(reloads: &mut Option<mpsc::UnboundedReceiver<Reload>>) -> O
 fn on_timeline(t: Option<Timeline>) -> String {
     t.map(|t| format!(" on timeline {}", t.timeline))
         .unwrap_or_default()
-}
-
-/// One server's monitor: checks when asked, reports back. Runs until the daemon drops its
-/// request channel.
-async fn run_monitor<P: Probe>(
-    key: MonitorKey,
-    mut probe: P,
-    mut requests: mpsc::UnboundedReceiver<Request>,
-    reports: mpsc::UnboundedSender<Report>,
-) {
-    let mut last_fresh = Instant::now();
-    while let Some(req) = requests.recv().await {
-        let due = last_fresh.elapsed() >= FRESH_CHECK_EVERY;
-        let started = Instant::now();
-        let mut obs = probe.check().await;
-        if probe.keeps_connections()
-            && (req == Request::Fresh || due)
-            && obs.state != NodeState::Down
-        {
-            last_fresh = Instant::now();
-            let fresh = probe.check_fresh().await;
-            obs.fresh = Some(match fresh.state {
-                NodeState::Down => Err(fresh
-                    .error
-                    .unwrap_or_else(|| "new connection failed".to_string())),
-                _ => Ok(()),
-            });
-        }
-        let took = started.elapsed();
-        if reports.send(Report { key, obs, took }).is_err() {
-            break;
-        }
-    }
 }
 
 #[cfg(test)]

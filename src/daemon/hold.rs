@@ -4,6 +4,34 @@
 
 use super::*;
 
+/// A `PAUSE` that has not completed by then is abandoned: it waits for running
+/// transactions, and every client arriving meanwhile waits too (together with `timeout`,
+/// whichever is shorter).
+const PAUSE_BOUND: Duration = Duration::from_secs(2);
+
+/// Clients held in PgBouncer while the active master is gone (`pause_on_failover`).
+pub(super) struct Hold {
+    /// Paused by rebouncer, listed in the state file's `held`.
+    pub(super) databases: Vec<String>,
+    /// The master whose loss started it.
+    pub(super) lost: NodeId,
+    pub(super) started: Instant,
+    pub(super) since: SystemTime,
+    pub(super) deadline: Instant,
+}
+
+/// How a hold ends when no switch ends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// The lost master answers as master again: plain RESUME, clients go on where they were.
+    MasterBack,
+    /// No single master in time, split brain, only a stale primary, a refused master:
+    /// clients get PgBouncer's errors as they would have without the pause.
+    GiveUp,
+    /// rebouncer stops: RESUME, and PgBouncer deals with the clients as without rebouncer.
+    Shutdown,
+}
+
 impl<C: Console> Daemon<C> {
     /// Databases a previous run killed and did not resume (it was killed in between)
     /// wait for a `RESUME` that nobody else will send. Only what the state file lists: a
