@@ -623,11 +623,7 @@ impl<C: Console> Daemon<C> {
 
     async fn decide_and_act(&mut self) {
         let mut decision = decide::decide(self.believed, &self.observed(), &self.memory);
-        let recheck: Vec<NodeId> = match (&decision.cluster, &decision.refusal) {
-            (Cluster::SplitBrain(masters), _) => masters.clone(),
-            (_, Some(Refusal::RefusesNewLogins(m))) => vec![*m],
-            _ => Vec::new(),
-        };
+        let recheck = checks::masters_to_recheck(&decision);
         if !recheck.is_empty()
             && self.cfg.keep_connections
             && self.recheck_fresh(recheck, false).await
@@ -671,12 +667,9 @@ impl<C: Console> Daemon<C> {
             }
         }
 
-        self.unsettled = !matches!(decision.cluster, Cluster::OneMaster(_))
-            || decision.refusal.is_some()
-            || self.hold.is_some();
+        self.unsettled = checks::fast_rounds(&decision, self.hold.is_some());
         let now = Instant::now().into_std();
         if let Action::Switch(to) = decision.action {
-            self.unsettled = true;
             // A target still unproven on a new connection (its check is under way or did
             // not answer in time) is not switched to: its report decides again.
             if !self.needs_fresh_check(to) && self.pacing.may_switch(to, now, self.cfg.interval) {

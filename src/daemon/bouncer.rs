@@ -275,9 +275,11 @@ impl<C: Console> Daemon<C> {
                     pacing::Outcome::Failed
                 };
                 self.pacing.attempted(to, started.into_std(), outcome);
-                if not_taken {
-                    self.not_taken = Some(self.what_pgbouncer_runs().await);
-                }
+                // Shown only while it is what the last attempt found.
+                self.not_taken = match not_taken {
+                    true => Some(self.what_pgbouncer_runs().await),
+                    false => None,
+                };
                 let error = e.to_string();
                 let reason = metrics::failure_reason(&e);
                 self.status

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::decide::{Action, Cluster, Decision, NodeId, Refusal};
+
 /// While a split brain lasts (rounds come every `fast_interval`), or while the one master
 /// refuses new logins, each such master is asked on a new connection at most this often.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(5);
@@ -78,9 +80,40 @@ pub fn target_needs_fresh_check(keep_connections: bool, accepted_since_change: b
     keep_connections && !accepted_since_change
 }
 
+/// The masters whose verdict depends on what a new connection finds: those of a split
+/// brain, and the one master that refuses new logins. Kept sessions can outlive a
+/// postmaster that refuses everyone else.
+pub fn masters_to_recheck(decision: &Decision) -> Vec<NodeId> {
+    match (&decision.cluster, &decision.refusal) {
+        (Cluster::SplitBrain(masters), _) => masters.clone(),
+        (_, Some(Refusal::RefusesNewLogins(m))) => vec![*m],
+        _ => Vec::new(),
+    }
+}
+
+/// Whether the next round comes after `fast_interval` rather than `interval`: anything
+/// but one usable master that PgBouncer already uses, or clients held.
+pub fn fast_rounds(decision: &Decision, holding: bool) -> bool {
+    !matches!(decision.cluster, Cluster::OneMaster(_))
+        || decision.refusal.is_some()
+        || matches!(decision.action, Action::Switch(_))
+        || holding
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::Memory;
+
+    fn verdict(cluster: Cluster, refusal: Option<Refusal>, action: Action) -> Decision {
+        Decision {
+            cluster,
+            stale: Vec::new(),
+            refusal,
+            action,
+            memory: Memory::default(),
+        }
+    }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -135,5 +168,38 @@ mod tests {
         assert!(target_needs_fresh_check(true, false));
         assert!(!target_needs_fresh_check(true, true));
         assert!(!target_needs_fresh_check(false, false));
+    }
+
+    #[test]
+    fn split_brain_masters_and_a_refusing_master_are_rechecked() {
+        let split = verdict(Cluster::SplitBrain(vec![0, 2]), None, Action::Nothing);
+        assert_eq!(masters_to_recheck(&split), [0, 2]);
+        let refused = verdict(
+            Cluster::OneMaster(1),
+            Some(Refusal::RefusesNewLogins(1)),
+            Action::Nothing,
+        );
+        assert_eq!(masters_to_recheck(&refused), [1]);
+        let fine = verdict(Cluster::OneMaster(1), None, Action::Nothing);
+        assert!(masters_to_recheck(&fine).is_empty());
+    }
+
+    #[test]
+    fn rounds_are_fast_until_one_master_is_used_and_nothing_is_held() {
+        let settled = verdict(Cluster::OneMaster(1), None, Action::Nothing);
+        assert!(!fast_rounds(&settled, false));
+        assert!(fast_rounds(&settled, true), "clients held");
+        let switching = verdict(Cluster::OneMaster(1), None, Action::Switch(1));
+        assert!(fast_rounds(&switching, false));
+        assert!(fast_rounds(
+            &verdict(Cluster::NoMaster, None, Action::Nothing),
+            false
+        ));
+        let refused = verdict(
+            Cluster::OneMaster(1),
+            Some(Refusal::RefusesNewLogins(1)),
+            Action::Nothing,
+        );
+        assert!(fast_rounds(&refused, false));
     }
 }
