@@ -2,6 +2,7 @@
 //! (drift). The link and node files are read off the runtime thread.
 
 use super::*;
+use crate::policy::drift;
 
 impl<C: Console> Daemon<C> {
     /// PgBouncer must be where rebouncer put it. The symlink is read every round; the
@@ -72,28 +73,7 @@ impl<C: Console> Daemon<C> {
                 }
                 Err(_) => return,
             };
-        for want in &node.databases {
-            let route = admin::Route {
-                host: want.host.clone(),
-                port: want.port,
-            };
-            let got = databases.iter().find(|d| d.name == want.name);
-            if got.is_some_and(|d| d.route == route) {
-                continue;
-            }
-            let what = match got {
-                Some(d) => format!(
-                    "PgBouncer sends database {} to {}, not to {route} as {} says",
-                    want.name,
-                    d.route,
-                    node.path.display()
-                ),
-                None => format!(
-                    "PgBouncer has no database {} although {} defines it",
-                    want.name,
-                    node.path.display()
-                ),
-            };
+        if let Some(what) = drift::routes_differ(&node, &databases) {
             self.drifted(what, behind);
             return;
         }

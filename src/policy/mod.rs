@@ -8,7 +8,8 @@
 //! - [`pacing`]: when a switch may be tried again.
 //! - [`pause`]: when clients are held in PgBouncer, and when the hold ends.
 //! - [`persist`]: when the state file is written again, and what is said about it.
-//! - [`drift`]: when PgBouncer's routes are compared with the active node's file.
+//! - [`drift`]: when PgBouncer's routes are compared with the active node's file, and
+//!   how they differ.
 //! - [`reload_plan`]: what a configuration re-read on SIGHUP changes.
 //!
 //! Times are `std::time::Instant`s handed in by the caller (on tokio's paused clock in
