@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node_file;
 pub mod notify;
+pub mod policy;
 pub mod probe;
 pub mod state;
 pub mod status;

@@ -17,6 +17,9 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The default directory when neither the config nor systemd's `STATE_DIRECTORY` names one.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/rebouncer";
@@ -203,6 +206,10 @@ impl fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
+/// How long a write may take before it is reported as failed, until
+/// [`StateFile::bound_writes`] sets another bound.
+const DEFAULT_WRITE_BOUND: Duration = Duration::from_secs(5);
+
 /// The state and where it lives.
 #[derive(Debug)]
 pub struct StateFile {
@@ -210,6 +217,12 @@ pub struct StateFile {
     state: State,
     /// The last write failure, until a write succeeds.
     write_error: Option<String>,
+    /// A write that takes longer (a hung disk, a stuck NFS mount) is reported as failed,
+    /// so the loop goes on; it keeps running on its blocking thread.
+    write_bound: Duration,
+    /// Set while a write runs, including one that outlived its bound: no second write
+    /// starts until it returns, so an old text can never land after a newer one.
+    writing: Arc<AtomicBool>,
 }
 
 impl StateFile {
@@ -229,7 +242,14 @@ impl StateFile {
             path: path.to_path_buf(),
             state,
             write_error: None,
+            write_bound: DEFAULT_WRITE_BOUND,
+            writing: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Report a write that has not returned after `bound` as failed.
+    pub fn bound_writes(&mut self, bound: Duration) {
+        self.write_bound = bound;
     }
 
     pub fn path(&self) -> &Path {
@@ -254,10 +274,54 @@ impl StateFile {
             return Ok(());
         }
         self.state = next;
-        let (path, text) = (self.path.clone(), self.state.render());
-        let result = tokio::task::spawn_blocking(move || write_atomically(&path, &text))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        self.write().await
+    }
+
+    /// Change the state only if the change can be written: on failure the state is what
+    /// it was before. For a record that must be on disk before its action is taken (a
+    /// pause that a killed rebouncer would otherwise leave behind).
+    pub async fn update_or_undo(
+        &mut self,
+        change: impl FnOnce(&mut State),
+    ) -> Result<(), StateError> {
+        let before = self.state.clone();
+        let result = self.update(change).await;
+        if result.is_err() {
+            self.state = before;
+        }
+        result
+    }
+
+    /// Write the state as it is, changed or not: the retry of a write that failed.
+    pub async fn rewrite(&mut self) -> Result<(), StateError> {
+        self.write().await
+    }
+
+    async fn write(&mut self) -> Result<(), StateError> {
+        let result = if self.writing.swap(true, Ordering::SeqCst) {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "an earlier write has not returned yet (a hung disk or file system?)",
+            ))
+        } else {
+            let (path, text) = (self.path.clone(), self.state.render());
+            let writing = self.writing.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                let r = write_atomically(&path, &text);
+                writing.store(false, Ordering::SeqCst);
+                r
+            });
+            match tokio::time::timeout(self.write_bound, job).await {
+                Ok(joined) => joined.unwrap_or_else(|e| Err(io::Error::other(e.to_string()))),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the write did not return within {} ms (a hung disk or file system?)",
+                        self.write_bound.as_millis()
+                    ),
+                )),
+            }
+        };
         match result {
             Ok(()) => {
                 self.write_error = None;
@@ -350,6 +414,73 @@ mod tests {
         assert!(e.to_string().starts_with("cannot write state file"), "{e}");
         assert_eq!(f.state().held, vec!["appdb".to_string()]);
         assert!(f.write_error().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_failed_change_that_must_be_on_disk_is_undone() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("missing-dir/rebouncer.state");
+        let mut f = StateFile::load(&path).unwrap();
+        assert!(
+            f.update_or_undo(|s| s.hold(["appdb".to_string()]))
+                .await
+                .is_err()
+        );
+        assert!(f.state().held.is_empty());
+        assert!(f.write_error().is_some());
+        fs::create_dir(d.path().join("missing-dir")).unwrap();
+        f.rewrite().await.unwrap();
+        assert!(f.write_error().is_none());
+        assert!(path.exists(), "the retry writes the file");
+    }
+
+    /// A write that hangs (here: its temporary file is a FIFO nobody reads) is reported as
+    /// failed once its bound passes, and no second write starts until it returns.
+    #[tokio::test]
+    async fn a_write_that_hangs_is_reported_like_one_that_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("rebouncer.state");
+        let tmp = d
+            .path()
+            .join(format!(".rebouncer.state.tmp.{}", std::process::id()));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&tmp)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut f = StateFile::load(&path).unwrap();
+        f.bound_writes(Duration::from_millis(200));
+        let e = f
+            .update(|s| {
+                s.raise(Some(1), 2);
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("cannot write state file"), "{e}");
+        assert!(
+            e.to_string().contains("did not return within 200 ms"),
+            "{e}"
+        );
+        assert!(f.write_error().is_some());
+        let e = f.rewrite().await.unwrap_err();
+        assert!(
+            e.to_string().contains("earlier write has not returned"),
+            "{e}"
+        );
+        // Let the hung write go on: it reads the FIFO's other end, then renames.
+        let reader = std::thread::spawn(move || fs::read_to_string(&tmp));
+        reader.join().unwrap().unwrap();
+        for _ in 0..100 {
+            if f.rewrite().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(f.write_error().is_none(), "{:?}", f.write_error());
+        assert_eq!(
+            StateFile::load(&path).unwrap().state().highest(Some(1)),
+            Some(2)
+        );
     }
 
     #[test]

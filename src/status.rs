@@ -83,6 +83,32 @@ pub struct Drift {
     pub since: SystemTime,
 }
 
+/// PgBouncer does not take the file the symlink names: `RELOAD` goes through, its routes
+/// stay other. Usually it was started with another path than the symlink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotTaken {
+    /// The file PgBouncer runs (`conffile` in `SHOW CONFIG`), when it says.
+    pub runs: Option<String>,
+    pub symlink: String,
+    /// What the symlink names, if it names anything.
+    pub names: Option<String>,
+}
+
+impl NotTaken {
+    /// "PgBouncer runs X, the symlink Y names Z".
+    pub fn describe(&self) -> String {
+        let runs = self
+            .runs
+            .as_deref()
+            .unwrap_or("a file it does not name (no conffile in SHOW CONFIG)");
+        let names = self.names.as_deref().unwrap_or("nothing");
+        format!(
+            "PgBouncer runs {runs}, the symlink {} names {names}",
+            self.symlink
+        )
+    }
+}
+
 /// A database PgBouncer shows as paused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paused {
@@ -170,6 +196,11 @@ pub struct Snapshot {
     pub state_file: String,
     /// Why the state file cannot be written, while it cannot.
     pub state_error: Option<String>,
+    /// `pause_on_failover` as configured; with `state_error` it is off until the state
+    /// file can be written.
+    pub pause_on_failover: bool,
+    /// Set while PgBouncer does not take the file the symlink names.
+    pub not_taken: Option<NotTaken>,
     /// Problems in the configuration that did not stop rebouncer (unknown keys).
     pub config_warnings: Vec<String>,
     /// The last configuration reload, if there was one.
@@ -202,6 +233,8 @@ impl Snapshot {
             hold: None,
             state_file: String::new(),
             state_error: None,
+            pause_on_failover: false,
+            not_taken: None,
             config_warnings: Vec::new(),
             reload: None,
             counters: Counters::default(),
@@ -345,8 +378,13 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
     if let Some(f) = &s.switch_failure {
         if s.active.as_deref() == Some(f.wanted.as_str()) {
             // The link moved; PgBouncer did not follow. Say where it really routes.
+            let runs = s
+                .not_taken
+                .as_ref()
+                .map(|n| format!("; {}", n.describe()))
+                .unwrap_or_default();
             return format!(
-                "CRITICAL: the symlink points at {}'s config but PgBouncer has not taken it, failing since {}: {}{stale}",
+                "CRITICAL: the symlink points at {}'s config but PgBouncer has not taken it, failing since {}: {}{runs}{stale}",
                 f.wanted,
                 local(f.since),
                 f.error
@@ -425,6 +463,11 @@ pub fn render_nagios(s: &Snapshot, now: SystemTime) -> String {
         );
     }
     if let Some(e) = &s.state_error {
+        if s.pause_on_failover {
+            return format!(
+                "WARNING: {e}; pause_on_failover is off until the state file can be written"
+            );
+        }
         return format!("WARNING: {e}");
     }
     // The file on disk is what the next start reads: left broken, a reboot stops rebouncer.
@@ -516,6 +559,9 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
             d.what
         );
     }
+    if let Some(n) = &s.not_taken {
+        let _ = writeln!(out, "PgBouncer does not take the symlink: {}", n.describe());
+    }
     for p in &s.paused {
         let whose = if p.by_rebouncer {
             "by rebouncer's switch"
@@ -567,6 +613,12 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
             }
             Some(e) => {
                 let _ = writeln!(out, "State file: {e}");
+                if s.pause_on_failover {
+                    let _ = writeln!(
+                        out,
+                        "Pausing: off until the state file can be written (pause_on_failover is on; retried every round)"
+                    );
+                }
             }
         }
     }

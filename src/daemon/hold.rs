@@ -1,0 +1,374 @@
+//! Clients held in PgBouncer: the failover pause, its end, and the databases a
+//! switch or an earlier run left paused or not yet KILLed. The rules of when are in
+//! [`crate::policy::pause`]; this performs them on the admin console.
+
+use super::*;
+
+/// A `PAUSE` that has not completed by then is abandoned: it waits for running
+/// transactions, and every client arriving meanwhile waits too (together with `timeout`,
+/// whichever is shorter).
+const PAUSE_BOUND: Duration = Duration::from_secs(2);
+
+/// Clients held in PgBouncer while the active master is gone (`pause_on_failover`).
+pub(super) struct Hold {
+    /// Paused by rebouncer, listed in the state file's `held`.
+    pub(super) databases: Vec<String>,
+    /// The master whose loss started it.
+    pub(super) lost: NodeId,
+    pub(super) started: Instant,
+    pub(super) since: SystemTime,
+    pub(super) deadline: Instant,
+}
+
+/// How a hold ends when no switch ends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// The lost master answers as master again: plain RESUME, clients go on where they were.
+    MasterBack,
+    /// No single master in time, split brain, only a stale primary, a refused master:
+    /// clients get PgBouncer's errors as they would have without the pause.
+    GiveUp,
+    /// rebouncer stops: RESUME, and PgBouncer deals with the clients as without rebouncer.
+    Shutdown,
+}
+
+impl<C: Console> Daemon<C> {
+    /// Databases a previous run killed and did not resume (it was killed in between)
+    /// wait for a `RESUME` that nobody else will send. Only what the state file lists: a
+    /// pause an operator made is theirs to end.
+    pub(super) async fn resume_held_from_last_run(&mut self) {
+        let unreset = &self.state.state().unreset;
+        if !unreset.is_empty() {
+            warn!(
+                "the state file lists database(s) {} as moved to a new server but not yet KILLed: a rebouncer stopped \
+                 between its RELOAD and its KILL may have left their clients on the old server; sending KILL and RESUME now",
+                unreset.join(", ")
+            );
+            self.reset_not_reset().await;
+        }
+        if !self.state.state().held.is_empty() {
+            self.resume_held(
+                "left paused by a rebouncer stopped between its PAUSE or KILL and the RESUME",
+            )
+            .await;
+        }
+    }
+
+    /// PgBouncer settings that defeat `pause_on_failover`, said once at start.
+    pub(super) async fn check_pause_settings(&self) {
+        if !self.cfg.pause_on_failover {
+            return;
+        }
+        let Ok(s) = self.console.session().await else {
+            return;
+        };
+        let secs = |v: Option<String>| v.and_then(|v| v.trim().parse::<f64>().ok());
+        let wait = secs(
+            admin::setting(&s, "query_wait_timeout")
+                .await
+                .ok()
+                .flatten(),
+        );
+        let limit = self.cfg.pause_timeout.as_secs_f64();
+        if let Some(w) = wait.filter(|w| *w > 0.0 && *w <= limit) {
+            warn!(
+                "PgBouncer's query_wait_timeout ({w} s) is not above pause_timeout ({limit} s): clients held through a failover get query_wait_timeout errors before the pause ends; raise it or lower pause_timeout"
+            );
+        }
+        if let Ok(Some(mode)) = admin::setting(&s, "pool_mode").await
+            && mode == "session"
+        {
+            warn!(
+                "PgBouncer's pool_mode is session: a failover PAUSE waits until every connected client disconnects, so it will usually be given up after {} ms and clients not held; pause_on_failover works with transaction pooling",
+                self.cfg.timeout.min(PAUSE_BOUND).as_millis()
+            );
+        }
+    }
+
+    pub(super) async fn resume_held(&mut self, why: &str) {
+        match switch::resume_held(&self.console, &mut self.state).await {
+            Ok(done) => {
+                if !done.resumed.is_empty() {
+                    info!(
+                        "resumed database(s) {} in PgBouncer, {why}; their clients are let through again",
+                        done.resumed.join(", ")
+                    );
+                }
+                if let Some(w) = done.warning {
+                    warn!("{w}");
+                }
+            }
+            Err(e) => warn!("{e}"),
+        }
+    }
+
+    /// `KILL` (and `RESUME`) the databases the state file lists as moved but not reset:
+    /// their clients may still be on the old server. Retried every round until it works.
+    pub(super) async fn reset_not_reset(&mut self) {
+        let listed = self.state.state().unreset.join(", ");
+        match switch::reset(&self.console, &mut self.state).await {
+            Ok(r) => {
+                if !r.reset.is_empty() {
+                    info!(
+                        "connections to the old server dropped for database(s) {} (KILL retried)",
+                        r.reset.join(", ")
+                    );
+                }
+                for w in &r.warnings {
+                    warn!("{w}");
+                }
+            }
+            Err(e) => warn!("cannot retry KILL of database(s) {listed}: {e}; retrying next round"),
+        }
+    }
+
+    /// What to say and do when a hold ends without a switch.
+    pub(super) fn hold_end_text(&self, end: HoldEnd) -> (String, Ending) {
+        match end {
+            HoldEnd::MasterBack => {
+                let lost = self.hold.as_ref().map_or(0, |h| h.lost);
+                (
+                    format!("{} answers as master again", self.nodes[lost].name),
+                    Ending::MasterBack,
+                )
+            }
+            HoldEnd::Verdict(v) => (self.no_hold_text(&v), Ending::GiveUp),
+            HoldEnd::TimedOut => (
+                format!(
+                    "no master appeared within pause_timeout ({} s)",
+                    self.cfg.pause_timeout.as_secs()
+                ),
+                Ending::GiveUp,
+            ),
+        }
+    }
+
+    pub(super) fn no_hold_text(&self, v: &NoHold) -> String {
+        let names = |ids: &[NodeId]| -> String {
+            ids.iter()
+                .map(|i| self.nodes[*i].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match v {
+            NoHold::SplitBrain(m) => {
+                format!("split brain ({}): no switch until it is resolved", names(m))
+            }
+            NoHold::Refused(r) => self.refusal_text(r),
+            NoHold::OnlyStale(n) => format!(
+                "only a stale primary ({}) answers as master, never switched to",
+                names(n)
+            ),
+        }
+    }
+
+    /// `PAUSE` the active node's databases, recorded in the state file first. Bounded:
+    /// a `PAUSE` that does not complete in time is given up and resumed at once.
+    pub(super) async fn start_hold(&mut self, why: &str) {
+        let Some(lost) = self.believed.active else {
+            return;
+        };
+        self.loss_handled = true;
+        let name = self.nodes[lost].name.clone();
+        let skip = |e: &dyn std::fmt::Display| {
+            warn!(
+                "{name} stopped being master ({why}), but its clients are not held in PgBouncer: {e}; they get errors until a new master is switched to"
+            )
+        };
+        let node_file = self.cfg.servers[lost].node_file.clone();
+        let node =
+            match tokio::task::spawn_blocking(move || config::read_node_file(&node_file)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return skip(&e),
+                Err(e) => return skip(&e),
+            };
+        let now = match self.console.session().await {
+            Ok(s) => admin::databases(&s).await,
+            Err(e) => Err(e),
+        };
+        let now = match now {
+            Ok(d) => d,
+            Err(e) => return skip(&e),
+        };
+        let held = self.state.state().held.clone();
+        // A database already paused is someone else's (an operator's maintenance PAUSE)
+        // unless rebouncer holds it: resuming it later would end their pause.
+        let databases: Vec<String> = node
+            .databases
+            .iter()
+            .map(|d| d.name.clone())
+            .filter(|db| {
+                now.iter()
+                    .any(|d| d.name == *db && (!d.paused || held.contains(db)))
+            })
+            .collect();
+        if databases.is_empty() {
+            return skip(&"none of its databases is there to pause");
+        }
+        let add = databases.clone();
+        // Kept in memory only if on disk: a record that stayed in memory without its PAUSE
+        // would be "resumed" at the next round, a RESUME of something never paused.
+        let recorded = self.state.update_or_undo(|s| s.hold(add)).await;
+        if let Err(e) = recorded {
+            // Unrecorded, a rebouncer killed during the pause would leave them paused.
+            return skip(&e);
+        }
+        let bound = self.cfg.timeout.min(PAUSE_BOUND);
+        let started = Instant::now();
+        let mut pauses = tokio::task::JoinSet::new();
+        for db in &databases {
+            let console = self.console.clone();
+            let command = format!("PAUSE {}", admin::quote_ident(db));
+            pauses.spawn(async move {
+                let s = console.session().await?;
+                s.command(&command).await.map(|_| ())
+            });
+        }
+        let outcome = tokio::time::timeout(bound, async {
+            while let Some(r) = pauses.join_next().await {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        // Dropping the set closes the sessions of unfinished PAUSEs: a RESUME must not be
+        // sent while one still waits on its session (pgbouncer/pgbouncer#715).
+        drop(pauses);
+        match outcome {
+            Ok(Ok(())) => {
+                warn!(
+                    "{name} stopped being master ({why}): PAUSE {} in PgBouncer done in {} ms; clients wait up to {} s (pause_timeout) for a new master",
+                    databases.join(", "),
+                    started.elapsed().as_millis(),
+                    self.cfg.pause_timeout.as_secs()
+                );
+                self.hold = Some(Hold {
+                    databases,
+                    lost,
+                    started,
+                    since: SystemTime::now(),
+                    deadline: started + self.cfg.pause_timeout,
+                });
+                self.publish();
+            }
+            Ok(Err(e)) => {
+                warn!(
+                    "{name} stopped being master ({why}), but PAUSE {} failed: {e}; resumed, the failover goes on without holding clients",
+                    databases.join(", ")
+                );
+                self.resume_and_verify(&databases).await;
+            }
+            Err(_) => {
+                warn!(
+                    "{name} stopped being master ({why}), but PAUSE {} did not complete within {} ms (running queries hold server connections: a hung primary, long transactions or session-pooled clients); resumed, the failover goes on without holding clients",
+                    databases.join(", "),
+                    bound.as_millis()
+                );
+                self.resume_and_verify(&databases).await;
+            }
+        }
+    }
+
+    /// RESUME on a new session, then check with `SHOW DATABASES` that none stays paused;
+    /// what does stays listed in the state file and is retried every round.
+    pub(super) async fn resume_and_verify(&mut self, databases: &[String]) {
+        self.resume_held("after a PAUSE that did not complete")
+            .await;
+        let still: Vec<String> = match self.console.session().await {
+            Ok(s) => match admin::databases(&s).await {
+                Ok(now) => now
+                    .iter()
+                    .filter(|d| d.paused && databases.contains(&d.name))
+                    .map(|d| d.name.clone())
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        if !still.is_empty() {
+            let again = still.clone();
+            let _ = self.state.update(|s| s.hold(again)).await;
+            warn!(
+                "database(s) {} still paused in PgBouncer after RESUME; retrying every round (by hand: RESUME <db> on the admin console)",
+                still.join(", ")
+            );
+        }
+        self.publish();
+    }
+
+    /// End the hold without a switch.
+    pub(super) async fn end_hold(&mut self, why: &str, how: Ending) {
+        let Some(h) = self.hold.take() else {
+            return;
+        };
+        let waiting = self.waiting_clients(&h.databases).await;
+        let result = match how {
+            Ending::MasterBack => {
+                switch::resume_paused(&self.console, &mut self.state, &h.databases)
+                    .await
+                    .map(|done| done.warning.into_iter().collect::<Vec<_>>())
+                    .map_err(|e| e.to_string())
+            }
+            // Held clients are waiting for a server that is gone; after RESUME PgBouncer
+            // fails new clients at once ("server login has been failing") and the held
+            // ones at query_wait_timeout. KILL would fail the held ones now, but the pool
+            // it leaves has no cached server parameters, so every new client would then
+            // wait for a server login instead of failing: worse for all later clients.
+            Ending::GiveUp | Ending::Shutdown => {
+                switch::resume_held(&self.console, &mut self.state)
+                    .await
+                    .map(|done| done.warning.into_iter().collect())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(warnings) => {
+                for w in warnings {
+                    warn!("{w}");
+                }
+                self.log_hold_end(h, &format!("resumed without a switch: {why}"), waiting);
+            }
+            Err(e) => {
+                error!(
+                    "ending the pause ({why}) failed: {e}; clients keep waiting until RESUME gets through (retried every round)"
+                );
+                self.log_hold_end(h, &format!("RESUME failed ({why})"), waiting);
+            }
+        }
+        self.publish();
+    }
+
+    pub(super) fn log_hold_end(&mut self, h: Hold, outcome: &str, waiting: Option<u64>) {
+        let lasted = h.started.elapsed();
+        // Shown until the next comparison of routes would notice.
+        self.paused.retain(|p| !h.databases.contains(&p.name));
+        let clients = waiting.map_or("an unknown number of".to_string(), |w| w.to_string());
+        let line = format!(
+            "pause of database(s) {} in PgBouncer ended after {} ms, {clients} client(s) were waiting: {outcome}",
+            h.databases.join(", "),
+            lasted.as_millis()
+        );
+        // Released without a new master, the held clients get errors: worth a warning.
+        if outcome.starts_with("switched to") && !outcome.contains("failed") {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        self.last_hold = Some(HoldStatus {
+            databases: h.databases,
+            lost: self.nodes[h.lost].name.clone(),
+            since: h.since,
+            timeout: self.cfg.pause_timeout,
+            ended: Some((lasted, outcome.to_string(), waiting)),
+        });
+    }
+
+    pub(super) async fn waiting_clients(&self, databases: &[String]) -> Option<u64> {
+        let s = self.console.session().await.ok()?;
+        admin::waiting_clients(&s, databases).await.ok()
+    }
+}

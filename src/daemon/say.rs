@@ -1,0 +1,224 @@
+//! What the loop logs about a decision and the state file: each lasting condition once
+//! when it starts, as a reminder now and then, and once when it ends.
+
+use super::*;
+
+impl<C: Console> Daemon<C> {
+    pub(super) fn log_decision(&mut self, decision: &Decision) {
+        let names = |ids: &[NodeId]| -> Vec<String> {
+            ids.iter().map(|i| self.nodes[*i].name.clone()).collect()
+        };
+        let condition = match &decision.cluster {
+            Cluster::OneMaster(_) => None,
+            Cluster::NoMaster => Some(Condition::NoMaster),
+            Cluster::SplitBrain(m) => Some(Condition::SplitBrain(names(m))),
+        };
+        let now = Instant::now().into_std();
+        for say in self.conditions.observe(condition, now) {
+            self.log_condition(say);
+        }
+
+        let stale: Vec<String> = decision
+            .stale
+            .iter()
+            .map(|s| self.nodes[s.node].name.clone())
+            .collect();
+        let active = self.active_name();
+        for say in self
+            .stale_log
+            .observe((!stale.is_empty()).then(|| stale.clone()), now)
+        {
+            match say {
+                Say::Started(_) => {
+                    for s in &decision.stale {
+                        let name = &self.nodes[s.node].name;
+                        events::record(
+                            &self.status,
+                            Kind::StalePrimaryStart,
+                            Some(name),
+                            format!(
+                                "stale primary: {name} answers as master on timeline {}, but the cluster has reached timeline {}; never routed to",
+                                s.timeline, s.highest
+                            ),
+                        );
+                        error!(
+                            "stale primary: {} answers as master on timeline {}, but the cluster has reached timeline {} \
+                             (an old primary that was not rewound); refusing to route to it, PgBouncer stays pointed at {active}. \
+                             Stop it, or rewind it (pg_rewind) and start it as a standby",
+                            self.nodes[s.node].name, s.timeline, s.highest
+                        );
+                    }
+                }
+                Say::Reminder { key, lasted, .. } => error!(
+                    "stale primary {} still running after {} s; never routed to, PgBouncer stays pointed at {active}",
+                    key.join(", "),
+                    lasted.as_secs()
+                ),
+                Say::Ended { key, lasted } => {
+                    let text = format!(
+                        "stale primary {} no longer answers as master (after {} s)",
+                        key.join(", "),
+                        lasted.as_secs()
+                    );
+                    info!("{text}");
+                    for name in &key {
+                        events::record(
+                            &self.status,
+                            Kind::StalePrimaryEnd,
+                            Some(name),
+                            text.clone(),
+                        );
+                    }
+                }
+            }
+        }
+
+        let refusal = decision.refusal.as_ref().map(|r| self.refusal_text(r));
+        for say in self.refusal_log.observe(refusal, now) {
+            match say {
+                Say::Started(text) => {
+                    error!("{text}");
+                    events::record(&self.status, Kind::RefusalStart, None, text);
+                }
+                Say::Reminder { key, lasted, .. } => {
+                    error!("still, after {} s: {key}", lasted.as_secs())
+                }
+                Say::Ended { lasted, .. } => {
+                    let text =
+                        format!("the refusal to switch is over after {} s", lasted.as_secs());
+                    info!("{text}");
+                    events::record(&self.status, Kind::RefusalEnd, None, text);
+                }
+            }
+        }
+    }
+
+    pub(super) fn refusal_text(&self, r: &Refusal) -> String {
+        let active = self.active_name();
+        match r {
+            Refusal::RefusesNewLogins(m) => {
+                let n = &self.nodes[*m];
+                format!(
+                    "{} is the only master but refuses new connections ({}); not pointing PgBouncer at it, \
+                     which could not log in either; PgBouncer stays pointed at {active}",
+                    n.name,
+                    n.refuses_new.as_deref().unwrap_or("new connection failed")
+                )
+            }
+            Refusal::Unresolved {
+                master,
+                unreachable,
+            } => {
+                let others: Vec<&str> = unreachable
+                    .iter()
+                    .map(|i| self.nodes[*i].name.as_str())
+                    .collect();
+                format!(
+                    "split brain not resolved: {} is the only master answering, but {} stopped answering instead of \
+                     coming back as a standby and may still be the real primary; refusing to switch to {}, PgBouncer \
+                     stays pointed at {active}. Once {} is stopped for good, start it as a standby or restart rebouncer",
+                    self.nodes[*master].name,
+                    others.join(", "),
+                    self.nodes[*master].name,
+                    others.join(", ")
+                )
+            }
+        }
+    }
+
+    pub(super) fn log_condition(&self, say: Say<Condition>) {
+        let active = self.active_name();
+        let event = match &say {
+            Say::Started(Condition::NoMaster) => Some((
+                Kind::NoMasterStart,
+                "no master: no server answers as master (stale primaries aside)".to_string(),
+            )),
+            Say::Started(Condition::SplitBrain(names)) => Some((
+                Kind::SplitBrainStart,
+                format!("split brain: {} all answer as master", names.join(", ")),
+            )),
+            Say::Ended { key, lasted } => Some(match key {
+                Condition::NoMaster => (
+                    Kind::NoMasterEnd,
+                    format!("no master is over after {} s", lasted.as_secs()),
+                ),
+                Condition::SplitBrain(n) => (
+                    Kind::SplitBrainEnd,
+                    format!(
+                        "split brain ({}) is over after {} s",
+                        n.join(", "),
+                        lasted.as_secs()
+                    ),
+                ),
+            }),
+            Say::Reminder { .. } => None,
+        };
+        if let Some((kind, text)) = event {
+            events::record(&self.status, kind, None, text);
+        }
+        match say {
+            Say::Started(Condition::NoMaster) => warn!(
+                "no master: no server answers as master (stale primaries aside); not touching PgBouncer, which stays pointed at {active}"
+            ),
+            Say::Started(Condition::SplitBrain(names)) => error!(
+                "split brain: {} all answer as master (on the same timeline, or one that cannot be read); refusing to switch, PgBouncer stays pointed at {active}. \
+                 Find the real primary and stop or demote the other",
+                names.join(", ")
+            ),
+            Say::Reminder {
+                key,
+                lasted,
+                rounds,
+            } => {
+                let what = match key {
+                    Condition::NoMaster => "no master".to_string(),
+                    Condition::SplitBrain(n) => format!("split brain ({})", n.join(", ")),
+                };
+                error!(
+                    "{what} for {} s now ({rounds} rounds since the last reminder); PgBouncer stays pointed at {active}",
+                    lasted.as_secs()
+                )
+            }
+            Say::Ended { key, lasted } => {
+                let what = match key {
+                    Condition::NoMaster => "no master".to_string(),
+                    Condition::SplitBrain(n) => format!("split brain ({})", n.join(", ")),
+                };
+                info!("{what} is over after {} s", lasted.as_secs())
+            }
+        }
+    }
+
+    /// Log how the state file stands: a failure once, then a reminder now and then, and
+    /// once more when a write works again.
+    pub(super) fn say_state_file(&mut self) {
+        let pausing = self.cfg.pause_on_failover;
+        let path = self.state.path().display().to_string();
+        let now = Instant::now().into_std();
+        for said in self.persist.observe(self.state.write_error(), now) {
+            match said {
+                Said::Failing(e) if pausing => warn!(
+                    "{e}; pause_on_failover is off until the state file can be written (retried every round): \
+                     clients are not held during a failover"
+                ),
+                Said::Failing(e) => warn!("{e}; retried every round"),
+                Said::StillFailing {
+                    error,
+                    lasted,
+                    attempts,
+                } => warn!(
+                    "state file still cannot be written after {} s ({attempts} attempts since the last reminder): {error}",
+                    lasted.as_secs()
+                ),
+                Said::Written { lasted } if pausing => info!(
+                    "state file {path} written again after failing for {} s; pause_on_failover is on again",
+                    lasted.as_secs()
+                ),
+                Said::Written { lasted } => info!(
+                    "state file {path} written again after failing for {} s",
+                    lasted.as_secs()
+                ),
+            }
+        }
+    }
+}

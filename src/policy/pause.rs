@@ -1,0 +1,278 @@
+//! When clients are held in PgBouncer (`pause_on_failover`) while the active master is
+//! gone, and when the hold ends.
+
+use std::time::Instant;
+
+use crate::decide::{Action, Believed, Cluster, Decision, NodeId, NodeState, Refusal};
+
+/// Whether a failover pause can be made now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pausing {
+    /// `pause_on_failover` is off.
+    Off,
+    On,
+    /// `pause_on_failover` is on, but the state file cannot be written: a pause the file
+    /// does not list would be left behind by a rebouncer killed during it, so none is made
+    /// until a write works again.
+    NeedsStateFile,
+}
+
+impl Pausing {
+    pub fn new(configured: bool, state_writable: bool) -> Pausing {
+        match (configured, state_writable) {
+            (false, _) => Pausing::Off,
+            (true, true) => Pausing::On,
+            (true, false) => Pausing::NeedsStateFile,
+        }
+    }
+}
+
+/// How the active master stopped being one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    Stale,
+    Standby,
+    Down,
+}
+
+impl Loss {
+    pub fn why(self) -> &'static str {
+        match self {
+            Loss::Stale => "it turned out to be a stale primary",
+            Loss::Standby => "it answers as a standby",
+            // The line logged when it went down has the error.
+            Loss::Down => "it is down",
+        }
+    }
+}
+
+/// What to do about the loss of the active master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Hold its clients (record them in the state file, then `PAUSE`).
+    Hold(Loss),
+    /// Pausing is on but cannot be recorded: say that the clients are not held.
+    CannotRecord(Loss),
+}
+
+/// A verdict that will not end in a switch by itself soon, so held clients are better
+/// off with their errors now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoHold {
+    SplitBrain(Vec<NodeId>),
+    Refused(Refusal),
+    /// Only stale primaries (other than the lost master) answer as master.
+    OnlyStale(Vec<NodeId>),
+}
+
+/// Why a hold ends without a switch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// The lost master answers as master again: clients go on where they were.
+    MasterBack,
+    Verdict(NoHold),
+    /// `pause_timeout` passed with no single master to switch to.
+    TimedOut,
+}
+
+fn is_stale(decision: &Decision, node: NodeId) -> bool {
+    decision.stale.iter().any(|s| s.node == node)
+}
+
+/// Whether the loss of the active, confirmed master calls for a hold: pausing is on, the
+/// loss was not handled yet, and there is nothing to switch to right now (then the switch
+/// itself is quicker than a pause). `states`: what each node answered last.
+pub fn on_loss(
+    pausing: Pausing,
+    loss_handled: bool,
+    believed: Believed,
+    decision: &Decision,
+    states: &[Option<NodeState>],
+) -> Option<Start> {
+    if pausing == Pausing::Off || loss_handled {
+        return None;
+    }
+    let a = believed.active.filter(|_| believed.confirmed)?;
+    if matches!(decision.action, Action::Switch(_)) {
+        return None;
+    }
+    // A pause that the same verdict would end at once helps nobody.
+    if no_hold_verdict(decision, a).is_some() {
+        return None;
+    }
+    let loss = match states.get(a).copied().flatten() {
+        Some(NodeState::Master) if is_stale(decision, a) => Loss::Stale,
+        Some(NodeState::Master) | None => return None,
+        Some(NodeState::Standby) => Loss::Standby,
+        Some(NodeState::Down) => Loss::Down,
+    };
+    Some(match pausing {
+        Pausing::NeedsStateFile => Start::CannotRecord(loss),
+        _ => Start::Hold(loss),
+    })
+}
+
+/// The verdict that makes a hold pointless, if any. The lost master itself turning out
+/// stale is the loss, not such a verdict.
+pub fn no_hold_verdict(decision: &Decision, lost: NodeId) -> Option<NoHold> {
+    if let Cluster::SplitBrain(m) = &decision.cluster {
+        return Some(NoHold::SplitBrain(m.clone()));
+    }
+    if let Some(r) = &decision.refusal {
+        return Some(NoHold::Refused(r.clone()));
+    }
+    let stale: Vec<NodeId> = decision
+        .stale
+        .iter()
+        .map(|s| s.node)
+        .filter(|n| *n != lost)
+        .collect();
+    (!stale.is_empty()).then_some(NoHold::OnlyStale(stale))
+}
+
+/// Why a hold for the loss of `lost` must end without a switch at `now`, if it must.
+pub fn hold_over(
+    lost: NodeId,
+    deadline: Instant,
+    now: Instant,
+    decision: &Decision,
+    states: &[Option<NodeState>],
+) -> Option<HoldEnd> {
+    if master_back(Some(lost), decision, states) {
+        return Some(HoldEnd::MasterBack);
+    }
+    if let Some(v) = no_hold_verdict(decision, lost) {
+        return Some(HoldEnd::Verdict(v));
+    }
+    (deadline <= now).then_some(HoldEnd::TimedOut)
+}
+
+/// A switch still failing when the hold's time is up: the clients get errors rather than
+/// wait longer.
+pub fn switch_outlasted_hold(deadline: Instant, now: Instant) -> bool {
+    deadline <= now
+}
+
+/// Whether `node` answers as a master that is not stale: the loss of the active master is
+/// forgotten then (a later loss gets its own pause).
+pub fn master_back(
+    node: Option<NodeId>,
+    decision: &Decision,
+    states: &[Option<NodeState>],
+) -> bool {
+    node.is_some_and(|n| {
+        states.get(n).copied().flatten() == Some(NodeState::Master) && !is_stale(decision, n)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::decide::{Memory, Stale};
+
+    const M: Option<NodeState> = Some(NodeState::Master);
+    const S: Option<NodeState> = Some(NodeState::Standby);
+    const D: Option<NodeState> = Some(NodeState::Down);
+
+    fn on(active: NodeId) -> Believed {
+        Believed {
+            active: Some(active),
+            confirmed: true,
+        }
+    }
+
+    fn verdict(cluster: Cluster, action: Action) -> Decision {
+        Decision {
+            cluster,
+            action,
+            stale: Vec::new(),
+            refusal: None,
+            memory: Memory::default(),
+        }
+    }
+
+    fn no_master() -> Decision {
+        verdict(Cluster::NoMaster, Action::Nothing)
+    }
+
+    #[test]
+    fn the_loss_of_the_active_master_with_nothing_to_switch_to_is_held() {
+        let d = no_master();
+        assert_eq!(
+            on_loss(Pausing::On, false, on(0), &d, &[D, S]),
+            Some(Start::Hold(Loss::Down))
+        );
+        assert_eq!(
+            on_loss(Pausing::On, false, on(0), &d, &[S, S]),
+            Some(Start::Hold(Loss::Standby))
+        );
+        assert_eq!(on_loss(Pausing::Off, false, on(0), &d, &[D, S]), None);
+        assert_eq!(
+            on_loss(Pausing::On, true, on(0), &d, &[D, S]),
+            None,
+            "handled"
+        );
+        let unconfirmed = Believed {
+            active: Some(0),
+            confirmed: false,
+        };
+        assert_eq!(on_loss(Pausing::On, false, unconfirmed, &d, &[D, S]), None);
+        let switch = verdict(Cluster::OneMaster(1), Action::Switch(1));
+        assert_eq!(on_loss(Pausing::On, false, on(0), &switch, &[D, M]), None);
+    }
+
+    #[test]
+    fn no_pause_is_made_that_the_state_file_cannot_record() {
+        assert_eq!(Pausing::new(true, false), Pausing::NeedsStateFile);
+        assert_eq!(Pausing::new(false, false), Pausing::Off);
+        assert_eq!(
+            on_loss(Pausing::NeedsStateFile, false, on(0), &no_master(), &[D, S]),
+            Some(Start::CannotRecord(Loss::Down))
+        );
+    }
+
+    #[test]
+    fn a_split_brain_or_an_only_stale_primary_is_not_worth_a_pause() {
+        let split = verdict(Cluster::SplitBrain(vec![1, 2]), Action::Nothing);
+        assert_eq!(on_loss(Pausing::On, false, on(0), &split, &[D, M, M]), None);
+        let mut stale = no_master();
+        stale.stale = vec![Stale {
+            node: 1,
+            timeline: 1,
+            highest: 2,
+        }];
+        assert_eq!(on_loss(Pausing::On, false, on(0), &stale, &[D, M]), None);
+        assert_eq!(no_hold_verdict(&stale, 0), Some(NoHold::OnlyStale(vec![1])));
+        // The lost master itself found stale is the loss.
+        stale.stale[0].node = 0;
+        assert_eq!(
+            on_loss(Pausing::On, false, on(0), &stale, &[M, S]),
+            Some(Start::Hold(Loss::Stale))
+        );
+    }
+
+    #[test]
+    fn a_hold_ends_when_the_master_is_back_on_a_verdict_or_at_its_deadline() {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(10);
+        let d = no_master();
+        assert_eq!(hold_over(0, deadline, t0, &d, &[D, S]), None);
+        assert_eq!(
+            hold_over(0, deadline, t0, &d, &[M, S]),
+            Some(HoldEnd::MasterBack)
+        );
+        assert_eq!(
+            hold_over(0, deadline, deadline, &d, &[D, S]),
+            Some(HoldEnd::TimedOut)
+        );
+        let split = verdict(Cluster::SplitBrain(vec![1, 2]), Action::Nothing);
+        assert_eq!(
+            hold_over(0, deadline, t0, &split, &[D, M, M]),
+            Some(HoldEnd::Verdict(NoHold::SplitBrain(vec![1, 2])))
+        );
+        assert!(!switch_outlasted_hold(deadline, t0));
+        assert!(switch_outlasted_hold(deadline, deadline));
+    }
+}
