@@ -12,19 +12,19 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, Bouncer, Console, Database, Session};
 use crate::config::{self, Config, ConfigError, Server};
+use crate::counters::{self, SwitchReason};
 use crate::decide::{
     self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Timeline,
 };
-use crate::events::{self, Kind};
-use crate::metrics::{self, SwitchReason};
+use crate::events::Kind;
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
-use crate::status::{
-    Drift, Hold as HoldStatus, NodeStatus, Paused, Phase, ReloadStatus, RoundStats, Snapshot,
-    StaleStatus, SwitchFailure,
-};
 use crate::switch::{self, SwitchPlan};
 use crate::throttle::{Say, Throttle};
+use crate::view::{
+    self, Drift, FailoverPause, NodeStatus, PauseEnd, PausedDatabase, Phase, ReloadStatus,
+    RoundStats, Snapshot, SwitchFailure, Verdict,
+};
 
 /// How often PgBouncer's admin console is tried at start-up until it answers.
 const PGBOUNCER_RETRY: Duration = Duration::from_secs(5);
@@ -200,14 +200,14 @@ pub struct Daemon<C: Console> {
     watch_session: Option<C::Session>,
     rounds_since_drift_check: u32,
     drift: Option<Drift>,
-    paused: Vec<Paused>,
+    paused: Vec<PausedDatabase>,
     /// The routes PgBouncer was last confirmed to use.
     last_confirmed: Option<Vec<Database>>,
     hold: Option<Hold>,
     /// The loss of the active master already had its pause (it ended or could not be
     /// made): no second one until that master answers again or another is switched to.
     loss_handled: bool,
-    last_hold: Option<HoldStatus>,
+    last_hold: Option<FailoverPause>,
 }
 
 impl Daemon<Bouncer> {
@@ -656,7 +656,7 @@ impl<C: Console> Daemon<C> {
             } else {
                 warn!("{text}");
             }
-            events::record(&self.status, Kind::State, Some(&n.name), text);
+            view::record_event(&self.status, Kind::State, Some(&n.name), text);
             n.state = Some(obs.state);
             n.since = Some(now);
             n.refuses_new = None;
@@ -712,9 +712,9 @@ impl<C: Console> Daemon<C> {
                 }
             }
         }
+        // Counted at once; the state itself is published with the decision on it.
         self.status
             .send_modify(|s| s.nodes[index].counters.record(report.took, ok, now));
-        self.publish();
         changed
     }
 
@@ -741,6 +741,8 @@ impl<C: Console> Daemon<C> {
             // connection finds may only make the verdict more cautious (see decide).
             decision = decide::decide(self.believed, &self.observed(), &self.memory);
         }
+        // Kept before acting: what the steps below publish shows this decision.
+        self.last_decision = Some(decision.clone());
         self.remember(&decision).await;
         self.log_decision(&decision);
         self.note_master(&decision);
@@ -843,7 +845,7 @@ impl<C: Console> Daemon<C> {
                 Say::Started(_) => {
                     for s in &decision.stale {
                         let name = &self.nodes[s.node].name;
-                        events::record(
+                        view::record_event(
                             &self.status,
                             Kind::StalePrimaryStart,
                             Some(name),
@@ -873,7 +875,7 @@ impl<C: Console> Daemon<C> {
                     );
                     info!("{text}");
                     for name in &key {
-                        events::record(
+                        view::record_event(
                             &self.status,
                             Kind::StalePrimaryEnd,
                             Some(name),
@@ -889,7 +891,7 @@ impl<C: Console> Daemon<C> {
             match say {
                 Say::Started(text) => {
                     error!("{text}");
-                    events::record(&self.status, Kind::RefusalStart, None, text);
+                    view::record_event(&self.status, Kind::RefusalStart, None, text);
                 }
                 Say::Reminder { key, lasted, .. } => {
                     error!("still, after {} s: {key}", lasted.as_secs())
@@ -898,7 +900,7 @@ impl<C: Console> Daemon<C> {
                     let text =
                         format!("the refusal to switch is over after {} s", lasted.as_secs());
                     info!("{text}");
-                    events::record(&self.status, Kind::RefusalEnd, None, text);
+                    view::record_event(&self.status, Kind::RefusalEnd, None, text);
                 }
             }
         }
@@ -1058,7 +1060,7 @@ impl<C: Console> Daemon<C> {
 
     fn drifted(&mut self, what: String, behind: Option<NodeId>) {
         let active = self.active_name();
-        events::record(
+        view::record_event(
             &self.status,
             Kind::Drift,
             None,
@@ -1080,10 +1082,10 @@ impl<C: Console> Daemon<C> {
 
     fn note_paused(&mut self, databases: &[Database]) {
         let held = &self.state.state().held;
-        let paused: Vec<Paused> = databases
+        let paused: Vec<PausedDatabase> = databases
             .iter()
             .filter(|d| d.paused)
-            .map(|d| Paused {
+            .map(|d| PausedDatabase {
                 name: d.name.clone(),
                 by_rebouncer: held.contains(&d.name),
             })
@@ -1091,7 +1093,7 @@ impl<C: Console> Daemon<C> {
         if paused != self.paused {
             for p in paused.iter().filter(|p| !p.by_rebouncer) {
                 if !self.paused.contains(p) {
-                    events::record(
+                    view::record_event(
                         &self.status,
                         Kind::Paused,
                         None,
@@ -1138,7 +1140,7 @@ impl<C: Console> Daemon<C> {
             Say::Reminder { .. } => None,
         };
         if let Some((kind, text)) = event {
-            events::record(&self.status, kind, None, text);
+            view::record_event(&self.status, kind, None, text);
         }
         match say {
             Say::Started(Condition::NoMaster) => warn!(
@@ -1233,9 +1235,9 @@ impl<C: Console> Daemon<C> {
                     "PgBouncer now points at {name} ({}), confirmed by SHOW DATABASES in {ms} ms{reset}",
                     node_file.display()
                 );
-                metrics::record_switch(
+                view::record_switch(
                     &self.status,
-                    metrics::SwitchDone {
+                    view::SwitchDone {
                         reason,
                         to: &name,
                         from: from.map(|f| self.nodes[f].name.as_str()),
@@ -1287,7 +1289,7 @@ impl<C: Console> Daemon<C> {
             }
             Err(e) => {
                 let error = e.to_string();
-                let reason = metrics::failure_reason(&e);
+                let reason = counters::failure_reason(&e);
                 self.status
                     .send_modify(|s| s.counters.switch_failed(reason));
                 // The link may or may not have moved; believe only what it says now.
@@ -1317,7 +1319,7 @@ impl<C: Console> Daemon<C> {
                                 self.active_name()
                             );
                             error!("{text}");
-                            events::record(&self.status, Kind::SwitchFailed, Some(&name), text);
+                            view::record_event(&self.status, Kind::SwitchFailed, Some(&name), text);
                         }
                         Say::Reminder { lasted, rounds, .. } => error!(
                             "switch to {name} still failing after {} s ({rounds} attempts since the last reminder): {error}",
@@ -1621,12 +1623,16 @@ impl<C: Console> Daemon<C> {
         } else {
             warn!("{line}");
         }
-        self.last_hold = Some(HoldStatus {
+        self.last_hold = Some(FailoverPause {
             databases: h.databases,
             lost: self.nodes[h.lost].name.clone(),
             since: h.since,
             timeout: self.cfg.pause_timeout,
-            ended: Some((lasted, outcome.to_string(), waiting)),
+            ended: Some(PauseEnd {
+                lasted,
+                outcome: outcome.to_string(),
+                waiting,
+            }),
         });
     }
 
@@ -1908,8 +1914,13 @@ impl<C: Console> Daemon<C> {
             // Not removed: that hold ended above.
             h.lost = remap(h.lost).unwrap_or(h.lost);
         }
-        // Its node ids are the old ones; the next round decides again.
-        self.last_decision = None;
+        // Its node ids are the old ones: unless every server kept its place, the next
+        // round decides again.
+        let same_places = moved.len() == self.nodes.len()
+            && moved.iter().enumerate().all(|(old, new)| *new == Some(old));
+        if !same_places {
+            self.last_decision = None;
+        }
 
         if new_console || restart_all {
             self.console = self.console.reconfigured(&new.pgbouncer, new.timeout);
@@ -2001,22 +2012,15 @@ impl<C: Console> Daemon<C> {
         any_change
     }
 
+    /// Publish the servers' states with the decision taken on them: called after each
+    /// decision (and by the steps that act on one), never between a round's answers and
+    /// its decision, so no page shows states the verdict has not seen.
     fn publish(&self) {
         let active = self.believed.active.map(|n| self.nodes[n].name.clone());
-        let (stale, refusal) = match &self.last_decision {
-            Some(d) => (
-                d.stale
-                    .iter()
-                    .map(|s| StaleStatus {
-                        name: self.nodes[s.node].name.clone(),
-                        timeline: s.timeline,
-                        highest: s.highest,
-                    })
-                    .collect(),
-                d.refusal.as_ref().map(|r| self.refusal_text(r)),
-            ),
-            None => (Vec::new(), None),
-        };
+        let verdict = self.last_decision.as_ref().map(|d| Verdict {
+            decision: d.clone(),
+            refusal: d.refusal.as_ref().map(|r| self.refusal_text(r)),
+        });
         let now = Instant::now();
         self.status.send_modify(|s| {
             for (dst, src) in s.nodes.iter_mut().zip(&self.nodes) {
@@ -2031,33 +2035,32 @@ impl<C: Console> Daemon<C> {
                 dst.next_try = (src.failures > 1 && src.next_try > now)
                     .then(|| src.next_try.duration_since(now));
             }
+            s.verdict = verdict;
             s.last_round = self.last_round;
             s.active = active;
             s.confirmed = self.believed.confirmed;
             s.last_switch = self.last_switch;
             s.switch_failure = self.switch_failure.clone();
-            s.stale = stale;
-            s.refusal = refusal;
             s.drift = self.drift.clone();
             s.paused = self.paused.clone();
-            s.held = self.state.state().held.clone();
-            s.unreset = self.state.state().unreset.clone();
-            s.hold = match &self.hold {
-                Some(h) => Some(HoldStatus {
+            s.resume_pending = self.state.state().held.clone();
+            s.kill_pending = self.state.state().unreset.clone();
+            s.failover_pause = match &self.hold {
+                Some(h) => Some(FailoverPause {
                     databases: h.databases.clone(),
                     lost: self.nodes[h.lost].name.clone(),
                     since: h.since,
                     timeout: self.cfg.pause_timeout,
                     ended: None,
                 }),
-                // A hold whose RESUME keeps failing still holds clients: shown as lasting,
+                // A pause whose RESUME keeps failing still holds clients: shown as lasting,
                 // so /nagios turns CRITICAL once it outlasts pause_timeout.
                 None => self.last_hold.clone().map(|mut h| {
-                    let stuck = h.databases.iter().any(|d| s.held.contains(d));
+                    let stuck = h.databases.iter().any(|d| s.resume_pending.contains(d));
                     if stuck
                         && h.ended
                             .as_ref()
-                            .is_some_and(|e| e.1.contains("RESUME failed"))
+                            .is_some_and(|e| e.outcome.contains("RESUME failed"))
                     {
                         h.ended = None;
                     }
@@ -2417,7 +2420,7 @@ mod tests {
             self.status.borrow().clone()
         }
         fn nagios(&self) -> String {
-            crate::status::render_nagios(&self.snapshot(), SystemTime::now())
+            crate::pages::nagios::render(&self.snapshot(), SystemTime::now())
         }
         /// Advance the paused clock in steps of 50 ms, checking `ok` at every step.
         async fn during(&self, d: Duration, mut ok: impl FnMut(&World) -> bool, what: &str) {
@@ -2589,7 +2592,7 @@ mod tests {
         w.set(1, Master(1));
         w.until(
             S(4),
-            |w| !w.snapshot().stale.is_empty(),
+            |w| !w.snapshot().stale().is_empty(),
             "pg1 seen as stale",
         )
         .await;
@@ -2626,7 +2629,7 @@ mod tests {
             "no switch to the stale pg1",
         )
         .await;
-        assert_eq!(w.snapshot().stale.len(), 1);
+        assert_eq!(w.snapshot().stale().len(), 1);
         w.stop().await;
     }
 
@@ -2908,9 +2911,9 @@ mod tests {
 
     fn last_hold_outcome(w: &World) -> Option<String> {
         w.snapshot()
-            .hold
+            .failover_pause
             .and_then(|h| h.ended)
-            .map(|(_, outcome, _)| outcome)
+            .map(|end| end.outcome)
     }
 
     /// Settled on pg1 with pausing on, then pg1 goes down: PgBouncer is paused.
@@ -3018,7 +3021,7 @@ mod tests {
             last_hold_outcome(&w)
                 .is_some_and(|o| o.contains("no master appeared within pause_timeout (10 s)")),
             "{:?}",
-            w.snapshot().hold
+            w.snapshot().failover_pause
         );
         assert!(
             w.nagios().starts_with("CRITICAL: no master"),
@@ -3053,7 +3056,7 @@ mod tests {
         assert!(
             last_hold_outcome(&w).is_some_and(|o| o.contains("split brain (pg2, pg3)")),
             "{:?}",
-            w.snapshot().hold
+            w.snapshot().failover_pause
         );
         w.during(S(5), |w| w.routed() == Some(1), "no switch in split brain")
             .await;
@@ -3074,7 +3077,7 @@ mod tests {
         assert!(
             last_hold_outcome(&w).is_some_and(|o| o.contains("only a stale primary (pg3)")),
             "{:?}",
-            w.snapshot().hold
+            w.snapshot().failover_pause
         );
         w.during(S(5), |w| w.routed() == Some(1), "never to the stale pg3")
             .await;
@@ -3092,7 +3095,7 @@ mod tests {
         assert!(
             last_hold_outcome(&w).is_some_and(|o| o.contains("pg1 answers as master again")),
             "{:?}",
-            w.snapshot().hold
+            w.snapshot().failover_pause
         );
         // A second loss pauses again.
         w.set(1, Down);
@@ -3179,7 +3182,7 @@ mod tests {
             w.nagios()
         );
         // The status pages run on the wall clock, which the paused test clock does not move.
-        let later = crate::status::render_nagios(&w.snapshot(), SystemTime::now() + S(11));
+        let later = crate::pages::nagios::render(&w.snapshot(), SystemTime::now() + S(11));
         assert!(
             later.starts_with("CRITICAL: database(s) appdb paused by rebouncer for 11 s"),
             "{later}"
@@ -3256,7 +3259,7 @@ mod tests {
             "write error shown",
         )
         .await;
-        let root = crate::status::render_root(&w.snapshot(), SystemTime::now());
+        let root = crate::pages::text::root(&w.snapshot(), SystemTime::now());
         assert!(
             root.contains("State file: cannot write state file"),
             "{root}"
@@ -3409,10 +3412,10 @@ mod tests {
         assert_eq!(w.names(), ["pg1", "pg2"]);
         assert_eq!(s.interval, S(2));
         assert!(s.events.iter().any(|e| e.kind == Kind::ConfigReloadFailed));
-        let root = crate::status::render_root(&s, SystemTime::now());
+        let root = crate::pages::text::root(&s, SystemTime::now());
         assert!(root.contains("Last config reload: "), "{root}");
         assert!(root.contains("FAILED, the running configuration stays: config error"));
-        let metrics = crate::metrics::render(&s);
+        let metrics = crate::pages::metrics::render(&s);
         assert!(metrics.contains("rebouncer_config_reloads_total{result=\"failed\"} 1"));
         assert!(metrics.contains("rebouncer_config_last_reload_successful 0"));
         // A server whose node file is missing: refused as at start, nothing half-applied.
@@ -3473,7 +3476,7 @@ mod tests {
         assert!(r.not_applied[0].starts_with("symlink (the file says "));
         assert_eq!(s.interval, S(10));
         assert_eq!((w.made("pg1"), w.made("pg2")), (1, 1), "monitors kept");
-        let root = crate::status::render_root(&s, SystemTime::now());
+        let root = crate::pages::text::root(&s, SystemTime::now());
         assert!(root.contains("Config reload NOT applied (needs a restart): symlink"));
         // Rounds now every 10 s: pg1's attempts grow by about one per round.
         let before = w.snapshot().counters.rounds;

@@ -1,24 +1,25 @@
 //! rebouncer keeps a PgBouncer pointed at the one primary of a PostgreSQL
 //! replication cluster. The data path reads top to bottom:
-//! probe -> decide -> switch -> status.
+//! probe -> decide -> switch -> view -> pages.
 
 pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod conninfo;
+pub mod counters;
 pub mod daemon;
 pub mod decide;
 pub mod events;
 #[cfg(test)]
 pub mod fake_bouncer;
 pub mod http;
-pub mod json;
+pub mod json_format;
 pub mod logging;
-pub mod metrics;
 pub mod notify;
+pub mod pages;
 pub mod probe;
 pub mod state;
-pub mod status;
 pub mod switch;
 pub mod throttle;
+pub mod view;
