@@ -2617,6 +2617,80 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_returning_stale_primary_never_shows_as_a_split_brain() {
+        let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
+        w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
+        w.set(1, Down);
+        w.set(2, Master(2));
+        w.set(3, Standby(2));
+        w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
+            .await;
+        // Every version of the view published from here on, as a page reader sees it.
+        let mut rx = w.status.clone();
+        rx.borrow_and_update();
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let log = shown.clone();
+        let watcher = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let view = rx.borrow_and_update().clone();
+                let metrics = crate::pages::metrics::render(&view);
+                let split = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix("rebouncer_split_brain "))
+                    .map(str::to_string);
+                // Every server shown as master is in the verdict: the master, a master
+                // of the split brain or a stale primary.
+                let in_verdict: Vec<&str> = view
+                    .master()
+                    .into_iter()
+                    .chain(view.split_brain())
+                    .chain(view.stale().iter().map(|s| s.name))
+                    .collect();
+                let unjudged: Vec<String> = view
+                    .nodes
+                    .iter()
+                    .filter(|n| n.state == Some(NodeState::Master))
+                    .filter(|n| !in_verdict.contains(&n.name.as_str()))
+                    .map(|n| n.name.clone())
+                    .collect();
+                log.lock().unwrap().push((
+                    crate::pages::nagios::render(&view, SystemTime::now()),
+                    split,
+                    unjudged,
+                ));
+            }
+        });
+        // pg3 hangs as pg1 comes back: the round that finds pg1 waits for pg3 until its
+        // deadline, long after pg1's answer came in.
+        w.set(3, Hung);
+        w.set(1, Master(1));
+        w.until(
+            S(6),
+            |w| !w.snapshot().stale().is_empty(),
+            "pg1 seen as stale",
+        )
+        .await;
+        w.during(S(3), |_| true, "a few more rounds").await;
+        watcher.abort();
+        let shown = shown.lock().unwrap().clone();
+        assert!(
+            shown
+                .iter()
+                .any(|(n, _, _)| n.starts_with("CRITICAL: stale primary pg1")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .all(|(n, split, unjudged)| !n.contains("split brain")
+                    && split.as_deref() == Some("0")
+                    && unjudged.is_empty()),
+            "{shown:#?}"
+        );
+        w.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_remembered_timeline_protects_after_a_restart() {
         // The daemon restarts while pg2 (timeline 2) is down and the old pg1 is back:
         // only the state file knows that pg1 is behind.
