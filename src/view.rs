@@ -186,8 +186,7 @@ pub struct StalePrimary<'a> {
 }
 
 /// A Nagios plugin's exit status, as the first word of `/nagios`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
     Ok,
     Warning,
@@ -207,6 +206,12 @@ impl Level {
     }
 }
 
+impl Serialize for Level {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl std::fmt::Display for Level {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -216,6 +221,7 @@ impl std::fmt::Display for Level {
 /// Events shown on `/` and in its JSON.
 pub const RECENT_EVENTS: usize = 10;
 
+/// The published view: what the daemon knows, as of its last decision.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub phase: Phase,

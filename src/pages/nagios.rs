@@ -500,4 +500,53 @@ mod tests {
         assert!(render(&s, much_later).starts_with("CRITICAL: no round"));
         assert_eq!(text::nodes(&s), "");
     }
+
+    #[test]
+    fn a_stale_primary_beside_the_master_is_not_a_split_brain() {
+        let mut s = snap(
+            &[
+                ("pg1", Some(Master)),
+                ("pg2", Some(Master)),
+                ("pg3", Some(Standby)),
+            ],
+            Some("pg2"),
+        );
+        for (n, t) in s.nodes.iter_mut().zip([1, 2, 2]) {
+            n.timeline = Some(t);
+        }
+        s.decide(Some(2));
+        let h = health(&s, SystemTime::now());
+        assert_eq!(h.level, Level::Critical);
+        assert_eq!(
+            h.text,
+            "stale primary pg1 (timeline 1, the cluster is on 2) accepts connections, never routed to; PgBouncer points at pg2, the primary"
+        );
+        // The same states judged without timelines (a role that may not read them): a
+        // split brain, and the page says so because the verdict does.
+        for n in &mut s.nodes {
+            n.timeline = None;
+        }
+        s.decide(None);
+        assert!(
+            render(&s, SystemTime::now())
+                .starts_with("CRITICAL: split brain: 2 masters (pg1, pg2)")
+        );
+    }
+
+    #[test]
+    fn checked_servers_without_a_verdict_are_unknown() {
+        let mut s = snap(
+            &[("pg1", Some(Master)), ("pg2", Some(Standby))],
+            Some("pg1"),
+        );
+        assert_eq!(health(&s, SystemTime::now()).level, Level::Ok);
+        // A reload that reordered the servers: the last decision named them by place.
+        s.verdict = None;
+        let h = health(&s, SystemTime::now());
+        assert_eq!(h.level, Level::Unknown);
+        assert_eq!(
+            h.to_string(),
+            "UNKNOWN: the configuration changed the servers; the next round of checks decides on them"
+        );
+    }
 }
