@@ -290,8 +290,8 @@ mod tests {
         }
         let mut now_docs = Vec::new();
         for (name, s) in [("rich", rich()), ("split", split())] {
-            for now in [t(61_000), t(400_000)] {
-                now_docs.push((format!("{name} root {now:?}"), root(&s, now)));
+            for ms in [61_000, 400_000] {
+                now_docs.push((format!("{name} root {ms}"), root(&s, t(ms))));
             }
             now_docs.push((format!("{name} nodes"), nodes(&s)));
             now_docs.push((format!("{name} events"), events(&s)));
