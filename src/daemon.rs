@@ -16,11 +16,11 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, Bouncer, Console, Database, Session};
 use crate::config::{self, Config, ConfigError, Server};
+use crate::counters::{self, SwitchReason};
 use crate::decide::{
     self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Timeline,
 };
-use crate::events::{self, Kind};
-use crate::metrics::{self, SwitchReason};
+use crate::events::Kind;
 use crate::policy::checks::{self, Backoff};
 use crate::policy::drift::DriftCadence;
 use crate::policy::pacing::{self, SwitchPacing};
@@ -29,12 +29,12 @@ use crate::policy::persist::{Persist, Said};
 use crate::policy::reload_plan::{self, ReloadPlan};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
-use crate::status::{
-    Drift, Hold as HoldStatus, NodeStatus, NotTaken, Paused, Phase, ReloadStatus, RoundStats,
-    Snapshot, StaleStatus, SwitchFailure,
-};
 use crate::switch::{self, SwitchPlan};
 use crate::throttle::{Say, Throttle};
+use crate::view::{
+    self, Drift, FailoverPause, NodeStatus, NotTaken, PauseEnd, PausedDatabase, Phase,
+    ReloadStatus, RoundStats, Snapshot, SwitchFailure, Verdict,
+};
 
 mod bouncer;
 mod hold;
@@ -164,14 +164,14 @@ pub struct Daemon<C: Console> {
     watch_session: Option<C::Session>,
     drift_cadence: DriftCadence,
     drift: Option<Drift>,
-    paused: Vec<Paused>,
+    paused: Vec<PausedDatabase>,
     /// The routes PgBouncer was last confirmed to use.
     last_confirmed: Option<Vec<Database>>,
     hold: Option<Hold>,
     /// The loss of the active master already had its pause (it ended or could not be
     /// made): no second one until that master answers again or another is switched to.
     loss_handled: bool,
-    last_hold: Option<HoldStatus>,
+    last_hold: Option<FailoverPause>,
 }
 
 impl Daemon<Bouncer> {
@@ -540,7 +540,7 @@ impl<C: Console> Daemon<C> {
             } else {
                 warn!("{text}");
             }
-            events::record(&self.status, Kind::State, Some(&n.name), text);
+            view::record_event(&self.status, Kind::State, Some(&n.name), text);
             n.state = Some(obs.state);
             n.since = Some(now);
             n.refuses_new = None;
@@ -592,9 +592,9 @@ impl<C: Console> Daemon<C> {
                 }
             }
         }
+        // Counted at once; the state itself is published with the decision on it.
         self.status
             .send_modify(|s| s.nodes[index].counters.record(report.took, ok, now));
-        self.publish();
         changed
     }
 
@@ -638,6 +638,8 @@ impl<C: Console> Daemon<C> {
         {
             decision = decide::decide(self.believed, &self.observed(), &self.memory);
         }
+        // Kept before acting: what the steps below publish shows this decision.
+        self.last_decision = Some(decision.clone());
         self.remember(&decision).await;
         self.log_decision(&decision);
         let states = self.states();
@@ -763,22 +765,15 @@ impl<C: Console> Daemon<C> {
         }
     }
 
+    /// Publish the servers' states with the decision taken on them: called after each
+    /// decision (and by the steps that act on one), never between a round's answers and
+    /// its decision, so no page shows states the verdict has not seen.
     fn publish(&self) {
         let active = self.believed.active.map(|n| self.nodes[n].name.clone());
-        let (stale, refusal) = match &self.last_decision {
-            Some(d) => (
-                d.stale
-                    .iter()
-                    .map(|s| StaleStatus {
-                        name: self.nodes[s.node].name.clone(),
-                        timeline: s.timeline,
-                        highest: s.highest,
-                    })
-                    .collect(),
-                d.refusal.as_ref().map(|r| self.refusal_text(r)),
-            ),
-            None => (Vec::new(), None),
-        };
+        let verdict = self.last_decision.as_ref().map(|d| Verdict {
+            decision: d.clone(),
+            refusal: d.refusal.as_ref().map(|r| self.refusal_text(r)),
+        });
         let now = Instant::now();
         self.status.send_modify(|s| {
             for (dst, src) in s.nodes.iter_mut().zip(&self.nodes) {
@@ -792,33 +787,32 @@ impl<C: Console> Daemon<C> {
                 dst.refuses_new = src.refuses_new.clone();
                 dst.next_try = src.backoff.shown_wait(now.into_std());
             }
+            s.verdict = verdict;
             s.last_round = self.last_round;
             s.active = active;
             s.confirmed = self.believed.confirmed;
             s.last_switch = self.last_switch;
             s.switch_failure = self.switch_failure.clone();
-            s.stale = stale;
-            s.refusal = refusal;
             s.drift = self.drift.clone();
             s.paused = self.paused.clone();
-            s.held = self.state.state().held.clone();
-            s.unreset = self.state.state().unreset.clone();
-            s.hold = match &self.hold {
-                Some(h) => Some(HoldStatus {
+            s.resume_pending = self.state.state().held.clone();
+            s.kill_pending = self.state.state().unreset.clone();
+            s.failover_pause = match &self.hold {
+                Some(h) => Some(FailoverPause {
                     databases: h.databases.clone(),
                     lost: self.nodes[h.lost].name.clone(),
                     since: h.since,
                     timeout: self.cfg.pause_timeout,
                     ended: None,
                 }),
-                // A hold whose RESUME keeps failing still holds clients: shown as lasting,
+                // A pause whose RESUME keeps failing still holds clients: shown as lasting,
                 // so /nagios turns CRITICAL once it outlasts pause_timeout.
                 None => self.last_hold.clone().map(|mut h| {
-                    let stuck = h.databases.iter().any(|d| s.held.contains(d));
+                    let stuck = h.databases.iter().any(|d| s.resume_pending.contains(d));
                     if stuck
                         && h.ended
                             .as_ref()
-                            .is_some_and(|e| e.1.contains("RESUME failed"))
+                            .is_some_and(|e| e.outcome.contains("RESUME failed"))
                     {
                         h.ended = None;
                     }

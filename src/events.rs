@@ -6,10 +6,9 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use tokio::sync::watch;
+use serde::{Serialize, Serializer};
 
-use crate::json::Value;
-use crate::status::Snapshot;
+use crate::json_format;
 
 /// Events kept; the oldest goes first.
 pub const CAPACITY: usize = 200;
@@ -70,33 +69,36 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
     /// Increases by one per event since start: a script polling `/events` keeps the last
     /// one it saw and knows whether it missed some (the ring dropped them).
     pub seq: u64,
+    #[serde(rename = "time", serialize_with = "json_format::time")]
     pub at: SystemTime,
     pub kind: Kind,
     /// The server it is about, if one.
     pub node: Option<String>,
     /// What the log says, in one line.
     pub text: String,
-    /// Durations that belong to it (a switch's timings), in seconds.
-    pub seconds: Vec<(&'static str, f64)>,
+    /// A switch's timings.
+    #[serde(flatten)]
+    pub timing: Option<SwitchTiming>,
 }
 
-impl Event {
-    pub fn to_json(&self) -> Value {
-        let mut fields = vec![
-            ("seq", Value::Int(self.seq as i64)),
-            ("time", Value::time(self.at)),
-            ("kind", Value::str(self.kind.as_str())),
-            ("node", Value::opt_str(self.node.clone())),
-            ("text", Value::str(self.text.clone())),
-        ];
-        fields.extend(self.seconds.iter().map(|(k, v)| (*k, Value::Num(*v))));
-        Value::Obj(fields)
-    }
+/// How long a confirmed switch took, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SwitchTiming {
+    /// The switch itself: admin check, symlink, RELOAD, confirmation.
+    pub switch_seconds: f64,
+    /// From the need (the new master first seen, the drift found) to the confirmation.
+    pub since_needed_seconds: f64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -107,7 +109,7 @@ pub struct Events {
 
 impl Events {
     pub fn push(&mut self, at: SystemTime, kind: Kind, node: Option<&str>, text: String) {
-        self.push_timed(at, kind, node, text, Vec::new());
+        self.push_timed(at, kind, node, text, None);
     }
 
     pub fn push_timed(
@@ -116,7 +118,7 @@ impl Events {
         kind: Kind,
         node: Option<&str>,
         text: String,
-        seconds: Vec<(&'static str, f64)>,
+        timing: Option<SwitchTiming>,
     ) {
         if self.ring.len() == CAPACITY {
             self.ring.pop_front();
@@ -128,12 +130,12 @@ impl Events {
             kind,
             node: node.map(str::to_string),
             text,
-            seconds,
+            timing,
         });
     }
 
     /// Oldest first.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Event> {
+    pub fn iter(&self) -> std::collections::vec_deque::Iter<'_, Event> {
         self.ring.iter()
     }
 
@@ -144,23 +146,6 @@ impl Events {
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()
     }
-
-    /// `/events`: every event kept, oldest first.
-    pub fn to_json(&self) -> Value {
-        Value::Obj(vec![
-            ("capacity", Value::Int(CAPACITY as i64)),
-            (
-                "events",
-                Value::Arr(self.ring.iter().map(Event::to_json).collect()),
-            ),
-        ])
-    }
-}
-
-/// Record an event in the shared snapshot, stamped now. The daemon's one-line hook.
-pub fn record(status: &watch::Sender<Snapshot>, kind: Kind, node: Option<&str>, text: String) {
-    let at = SystemTime::now();
-    status.send_modify(|s| s.events.push(at, kind, node, text));
 }
 
 #[cfg(test)]
@@ -189,30 +174,6 @@ mod tests {
             e.iter()
                 .zip(e.iter().skip(1))
                 .all(|(a, b)| a.seq + 1 == b.seq)
-        );
-    }
-
-    #[test]
-    fn json_shape() {
-        let mut e = Events::default();
-        e.push_timed(
-            SystemTime::UNIX_EPOCH,
-            Kind::Switch,
-            Some("pg2"),
-            "PgBouncer now points at \"pg2\"".into(),
-            vec![("switch_seconds", 0.25)],
-        );
-        e.push(
-            SystemTime::UNIX_EPOCH,
-            Kind::SplitBrainStart,
-            None,
-            "x".into(),
-        );
-        let mut s = String::new();
-        e.to_json().write(&mut s);
-        assert_eq!(
-            s,
-            r#"{"capacity":200,"events":[{"seq":1,"time":"1970-01-01T00:00:00.000Z","kind":"switch","node":"pg2","text":"PgBouncer now points at \"pg2\"","switch_seconds":0.25},{"seq":2,"time":"1970-01-01T00:00:00.000Z","kind":"split_brain_start","node":null,"text":"x"}]}"#
         );
     }
 }

@@ -34,9 +34,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::metrics;
-use crate::status::{self, Snapshot};
+use crate::pages::{json, metrics, nagios, text};
 use crate::throttle::{Say, Throttle};
+use crate::view::Snapshot;
 
 /// Connections served at once. A monitoring system, a script and a person looking need a
 /// handful; every connection costs a descriptor, and under systemd's default limit of 1024
@@ -210,20 +210,20 @@ fn json_response(body: String) -> Response<Body> {
 // `/nodes` is polled by scripts, and that copy was a measurable share of its cost.
 async fn root(State(s): State<watch::Receiver<Snapshot>>, req: Request<Body>) -> Response<Body> {
     match format(req.uri(), req.headers()) {
-        Format::Text => status::render_root(&s.borrow(), SystemTime::now()).into_response(),
-        Format::Json => json_response(status::render_root_json(&s.borrow(), SystemTime::now())),
+        Format::Text => text::root(&s.borrow(), SystemTime::now()).into_response(),
+        Format::Json => json_response(json::root(&s.borrow(), SystemTime::now())),
     }
 }
 
 async fn nodes(State(s): State<watch::Receiver<Snapshot>>, req: Request<Body>) -> Response<Body> {
     match format(req.uri(), req.headers()) {
-        Format::Text => status::render_nodes(&s.borrow()).into_response(),
-        Format::Json => json_response(status::render_nodes_json(&s.borrow())),
+        Format::Text => text::nodes(&s.borrow()).into_response(),
+        Format::Json => json_response(json::nodes(&s.borrow())),
     }
 }
 
 async fn nagios(State(s): State<watch::Receiver<Snapshot>>) -> String {
-    let mut line = status::render_nagios(&s.borrow(), SystemTime::now());
+    let mut line = nagios::render(&s.borrow(), SystemTime::now());
     line.push('\n');
     line
 }
@@ -243,14 +243,14 @@ async fn metrics(State(s): State<watch::Receiver<Snapshot>>) -> Response<Body> {
 /// JSON unless plain text is asked for (`?format=text`): the history is for scripts;
 /// people see the last few on `/`.
 async fn events(State(s): State<watch::Receiver<Snapshot>>, uri: Uri) -> Response<Body> {
-    let text = uri
+    let as_text = uri
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "format=text"));
     let snap = s.borrow();
-    if text {
-        status::render_events(&snap).into_response()
+    if as_text {
+        text::events(&snap).into_response()
     } else {
-        json_response(snap.events.to_json().to_document())
+        json_response(json::events(&snap))
     }
 }
 
@@ -930,6 +930,12 @@ mod tests {
         }
     }
 
+    /// The body of an HTTP/1.1 answer, parsed as JSON.
+    fn body_json(answer: &str) -> serde_json::Value {
+        let (_, body) = answer.split_once("\r\n\r\n").expect("a complete answer");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+    }
+
     #[tokio::test]
     async fn the_real_pages_answer_text_by_default_and_json_when_asked() {
         use crate::decide::NodeState;
@@ -969,16 +975,18 @@ mod tests {
                 json.contains("content-type: application/json\r\n"),
                 "{json}"
             );
-            assert!(
-                json.contains(r#"{"name":"pg2","state":"down","last_check":null,"since":null,"last_error":"FATAL:  role \"x\" does not exist","#),
-                "{json}"
+            let j = body_json(&json);
+            assert_eq!(j["nodes"][1]["name"], "pg2");
+            assert_eq!(j["nodes"][1]["state"], "down");
+            assert_eq!(j["nodes"][1]["last_check"], serde_json::Value::Null);
+            assert_eq!(
+                j["nodes"][1]["last_error"],
+                "FATAL:  role \"x\" does not exist"
             );
         }
-        let root = get("GET /?format=json HTTP/1.1").await;
-        assert!(
-            root.contains(r#""active":null,"confirmed":false,"#),
-            "{root}"
-        );
+        let root = body_json(&get("GET /?format=json HTTP/1.1").await);
+        assert_eq!(root["active"], serde_json::Value::Null);
+        assert_eq!(root["confirmed"], false);
         let metrics = get("GET /metrics HTTP/1.1").await;
         assert!(
             metrics.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
@@ -990,8 +998,12 @@ mod tests {
         );
         let events = get("GET /events HTTP/1.1").await;
         assert!(
-            events.ends_with("{\"capacity\":200,\"events\":[]}\n"),
+            events.contains("content-type: application/json\r\n"),
             "{events}"
+        );
+        assert_eq!(
+            body_json(&events),
+            serde_json::json!({"capacity": 200, "events": []})
         );
     }
 

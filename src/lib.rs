@@ -1,12 +1,13 @@
 //! rebouncer keeps a PgBouncer pointed at the one primary of a PostgreSQL
 //! replication cluster. The data path reads top to bottom:
-//! probe -> decide -> switch -> status.
+//! probe -> decide -> switch -> view -> pages.
 
 pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod conninfo;
+pub mod counters;
 pub mod daemon;
 pub mod decide;
 pub mod events;
@@ -14,14 +15,14 @@ pub mod events;
 pub mod fake_bouncer;
 pub mod http;
 mod ini_text;
-pub mod json;
+pub mod json_format;
 pub mod logging;
-pub mod metrics;
 pub mod node_file;
 pub mod notify;
+pub mod pages;
 pub mod policy;
 pub mod probe;
 pub mod state;
-pub mod status;
 pub mod switch;
 pub mod throttle;
+pub mod view;

@@ -19,7 +19,7 @@ use rebouncer::events::Kind;
 use rebouncer::logging::{self, LogFile};
 use rebouncer::notify::{self, Notifier};
 use rebouncer::state::StateFile;
-use rebouncer::status::Snapshot;
+use rebouncer::view::Snapshot;
 use rebouncer::{check, http};
 
 /// How long a shutdown waits for HTTP clients still being served.

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::status::{self, Phase, Snapshot};
+use crate::pages::nagios;
+use crate::view::{Phase, Snapshot};
 
 pub struct Notifier {
     socket: UnixDatagram,
@@ -107,7 +108,7 @@ fn abstract_addr(_: &[u8]) -> io::Result<SocketAddr> {
 /// A one-line summary of the snapshot for `STATUS=`: what `/nagios` says, as that is
 /// what an operator looking at `systemctl status` wants to know.
 pub fn summary(s: &Snapshot, now: SystemTime) -> String {
-    status::render_nagios(s, now).replace('\n', " ")
+    nagios::render(s, now).replace('\n', " ")
 }
 
 /// Ready once the first round has run, whatever it found. Also while PgBouncer's admin
@@ -296,6 +297,7 @@ mod tests {
             s.active = Some("pg1".into());
             s.confirmed = true;
             s.counters.rounds = 1;
+            s.decide(None);
         });
         assert_eq!(
             recv().await,
@@ -303,7 +305,10 @@ mod tests {
         );
         // The same summary again: nothing sent. Then a change.
         tx.send_modify(|s| s.counters.rounds = 2);
-        tx.send_modify(|s| s.nodes[0].state = Some(crate::decide::NodeState::Down));
+        tx.send_modify(|s| {
+            s.nodes[0].state = Some(crate::decide::NodeState::Down);
+            s.decide(None);
+        });
         assert!(recv().await.starts_with("STATUS=CRITICAL: no master"));
         stop.send(true).unwrap();
         assert_eq!(recv().await, "STOPPING=1\nSTATUS=stopping");

@@ -82,7 +82,7 @@ impl<C: Console> Daemon<C> {
 
     pub(super) fn drifted(&mut self, what: String, behind: Option<NodeId>) {
         let active = self.active_name();
-        events::record(
+        view::record_event(
             &self.status,
             Kind::Drift,
             None,
@@ -104,10 +104,10 @@ impl<C: Console> Daemon<C> {
 
     pub(super) fn note_paused(&mut self, databases: &[Database]) {
         let held = &self.state.state().held;
-        let paused: Vec<Paused> = databases
+        let paused: Vec<PausedDatabase> = databases
             .iter()
             .filter(|d| d.paused)
-            .map(|d| Paused {
+            .map(|d| PausedDatabase {
                 name: d.name.clone(),
                 by_rebouncer: held.contains(&d.name),
             })
@@ -115,7 +115,7 @@ impl<C: Console> Daemon<C> {
         if paused != self.paused {
             for p in paused.iter().filter(|p| !p.by_rebouncer) {
                 if !self.paused.contains(p) {
-                    events::record(
+                    view::record_event(
                         &self.status,
                         Kind::Paused,
                         None,
@@ -195,9 +195,9 @@ impl<C: Console> Daemon<C> {
                     "PgBouncer now points at {name} ({}), confirmed by SHOW DATABASES in {ms} ms{reset}",
                     node_file.display()
                 );
-                metrics::record_switch(
+                view::record_switch(
                     &self.status,
-                    metrics::SwitchDone {
+                    view::SwitchDone {
                         reason,
                         to: &name,
                         from: from.map(|f| self.nodes[f].name.as_str()),
@@ -261,7 +261,7 @@ impl<C: Console> Daemon<C> {
                     false => None,
                 };
                 let error = e.to_string();
-                let reason = metrics::failure_reason(&e);
+                let reason = counters::failure_reason(&e);
                 self.status
                     .send_modify(|s| s.counters.switch_failed(reason));
                 // The link may or may not have moved; believe only what it says now.
@@ -299,7 +299,7 @@ impl<C: Console> Daemon<C> {
                                 ),
                             };
                             error!("{text}");
-                            events::record(&self.status, Kind::SwitchFailed, Some(&name), text);
+                            view::record_event(&self.status, Kind::SwitchFailed, Some(&name), text);
                         }
                         Say::Reminder { lasted, rounds, .. } => error!(
                             "switch to {name} still failing after {} s ({rounds} attempts since the last reminder): {error}",

@@ -358,12 +358,16 @@ impl<C: Console> Daemon<C> {
         } else {
             warn!("{line}");
         }
-        self.last_hold = Some(HoldStatus {
+        self.last_hold = Some(FailoverPause {
             databases: h.databases,
             lost: self.nodes[h.lost].name.clone(),
             since: h.since,
             timeout: self.cfg.pause_timeout,
-            ended: Some((lasted, outcome.to_string(), waiting)),
+            ended: Some(PauseEnd {
+                lasted,
+                outcome: outcome.to_string(),
+                waiting,
+            }),
         });
     }
 

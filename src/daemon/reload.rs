@@ -136,8 +136,13 @@ impl<C: Console> Daemon<C> {
             // Not removed: that hold ended above.
             h.lost = remap(h.lost).unwrap_or(h.lost);
         }
-        // Its node ids are the old ones; the next round decides again.
-        self.last_decision = None;
+        // Its node ids are the old ones: unless every server kept its place, the next
+        // round decides again.
+        let same_places = moved.len() == self.nodes.len()
+            && moved.iter().enumerate().all(|(old, new)| *new == Some(old));
+        if !same_places {
+            self.last_decision = None;
+        }
 
         if new_console || restart_all {
             self.console = self.console.reconfigured(&new.pgbouncer, new.timeout);

@@ -32,7 +32,7 @@ impl<C: Console> Daemon<C> {
                 Say::Started(_) => {
                     for s in &decision.stale {
                         let name = &self.nodes[s.node].name;
-                        events::record(
+                        view::record_event(
                             &self.status,
                             Kind::StalePrimaryStart,
                             Some(name),
@@ -62,7 +62,7 @@ impl<C: Console> Daemon<C> {
                     );
                     info!("{text}");
                     for name in &key {
-                        events::record(
+                        view::record_event(
                             &self.status,
                             Kind::StalePrimaryEnd,
                             Some(name),
@@ -78,7 +78,7 @@ impl<C: Console> Daemon<C> {
             match say {
                 Say::Started(text) => {
                     error!("{text}");
-                    events::record(&self.status, Kind::RefusalStart, None, text);
+                    view::record_event(&self.status, Kind::RefusalStart, None, text);
                 }
                 Say::Reminder { key, lasted, .. } => {
                     error!("still, after {} s: {key}", lasted.as_secs())
@@ -87,7 +87,7 @@ impl<C: Console> Daemon<C> {
                     let text =
                         format!("the refusal to switch is over after {} s", lasted.as_secs());
                     info!("{text}");
-                    events::record(&self.status, Kind::RefusalEnd, None, text);
+                    view::record_event(&self.status, Kind::RefusalEnd, None, text);
                 }
             }
         }
@@ -154,7 +154,7 @@ impl<C: Console> Daemon<C> {
             Say::Reminder { .. } => None,
         };
         if let Some((kind, text)) = event {
-            events::record(&self.status, kind, None, text);
+            view::record_event(&self.status, kind, None, text);
         }
         match say {
             Say::Started(Condition::NoMaster) => warn!(

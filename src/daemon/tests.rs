@@ -306,7 +306,7 @@ impl World {
         self.status.borrow().clone()
     }
     fn nagios(&self) -> String {
-        crate::status::render_nagios(&self.snapshot(), SystemTime::now())
+        crate::pages::nagios::render(&self.snapshot(), SystemTime::now())
     }
     /// Advance the paused clock in steps of 50 ms, checking `ok` at every step.
     async fn during(&self, d: Duration, mut ok: impl FnMut(&World) -> bool, what: &str) {
@@ -478,7 +478,7 @@ async fn a_stale_primary_is_never_switched_to_while_the_new_primary_hangs() {
     w.set(1, Master(1));
     w.until(
         S(4),
-        |w| !w.snapshot().stale.is_empty(),
+        |w| !w.snapshot().stale().is_empty(),
         "pg1 seen as stale",
     )
     .await;
@@ -503,6 +503,80 @@ async fn a_stale_primary_is_never_switched_to_while_the_new_primary_hangs() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_returning_stale_primary_never_shows_as_a_split_brain() {
+    let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
+    w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
+    w.set(1, Down);
+    w.set(2, Master(2));
+    w.set(3, Standby(2));
+    w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
+        .await;
+    // Every version of the view published from here on, as a page reader sees it.
+    let mut rx = w.status.clone();
+    rx.borrow_and_update();
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let log = shown.clone();
+    let watcher = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let view = rx.borrow_and_update().clone();
+            let metrics = crate::pages::metrics::render(&view);
+            let split = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("rebouncer_split_brain "))
+                .map(str::to_string);
+            // Every server shown as master is in the verdict: the master, a master
+            // of the split brain or a stale primary.
+            let in_verdict: Vec<&str> = view
+                .master()
+                .into_iter()
+                .chain(view.split_brain())
+                .chain(view.stale().iter().map(|s| s.name))
+                .collect();
+            let unjudged: Vec<String> = view
+                .nodes
+                .iter()
+                .filter(|n| n.state == Some(NodeState::Master))
+                .filter(|n| !in_verdict.contains(&n.name.as_str()))
+                .map(|n| n.name.clone())
+                .collect();
+            log.lock().unwrap().push((
+                crate::pages::nagios::render(&view, SystemTime::now()),
+                split,
+                unjudged,
+            ));
+        }
+    });
+    // pg3 hangs as pg1 comes back: the round that finds pg1 waits for pg3 until its
+    // deadline, long after pg1's answer came in.
+    w.set(3, Hung);
+    w.set(1, Master(1));
+    w.until(
+        S(6),
+        |w| !w.snapshot().stale().is_empty(),
+        "pg1 seen as stale",
+    )
+    .await;
+    w.during(S(3), |_| true, "a few more rounds").await;
+    watcher.abort();
+    let shown = shown.lock().unwrap().clone();
+    assert!(
+        shown
+            .iter()
+            .any(|(n, _, _)| n.starts_with("CRITICAL: stale primary pg1")),
+        "{shown:#?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .all(|(n, split, unjudged)| !n.contains("split brain")
+                && split.as_deref() == Some("0")
+                && unjudged.is_empty()),
+        "{shown:#?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_remembered_timeline_protects_after_a_restart() {
     // The daemon restarts while pg2 (timeline 2) is down and the old pg1 is back:
     // only the state file knows that pg1 is behind.
@@ -515,7 +589,7 @@ async fn the_remembered_timeline_protects_after_a_restart() {
         "no switch to the stale pg1",
     )
     .await;
-    assert_eq!(w.snapshot().stale.len(), 1);
+    assert_eq!(w.snapshot().stale().len(), 1);
     w.stop().await;
 }
 
@@ -794,9 +868,9 @@ fn held_in_file(w: &World) -> Vec<String> {
 
 fn last_hold_outcome(w: &World) -> Option<String> {
     w.snapshot()
-        .hold
+        .failover_pause
         .and_then(|h| h.ended)
-        .map(|(_, outcome, _)| outcome)
+        .map(|end| end.outcome)
 }
 
 /// Settled on pg1 with pausing on, then pg1 goes down: PgBouncer is paused.
@@ -904,7 +978,7 @@ async fn without_a_master_within_pause_timeout_clients_are_released_to_their_err
         last_hold_outcome(&w)
             .is_some_and(|o| o.contains("no master appeared within pause_timeout (10 s)")),
         "{:?}",
-        w.snapshot().hold
+        w.snapshot().failover_pause
     );
     assert!(
         w.nagios().starts_with("CRITICAL: no master"),
@@ -939,7 +1013,7 @@ async fn a_split_brain_while_paused_releases_the_clients_without_a_switch() {
     assert!(
         last_hold_outcome(&w).is_some_and(|o| o.contains("split brain (pg2, pg3)")),
         "{:?}",
-        w.snapshot().hold
+        w.snapshot().failover_pause
     );
     w.during(S(5), |w| w.routed() == Some(1), "no switch in split brain")
         .await;
@@ -960,7 +1034,7 @@ async fn only_a_stale_primary_while_paused_releases_the_clients_without_a_switch
     assert!(
         last_hold_outcome(&w).is_some_and(|o| o.contains("only a stale primary (pg3)")),
         "{:?}",
-        w.snapshot().hold
+        w.snapshot().failover_pause
     );
     w.during(S(5), |w| w.routed() == Some(1), "never to the stale pg3")
         .await;
@@ -978,7 +1052,7 @@ async fn a_master_that_comes_back_ends_the_pause_without_a_switch() {
     assert!(
         last_hold_outcome(&w).is_some_and(|o| o.contains("pg1 answers as master again")),
         "{:?}",
-        w.snapshot().hold
+        w.snapshot().failover_pause
     );
     // A second loss pauses again.
     w.set(1, Down);
@@ -1065,7 +1139,7 @@ async fn clients_still_held_after_pause_timeout_because_resume_fails_are_critica
         w.nagios()
     );
     // The status pages run on the wall clock, which the paused test clock does not move.
-    let later = crate::status::render_nagios(&w.snapshot(), SystemTime::now() + S(11));
+    let later = crate::pages::nagios::render(&w.snapshot(), SystemTime::now() + S(11));
     assert!(
         later.starts_with("CRITICAL: database(s) appdb paused by rebouncer for 11 s"),
         "{later}"
@@ -1142,7 +1216,7 @@ async fn a_state_file_that_cannot_be_written_is_a_warning_not_a_stop() {
         "write error shown",
     )
     .await;
-    let root = crate::status::render_root(&w.snapshot(), SystemTime::now());
+    let root = crate::pages::text::root(&w.snapshot(), SystemTime::now());
     assert!(
         root.contains("State file: cannot write state file"),
         "{root}"
@@ -1271,7 +1345,7 @@ async fn an_unwritable_state_file_turns_pausing_off_and_says_so() {
     sleep(S(3)).await;
     assert_eq!(w.bouncer.count("PAUSE"), 0, "{:?}", w.bouncer.log());
     assert_eq!(w.bouncer.count("RESUME"), 0, "{:?}", w.bouncer.log());
-    let root = crate::status::render_root(&w.snapshot(), SystemTime::now());
+    let root = crate::pages::text::root(&w.snapshot(), SystemTime::now());
     assert!(
         root.contains("Pausing: off until the state file can be written"),
         "{root}"
@@ -1437,10 +1511,10 @@ async fn a_bad_config_is_refused_and_the_running_one_stays() {
     assert_eq!(w.names(), ["pg1", "pg2"]);
     assert_eq!(s.interval, S(2));
     assert!(s.events.iter().any(|e| e.kind == Kind::ConfigReloadFailed));
-    let root = crate::status::render_root(&s, SystemTime::now());
+    let root = crate::pages::text::root(&s, SystemTime::now());
     assert!(root.contains("Last config reload: "), "{root}");
     assert!(root.contains("FAILED, the running configuration stays: config error"));
-    let metrics = crate::metrics::render(&s);
+    let metrics = crate::pages::metrics::render(&s);
     assert!(metrics.contains("rebouncer_config_reloads_total{result=\"failed\"} 1"));
     assert!(metrics.contains("rebouncer_config_last_reload_successful 0"));
     // A server whose node file is missing: refused as at start, nothing half-applied.
@@ -1501,7 +1575,7 @@ async fn settings_change_live_and_a_new_symlink_is_not_applied() {
     assert!(r.not_applied[0].starts_with("symlink (the file says "));
     assert_eq!(s.interval, S(10));
     assert_eq!((w.made("pg1"), w.made("pg2")), (1, 1), "monitors kept");
-    let root = crate::status::render_root(&s, SystemTime::now());
+    let root = crate::pages::text::root(&s, SystemTime::now());
     assert!(root.contains("Config reload NOT applied (needs a restart): symlink"));
     // Rounds now every 10 s: pg1's attempts grow by about one per round.
     let before = w.snapshot().counters.rounds;

@@ -2,182 +2,17 @@
 //! the counters behind it. One rebouncer runs per application server; the fleet view in
 //! Prometheus is what shows the 3 of 200 PgBouncers still on the old primary.
 //!
-//! Counters live in the snapshot and are bumped by the daemon; rendering is pure. Every
+//! Counters live in the view and are bumped by the daemon; rendering is pure. Every
 //! family is written even when it has no sample yet where that is possible (a counter at
 //! 0 for each known label value), so alerts and dashboards see a series from the start
 //! instead of "no data".
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use tokio::sync::watch;
-
+use crate::counters::{BUCKETS, FAILURE_REASONS, SwitchReason};
 use crate::decide::NodeState;
-use crate::events::Kind;
-use crate::status::{Phase, Snapshot};
-use crate::switch::SwitchError;
-
-/// Upper bounds of the check duration histogram, in seconds: a healthy check on a kept
-/// connection takes well under a millisecond; `timeout` is at least 2 s.
-pub const BUCKETS: [f64; 13] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
-/// One server's checks since start.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NodeCounters {
-    pub checks: u64,
-    /// Checks that found the server down (refused, timed out, error).
-    pub failures: u64,
-    /// Per bucket, not cumulative (the +Inf bucket is `checks`).
-    pub buckets: [u64; BUCKETS.len()],
-    pub seconds: f64,
-    pub last_success: Option<SystemTime>,
-}
-
-impl NodeCounters {
-    pub fn record(&mut self, took: Duration, ok: bool, at: SystemTime) {
-        let secs = took.as_secs_f64();
-        self.checks += 1;
-        self.seconds += secs;
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i] += 1;
-        }
-        if ok {
-            self.last_success = Some(at);
-        } else {
-            self.failures += 1;
-        }
-    }
-}
-
-/// Why PgBouncer was pointed at a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SwitchReason {
-    /// The symlink pointed at no node's config.
-    Initial,
-    /// The symlink already pointed at the master; the switch confirmed it (start-up).
-    Confirm,
-    /// The master changed.
-    Failover,
-    /// PgBouncer was found elsewhere than where rebouncer had put it.
-    Drift,
-}
-
-impl SwitchReason {
-    pub const ALL: [SwitchReason; 4] = [
-        SwitchReason::Initial,
-        SwitchReason::Confirm,
-        SwitchReason::Failover,
-        SwitchReason::Drift,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SwitchReason::Initial => "initial",
-            SwitchReason::Confirm => "confirm",
-            SwitchReason::Failover => "failover",
-            SwitchReason::Drift => "drift",
-        }
-    }
-}
-
-/// Where a failed switch stopped, as a label value.
-pub const FAILURE_REASONS: [&str; 5] = ["node_file", "admin", "symlink", "reload", "not_applied"];
-
-/// No wildcard on purpose: a new way for a switch to fail needs its own label.
-pub fn failure_reason(e: &SwitchError) -> &'static str {
-    match e {
-        SwitchError::NodeFile { .. } => "node_file",
-        SwitchError::Admin { .. } => "admin",
-        SwitchError::Symlink { .. } => "symlink",
-        SwitchError::Reload { .. } => "reload",
-        SwitchError::NotApplied { .. } => "not_applied",
-    }
-}
-
-/// The daemon's counters since start.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Counters {
-    pub rounds: u64,
-    /// Indexed like [`SwitchReason::ALL`].
-    pub switches: [u64; 4],
-    /// Indexed like [`FAILURE_REASONS`]; every failed attempt counts.
-    pub switch_failures: [u64; 5],
-    /// The last switch that moved the symlink: when PgBouncer confirmed it, and how long
-    /// after the need arose (the new master first seen as master, or the drift found).
-    pub last_switch: Option<(SystemTime, Duration)>,
-    /// How long the switch itself took (admin check, symlink, RELOAD, confirmation).
-    pub last_switch_step: Option<Duration>,
-    /// Configuration reloads (SIGHUP) applied and refused.
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-}
-
-impl Counters {
-    pub fn switched(&mut self, reason: SwitchReason) {
-        let i = SwitchReason::ALL.iter().position(|r| *r == reason);
-        if let Some(i) = i {
-            self.switches[i] += 1;
-        }
-    }
-
-    pub fn switch_failed(&mut self, reason: &str) {
-        if let Some(i) = FAILURE_REASONS.iter().position(|r| *r == reason) {
-            self.switch_failures[i] += 1;
-        }
-    }
-}
-
-/// A switch PgBouncer confirmed, as the daemon hands it over.
-pub struct SwitchDone<'a> {
-    pub reason: SwitchReason,
-    pub to: &'a str,
-    pub from: Option<&'a str>,
-    /// False when the symlink already pointed at the node (only confirmed).
-    pub relinked: bool,
-    pub needed_since: Option<SystemTime>,
-    /// The switch itself.
-    pub step: Duration,
-}
-
-/// Count a confirmed switch, keep its timings and put it in the event history.
-pub fn record_switch(status: &watch::Sender<Snapshot>, d: SwitchDone<'_>) {
-    let now = SystemTime::now();
-    let since_need = d
-        .needed_since
-        .and_then(|t| now.duration_since(t).ok())
-        .unwrap_or(d.step);
-    let ms = |t: Duration| t.as_secs_f64() * 1000.0;
-    let text = match (d.reason, d.from) {
-        (SwitchReason::Confirm, _) => format!(
-            "PgBouncer confirmed on {} (its config already pointed there); {:.0} ms",
-            d.to,
-            ms(d.step)
-        ),
-        (reason, from) => format!(
-            "PgBouncer now points at {} ({}{}), confirmed; the switch took {:.0} ms, {:.0} ms after the need arose",
-            d.to,
-            reason.as_str(),
-            from.map(|f| format!(" from {f}")).unwrap_or_default(),
-            ms(d.step),
-            ms(since_need)
-        ),
-    };
-    let seconds = vec![
-        ("switch_seconds", d.step.as_secs_f64()),
-        ("since_needed_seconds", since_need.as_secs_f64()),
-    ];
-    status.send_modify(|s| {
-        s.counters.switched(d.reason);
-        if d.relinked {
-            s.counters.last_switch = Some((now, since_need));
-            s.counters.last_switch_step = Some(d.step);
-        }
-        s.events
-            .push_timed(now, Kind::Switch, Some(d.to), text, seconds);
-    });
-}
+use crate::view::{Phase, Snapshot};
 
 /// Label values: backslash, double quote and line feed escaped (the format's rules).
 /// Written in place: `/metrics` writes hundreds of labels per scrape.
@@ -243,6 +78,7 @@ fn flag(b: bool) -> u8 {
 /// `/metrics`.
 pub fn render(s: &Snapshot) -> String {
     let mut o = Out(String::with_capacity(4096 + 1024 * s.nodes.len()));
+    let stale = s.stale();
 
     o.family(
         "rebouncer_build_info",
@@ -382,7 +218,7 @@ pub fn render(s: &Snapshot) -> String {
         o.sample(
             "rebouncer_stale_primary",
             &[("node", &n.name)],
-            flag(s.stale.iter().any(|x| x.name == n.name)),
+            flag(stale.iter().any(|x| x.name == n.name)),
         );
     }
 
@@ -400,8 +236,7 @@ pub fn render(s: &Snapshot) -> String {
         "1 when PgBouncer confirmed (SHOW DATABASES) that it routes as the target node's config says.",
         flag(s.active.is_some() && s.confirmed),
     );
-    let masters = s.masters_not_stale();
-    let on_master = matches!(masters.as_slice(), [m] if s.active.as_deref() == Some(*m))
+    let on_master = s.master().is_some_and(|m| s.active.as_deref() == Some(m))
         && s.confirmed
         && s.switch_failure.is_none()
         && s.drift.is_none();
@@ -429,15 +264,15 @@ pub fn render(s: &Snapshot) -> String {
     o.gauge(
         "rebouncer_pgbouncer_databases_held",
         "Databases a switch killed and could not resume yet (RESUME retried every round).",
-        s.held.len(),
+        s.resume_pending.len(),
     );
     o.gauge(
         "rebouncer_pgbouncer_databases_unreset",
         "Databases a switch moved whose KILL has not gone through: session clients may still be on the old server (retried every round).",
-        s.unreset.len(),
+        s.kill_pending.len(),
     );
     // Clients held in PgBouncer through a failover (pause_on_failover).
-    let holding = s.hold.as_ref().filter(|h| h.ended.is_none());
+    let holding = s.pausing();
     o.gauge(
         "rebouncer_failover_pause",
         "1 while rebouncer holds clients in PgBouncer (PAUSE) waiting for a new primary.",
@@ -468,22 +303,22 @@ pub fn render(s: &Snapshot) -> String {
     o.gauge(
         "rebouncer_split_brain",
         "1 while more than one server that is not a stale primary answers as master; nothing is switched.",
-        flag(masters.len() > 1),
+        flag(!s.split_brain().is_empty()),
     );
     o.gauge(
         "rebouncer_no_master",
         "1 while every server has been checked and none is a usable master.",
-        flag(masters.is_empty() && s.nodes.iter().all(|n| n.state.is_some())),
+        flag(s.no_master()),
     );
     o.gauge(
         "rebouncer_stale_primaries",
         "Servers answering as master on a lower timeline than the cluster has reached.",
-        s.stale.len(),
+        stale.len(),
     );
     o.gauge(
         "rebouncer_switch_refused",
         "1 while the single master is not switched to (it refuses new logins, or a split brain did not resolve cleanly).",
-        flag(s.refusal.is_some()),
+        flag(s.refusal().is_some()),
     );
 
     // Rounds and switches.
@@ -568,8 +403,9 @@ pub fn render(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{Paused, StaleStatus};
+    use crate::view::PausedDatabase;
     use NodeState::*;
+    use std::time::Duration;
 
     fn snap(states: &[(&str, Option<NodeState>)], active: Option<&str>) -> Snapshot {
         let names: Vec<String> = states.iter().map(|(n, _)| n.to_string()).collect();
@@ -579,6 +415,7 @@ mod tests {
         }
         s.active = active.map(str::to_string);
         s.confirmed = active.is_some();
+        s.decide(None);
         s
     }
 
@@ -700,12 +537,11 @@ mod tests {
             ],
             Some("pg2"),
         );
-        s.stale = vec![StaleStatus {
-            name: "pg1".into(),
-            timeline: 1,
-            highest: 2,
-        }];
-        s.paused = vec![Paused {
+        for (n, t) in s.nodes.iter_mut().zip([1, 2, 2]) {
+            n.timeline = Some(t);
+        }
+        s.decide(Some(2));
+        s.paused = vec![PausedDatabase {
             name: "app".into(),
             by_rebouncer: false,
         }];

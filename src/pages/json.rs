@@ -1,0 +1,437 @@
+//! The JSON pages (`/?format=json`, `/nodes?format=json`, `/events`): the view's types
+//! as serde writes them, arranged into one document each. Field names and order are a
+//! contract with monitoring; the README shows an example of each.
+
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+use crate::events::{CAPACITY, Events};
+use crate::json_format::{self, to_document};
+use crate::pages::nagios;
+use crate::view::{
+    Drift, Level, NodeStatus, PausedDatabase, Phase, RoundStats, Snapshot, StalePrimary,
+    SwitchFailure,
+};
+
+/// `/nodes` as JSON: every node in file order, the unchecked ones with `"state": null`.
+#[derive(Serialize)]
+struct NodesPage<'a> {
+    nodes: &'a [NodeStatus],
+}
+
+pub fn nodes(s: &Snapshot) -> String {
+    to_document(&NodesPage { nodes: &s.nodes })
+}
+
+/// `/events`: every event kept, oldest first.
+#[derive(Serialize)]
+struct EventsPage<'a> {
+    capacity: usize,
+    #[serde(serialize_with = "all_events")]
+    events: &'a Events,
+}
+
+fn all_events<S: Serializer>(events: &&Events, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(events.iter())
+}
+
+pub fn events(s: &Snapshot) -> String {
+    to_document(&EventsPage {
+        capacity: CAPACITY,
+        events: &s.events,
+    })
+}
+
+/// `/` as JSON: what the overview says, for scripts.
+#[derive(Serialize)]
+struct RootPage<'a> {
+    version: &'static str,
+    #[serde(serialize_with = "json_format::time")]
+    time: SystemTime,
+    #[serde(serialize_with = "json_format::time")]
+    started: SystemTime,
+    phase: &'static str,
+    phase_error: Option<&'a str>,
+    interval_seconds: u64,
+    level: Level,
+    status: String,
+    active: Option<&'a str>,
+    confirmed: bool,
+    #[serde(serialize_with = "json_format::opt_time")]
+    last_switch: Option<SystemTime>,
+    conditions: Conditions<'a>,
+    last_round: Option<RoundStats>,
+    config_warnings: &'a [String],
+    last_reload: Option<LastReload<'a>>,
+    nodes: &'a [NodeStatus],
+    #[serde(serialize_with = "recent_events")]
+    recent_events: &'a Snapshot,
+}
+
+fn recent_events<S: Serializer>(snapshot: &&Snapshot, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(snapshot.recent_events())
+}
+
+/// What is wrong, or could be, each condition on its own.
+#[derive(Serialize)]
+struct Conditions<'a> {
+    no_master: bool,
+    split_brain: Vec<&'a str>,
+    stale_primaries: Vec<StalePrimary<'a>>,
+    switch_failure: Option<&'a SwitchFailure>,
+    refusal: Option<&'a str>,
+    drift: Option<&'a Drift>,
+    paused: &'a [PausedDatabase],
+    /// The state file's word for databases whose `RESUME` is pending.
+    held: &'a [String],
+    /// The state file's word for databases whose `KILL` is pending.
+    unreset: &'a [String],
+    refusing_new_connections: Vec<&'a str>,
+    state_file_error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct LastReload<'a> {
+    #[serde(serialize_with = "json_format::time")]
+    time: SystemTime,
+    ok: bool,
+    error: Option<&'a str>,
+    changes: &'a [String],
+    not_applied: &'a [String],
+}
+
+pub fn root(s: &Snapshot, now: SystemTime) -> String {
+    let health = nagios::health(s, now);
+    let (phase, phase_error) = match &s.phase {
+        Phase::Running => ("running", None),
+        Phase::WaitingForPgBouncer { error } => ("waiting_for_pgbouncer", Some(error.as_str())),
+    };
+    let conditions = Conditions {
+        no_master: s.no_master(),
+        split_brain: s.split_brain(),
+        stale_primaries: s.stale(),
+        switch_failure: s.switch_failure.as_ref(),
+        refusal: s.refusal(),
+        drift: s.drift.as_ref(),
+        paused: &s.paused,
+        held: &s.resume_pending,
+        unreset: &s.kill_pending,
+        refusing_new_connections: s
+            .nodes
+            .iter()
+            .filter(|n| n.refuses_new.is_some())
+            .map(|n| n.name.as_str())
+            .collect(),
+        state_file_error: s.state_error.as_deref(),
+    };
+    to_document(&RootPage {
+        version: env!("CARGO_PKG_VERSION"),
+        time: now,
+        started: s.started,
+        phase,
+        phase_error,
+        interval_seconds: s.interval.as_secs(),
+        level: health.level,
+        status: health.to_string(),
+        active: s.active.as_deref(),
+        confirmed: s.active.is_some() && s.confirmed,
+        last_switch: s.last_switch,
+        conditions,
+        last_round: s.last_round,
+        config_warnings: &s.config_warnings,
+        last_reload: s.reload.as_ref().map(|r| LastReload {
+            time: r.at,
+            ok: r.error.is_none(),
+            error: r.error.as_deref(),
+            changes: &r.changes,
+            not_applied: &r.not_applied,
+        }),
+        nodes: &s.nodes,
+        recent_events: s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::NodeState::*;
+    use crate::events::{Kind, SwitchTiming};
+    use crate::view::ReloadStatus;
+    use serde_json::{Value, json};
+    use std::time::Duration;
+
+    fn t(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_748_800_000 + ms)
+    }
+
+    fn parse(doc: &str) -> Value {
+        assert!(doc.ends_with("}\n"), "{doc}");
+        serde_json::from_str(doc).unwrap_or_else(|e| panic!("{e}: {doc}"))
+    }
+
+    /// Everything the root page can show at once.
+    fn rich() -> Snapshot {
+        let names: Vec<String> = ["db1", "db2", "db3"].map(String::from).to_vec();
+        let mut s = Snapshot::new(&names, Duration::from_secs(30), "127.0.0.1:6432".into());
+        s.started = t(0);
+        for (i, st) in [Master, Master, Down].into_iter().enumerate() {
+            let n = &mut s.nodes[i];
+            n.state = Some(st);
+            n.last_check = Some(t(60_000 + i as u64));
+            n.since = Some(t(1_000 * i as u64));
+        }
+        s.nodes[0].timeline = Some(1);
+        s.nodes[1].timeline = Some(2);
+        s.nodes[1].took = Some(Duration::from_micros(1234));
+        s.nodes[1].refuses_new = Some("FATAL:  too many connections for role \"app\"".into());
+        s.nodes[2].error = Some(
+            "connection refused\n\tretry \\ later \u{1}\u{8}\u{c}\r\u{7f} é \u{2028}\u{2029}"
+                .into(),
+        );
+        s.nodes[2].next_try = Some(Duration::from_millis(2500));
+        s.nodes[2].timeline_note =
+            Some("permission denied for function pg_control_checkpoint".into());
+        s.active = Some("db2".into());
+        s.confirmed = true;
+        s.last_switch = Some(t(5_000));
+        s.switch_failure = Some(SwitchFailure {
+            wanted: "db2".into(),
+            error: "RELOAD failed".into(),
+            since: t(7_000),
+        });
+        s.decide(Some(2));
+        s.verdict.as_mut().unwrap().refusal =
+            Some("db2 is the only master but refuses new connections".into());
+        s.drift = Some(Drift {
+            what: "PgBouncer uses /etc/x.ini".into(),
+            since: t(8_000),
+        });
+        s.paused = vec![
+            PausedDatabase {
+                name: "appdb".into(),
+                by_rebouncer: true,
+            },
+            PausedDatabase {
+                name: "other".into(),
+                by_rebouncer: false,
+            },
+        ];
+        s.resume_pending = vec!["appdb".into()];
+        s.kill_pending = vec!["appdb".into(), "b".into()];
+        s.state_file = "/var/lib/rebouncer/state".into();
+        s.state_error = Some("cannot write the state file: Permission denied".into());
+        s.config_warnings = vec!["x.ini:7: unknown key \"loglevel\"".into()];
+        s.reload = Some(ReloadStatus {
+            at: t(9_000),
+            error: Some("bad line 3".into()),
+            changes: vec!["interval 30 -> 1".into()],
+            not_applied: vec!["symlink".into()],
+        });
+        s.last_round = Some(RoundStats {
+            asked: 3,
+            answered: 2,
+            took: Duration::from_micros(2_500_300),
+        });
+        for i in 0..11 {
+            let node = if i % 2 == 0 { Some("db1") } else { None };
+            s.events
+                .push(t(10_000 + i), Kind::State, node, format!("event {i} \"q\""));
+        }
+        let timing = SwitchTiming {
+            switch_seconds: 0.25,
+            since_needed_seconds: 2.0,
+        };
+        s.events.push_timed(
+            t(20_000),
+            Kind::Switch,
+            Some("db2"),
+            "PgBouncer now points at db2".into(),
+            Some(timing),
+        );
+        s
+    }
+
+    fn split() -> Snapshot {
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut s = Snapshot::new(&names, Duration::from_secs(1), "x".into());
+        s.started = t(0);
+        for i in 0..2 {
+            s.nodes[i].state = Some(Master);
+            s.nodes[i].last_check = Some(t(500));
+        }
+        s.active = Some("a".into());
+        s.decide(None);
+        s
+    }
+
+    /// The page's bytes with the `/nagios` line blanked: it holds local times, written in
+    /// whatever zone the machine is in.
+    fn without_status(doc: &str) -> String {
+        match doc.split_once(r#""status":""#) {
+            Some((head, rest)) => {
+                let tail = &rest[rest.find(r#"","active":"#).unwrap()..];
+                format!("{head}\"status\":\"-{tail}")
+            }
+            None => doc.to_string(),
+        }
+    }
+
+    /// The pages as the hand-written JSON writer wrote them, on the same snapshots, before
+    /// serde took over (`testdata/json-before-serde.txt`): serde's must be the same bytes.
+    #[test]
+    fn the_pages_are_byte_for_byte_what_they_were_before_serde() {
+        let before = include_str!("testdata/json-before-serde.txt");
+        let mut sections = std::collections::BTreeMap::new();
+        let mut lines = before.lines();
+        while let Some(title) = lines.next() {
+            let title = title.strip_prefix("== ").unwrap();
+            sections.insert(title.to_string(), format!("{}\n", lines.next().unwrap()));
+        }
+        let mut now_docs = Vec::new();
+        for (name, s) in [("rich", rich()), ("split", split())] {
+            for ms in [61_000, 400_000] {
+                now_docs.push((format!("{name} root {ms}"), root(&s, t(ms))));
+            }
+            now_docs.push((format!("{name} nodes"), nodes(&s)));
+            now_docs.push((format!("{name} events"), events(&s)));
+        }
+        let mut w = Snapshot::new(&["n".to_string()], Duration::from_secs(1), "x:1".into());
+        w.started = t(0);
+        w.phase = Phase::WaitingForPgBouncer {
+            error: "connection refused".into(),
+        };
+        now_docs.push(("waiting root".into(), root(&w, t(3_000))));
+        let mut h = split();
+        h.nodes[1].state = Some(Standby);
+        h.nodes[2].state = Some(Standby);
+        h.nodes[2].last_check = Some(t(500));
+        h.confirmed = true;
+        h.decide(None);
+        now_docs.push(("healthy root".into(), root(&h, t(1_000))));
+        h.nodes[0].state = Some(Down);
+        h.decide(None);
+        now_docs.push(("nomaster root".into(), root(&h, t(1_000))));
+        assert_eq!(now_docs.len(), sections.len());
+        for (title, doc) in now_docs {
+            let old = sections.get(&title).unwrap_or_else(|| panic!("no {title}"));
+            assert_eq!(without_status(&doc), without_status(old), "{title}");
+            let (new, old) = (parse(&doc), parse(old));
+            assert_eq!(new["level"], old["level"], "{title}");
+        }
+    }
+
+    #[test]
+    fn the_root_page_carries_the_verdict_and_the_level_as_values() {
+        let s = rich();
+        let j = parse(&root(&s, t(61_000)));
+        assert_eq!(j["level"], "CRITICAL");
+        let status = j["status"].as_str().unwrap();
+        assert!(
+            status.starts_with("CRITICAL: the symlink points at db2's config"),
+            "{status}"
+        );
+        let c = &j["conditions"];
+        assert_eq!(c["no_master"], false);
+        assert_eq!(c["split_brain"], json!([]));
+        assert_eq!(
+            c["stale_primaries"],
+            json!([{"name": "db1", "timeline": 1, "cluster_timeline": 2}])
+        );
+        assert_eq!(
+            c["refusal"],
+            "db2 is the only master but refuses new connections"
+        );
+        assert_eq!(c["held"], json!(["appdb"]));
+        assert_eq!(c["unreset"], json!(["appdb", "b"]));
+        assert_eq!(c["refusing_new_connections"], json!(["db2"]));
+        assert_eq!(
+            c["paused"],
+            json!([
+                {"database": "appdb", "by_rebouncer": true},
+                {"database": "other", "by_rebouncer": false}
+            ])
+        );
+        assert_eq!(
+            j["last_round"],
+            json!({"asked": 3, "answered": 2, "seconds": 2.5003})
+        );
+        assert_eq!(j["last_reload"]["ok"], false);
+        assert_eq!(j["recent_events"].as_array().unwrap().len(), 10);
+        assert_eq!(j["recent_events"][9]["seq"], 12);
+        assert_eq!(j["recent_events"][9]["switch_seconds"], 0.25);
+        assert_eq!(j["recent_events"][8].get("switch_seconds"), None);
+
+        let s = split();
+        let j = parse(&root(&s, t(600)));
+        // c is not checked yet: starting up, whatever the two masters say.
+        assert_eq!(j["level"], "WARNING");
+        assert_eq!(j["conditions"]["split_brain"], json!(["a", "b"]));
+        assert_eq!(j["conditions"]["no_master"], false);
+    }
+
+    #[test]
+    fn the_nodes_page_escapes_errors_and_lists_unchecked_nodes() {
+        let mut s = split();
+        s.nodes[1].error = Some("FATAL:  role \"x\"\ndoes not exist".into());
+        let doc = nodes(&s);
+        let j = parse(&doc);
+        let n = j["nodes"].as_array().unwrap();
+        assert_eq!(n.len(), 3);
+        assert_eq!(n[1]["last_error"], "FATAL:  role \"x\"\ndoes not exist");
+        assert_eq!(n[2]["name"], "c");
+        assert_eq!(n[2]["state"], Value::Null);
+        assert_eq!(n[0]["state"], "master");
+        assert_eq!(n[0]["last_check"], "2025-12-03T08:00:00.500Z");
+        let keys: Vec<&str> = n[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = vec![
+            "name",
+            "state",
+            "last_check",
+            "since",
+            "last_error",
+            "timeline",
+            "timeline_note",
+            "check_seconds",
+            "refuses_new_connections",
+            "next_check_seconds",
+        ];
+        want.sort_unstable();
+        assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn the_events_page_numbers_every_event_and_times_switches() {
+        let mut s = split();
+        s.events.push_timed(
+            SystemTime::UNIX_EPOCH,
+            Kind::Switch,
+            Some("pg2"),
+            "PgBouncer now points at \"pg2\"".into(),
+            Some(SwitchTiming {
+                switch_seconds: 0.25,
+                since_needed_seconds: 1.0,
+            }),
+        );
+        s.events.push(
+            SystemTime::UNIX_EPOCH,
+            Kind::SplitBrainStart,
+            None,
+            "x".into(),
+        );
+        let doc = events(&s);
+        assert_eq!(
+            doc,
+            "{\"capacity\":200,\"events\":[{\"seq\":1,\"time\":\"1970-01-01T00:00:00.000Z\",\"kind\":\"switch\",\"node\":\"pg2\",\"text\":\"PgBouncer now points at \\\"pg2\\\"\",\"switch_seconds\":0.25,\"since_needed_seconds\":1},{\"seq\":2,\"time\":\"1970-01-01T00:00:00.000Z\",\"kind\":\"split_brain_start\",\"node\":null,\"text\":\"x\"}]}\n"
+        );
+        let j = parse(&doc);
+        assert_eq!(j["events"][0]["kind"], "switch");
+        assert_eq!(j["events"][0]["since_needed_seconds"], 1.0);
+        assert_eq!(j["events"][1]["node"], Value::Null);
+    }
+}
