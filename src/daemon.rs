@@ -261,7 +261,7 @@ impl<C: Console> Daemon<C> {
             .map(|(key, server)| Node::new(server.name.clone(), key, spawn(key, server, &cfg)))
             .collect();
         let memory = Memory {
-            timelines: state.state().clone(),
+            timelines: state.state().timelines.clone(),
             contested: Vec::new(),
         };
         Daemon {
@@ -337,7 +337,6 @@ impl<C: Console> Daemon<C> {
         }
         let remembered: Vec<String> = self
             .memory
-            .timelines
             .timelines
             .iter()
             .map(|h| format!("timeline {}", h.timeline))
@@ -803,7 +802,7 @@ impl<C: Console> Daemon<C> {
         let rose = decision.memory.timelines != self.memory.timelines;
         self.memory = decision.memory.clone();
         if rose {
-            let timelines = self.memory.timelines.timelines.clone();
+            let timelines = self.memory.timelines.clone();
             let had_error = self.state.write_error().is_some();
             if let Err(e) = self.state.update(|s| s.timelines = timelines).await {
                 if !had_error {

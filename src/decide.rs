@@ -12,46 +12,7 @@
 //!   because one of its masters stopped answering (not because it became a standby), the
 //!   other one is not switched to.
 
-use crate::state::{State, SystemId};
-
-/// Index of a server in the configuration file (file order).
-pub type NodeId = usize;
-
-/// What one check found a server to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeState {
-    /// Answered `pg_is_in_recovery() = false`.
-    Master,
-    /// Answered `pg_is_in_recovery() = true`.
-    Standby,
-    /// No answer within the timeout, refused, or any error.
-    Down,
-}
-
-impl NodeState {
-    /// The words the Go tool used on `/nodes`; monitoring scripts match on them.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Master => "master",
-            NodeState::Standby => "standby",
-            NodeState::Down => "down",
-        }
-    }
-}
-
-impl std::fmt::Display for NodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A server's place in the cluster's history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeline {
-    pub timeline: u32,
-    /// The cluster's system identifier, when the monitoring role may read it.
-    pub system: SystemId,
-}
+pub use crate::node::{NodeId, NodeState, SystemId, Timeline, Timelines};
 
 /// What the loop knows of one server when it decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +92,7 @@ pub struct Believed {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Memory {
     /// The highest timeline seen per cluster.
-    pub timelines: State,
+    pub timelines: Timelines,
     /// The masters of the last split brain that has not been resolved.
     pub contested: Vec<NodeId>,
 }

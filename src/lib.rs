@@ -16,6 +16,7 @@ pub mod http;
 pub mod json;
 pub mod logging;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 pub mod probe;
 pub mod state;

@@ -1,7 +1,9 @@
 //! The state file: the little rebouncer must remember across restarts.
 //!
-//! - The highest timeline seen for each cluster (by system identifier), so that an old
-//!   primary that comes back after rebouncer itself restarted is still known as stale.
+//! - The highest timeline a master reached in each cluster (by system identifier), so that
+//!   an old primary that comes back after rebouncer itself restarted is still known as
+//!   stale. A standby's timeline is never written here: a standby ahead of every master
+//!   fences only while it reports it (see `decide`).
 //! - The databases a switch sent `KILL` (or `PAUSE`) to and has not yet resumed: a rebouncer
 //!   killed between the two would otherwise leave PgBouncer holding those clients forever.
 //! - The databases a switch moved to a new server and has not yet `KILL`ed: a rebouncer
@@ -18,27 +20,17 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+pub use crate::node::{Highest, SystemId, Timelines};
+
 /// The default directory when neither the config nor systemd's `STATE_DIRECTORY` names one.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/rebouncer";
 /// The file name inside the state directory.
 pub const STATE_FILE_NAME: &str = "rebouncer.state";
 
-/// A cluster's identity: `pg_control_system()`'s system identifier, shared by a primary and
-/// every standby cloned from it, new for every `initdb`. `None` when the monitoring role may
-/// not read it.
-pub type SystemId = Option<u64>;
-
-/// The highest timeline seen for one cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Highest {
-    pub system: SystemId,
-    pub timeline: u32,
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
-    /// One entry per cluster identity seen.
-    pub timelines: Vec<Highest>,
+    /// The highest timeline a master reached, per cluster identity.
+    pub timelines: Timelines,
     /// Databases rebouncer paused (`KILL` or `PAUSE`) and has not resumed yet.
     pub held: Vec<String>,
     /// Databases a switch moved whose `KILL` has not gone through yet: their clients may
@@ -47,27 +39,9 @@ pub struct State {
 }
 
 impl State {
-    /// The highest timeline remembered for a cluster.
-    pub fn highest(&self, system: SystemId) -> Option<u32> {
-        self.timelines
-            .iter()
-            .find(|h| h.system == system)
-            .map(|h| h.timeline)
-    }
-
     /// Remember `timeline` for `system` if it is higher than what is known; true if it was.
     pub fn raise(&mut self, system: SystemId, timeline: u32) -> bool {
-        match self.timelines.iter_mut().find(|h| h.system == system) {
-            Some(h) if h.timeline >= timeline => false,
-            Some(h) => {
-                h.timeline = timeline;
-                true
-            }
-            None => {
-                self.timelines.push(Highest { system, timeline });
-                true
-            }
-        }
+        self.timelines.raise(system, timeline)
     }
 
     /// Record databases as held by rebouncer, each once.
@@ -88,12 +62,13 @@ impl State {
         }
     }
 
-    fn render(&self) -> String {
+    /// The file's text.
+    pub fn render(&self) -> String {
         let mut out = String::from(
             "# rebouncer state file: what rebouncer remembers across restarts.\n\
              # Written by rebouncer; read the README (\"The state file\") before editing it.\n",
         );
-        for h in &self.timelines {
+        for h in self.timelines.iter() {
             match h.system {
                 Some(id) => out += &format!("timeline system={id} highest={}\n", h.timeline),
                 None => out += &format!("timeline system=unknown highest={}\n", h.timeline),
@@ -108,7 +83,8 @@ impl State {
         out
     }
 
-    fn parse(path: &Path, text: &str) -> Result<State, StateError> {
+    /// Read the file's text; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<State, StateError> {
         let mut state = State::default();
         for (no, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -305,12 +281,7 @@ mod tests {
         assert!(s.raise(Some(7), 2));
         assert!(!s.raise(Some(7), 1));
         assert!(s.raise(Some(7), 3));
-        assert!(s.raise(Some(8), 1));
-        assert!(s.raise(None, 4));
-        assert_eq!(s.highest(Some(7)), Some(3));
-        assert_eq!(s.highest(Some(8)), Some(1));
-        assert_eq!(s.highest(None), Some(4));
-        assert_eq!(s.highest(Some(9)), None);
+        assert_eq!(s.timelines.highest(Some(7)), Some(3));
     }
 
     #[tokio::test]
