@@ -13,7 +13,8 @@ use tracing::{error, info, warn};
 use crate::admin::{self, Bouncer, Console, Database, Session};
 use crate::config::{self, Config, ConfigError, Server};
 use crate::decide::{
-    self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Timeline,
+    self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Stale,
+    Timeline,
 };
 use crate::events::{self, Kind};
 use crate::metrics::{self, SwitchReason};
@@ -847,15 +848,26 @@ impl<C: Console> Daemon<C> {
                             Kind::StalePrimaryStart,
                             Some(name),
                             format!(
-                                "stale primary: {name} answers as master on timeline {}, but the cluster has reached timeline {}; never routed to",
-                                s.timeline, s.highest
+                                "stale primary: {name} answers as master on timeline {}, but {}; never routed to",
+                                s.timeline,
+                                self.fence_text(s)
                             ),
                         );
+                        let what = match s.standby {
+                            None => "an old primary that was not rewound",
+                            Some(_) => {
+                                "an old primary, or a standby ahead of the primary: a promoted clone \
+                                 restarted as a standby, or one following a shared archive; the fence \
+                                 lifts when that standby no longer reports the newer timeline"
+                            }
+                        };
                         error!(
-                            "stale primary: {} answers as master on timeline {}, but the cluster has reached timeline {} \
-                             (an old primary that was not rewound); refusing to route to it, PgBouncer stays pointed at {active}. \
+                            "stale primary: {} answers as master on timeline {}, but {} ({what}); \
+                             refusing to route to it, PgBouncer stays pointed at {active}. \
                              Stop it, or rewind it (pg_rewind) and start it as a standby",
-                            self.nodes[s.node].name, s.timeline, s.highest
+                            self.nodes[s.node].name,
+                            s.timeline,
+                            self.fence_text(s)
                         );
                     }
                 }
@@ -900,6 +912,17 @@ impl<C: Console> Daemon<C> {
                     events::record(&self.status, Kind::RefusalEnd, None, text);
                 }
             }
+        }
+    }
+
+    /// What makes a stale primary stale: the remembered timeline, or a standby's.
+    fn fence_text(&self, s: &Stale) -> String {
+        match s.standby {
+            Some(b) => format!(
+                "standby {} reports timeline {}",
+                self.nodes[b].name, s.highest
+            ),
+            None => format!("the cluster has reached timeline {}", s.highest),
         }
     }
 
@@ -2010,6 +2033,7 @@ impl<C: Console> Daemon<C> {
                         name: self.nodes[s.node].name.clone(),
                         timeline: s.timeline,
                         highest: s.highest,
+                        standby: s.standby.map(|b| self.nodes[b].name.clone()),
                     })
                     .collect(),
                 d.refusal.as_ref().map(|r| self.refusal_text(r)),

@@ -74,6 +74,9 @@ pub struct Stale {
     pub timeline: u32,
     /// The highest timeline seen for its cluster.
     pub highest: u32,
+    /// The standby that reports `highest` this round, when no master's remembered
+    /// timeline is that high: the fence lasts only while that standby reports it.
+    pub standby: Option<NodeId>,
 }
 
 /// What rebouncer believes PgBouncer points at.
@@ -117,11 +120,34 @@ pub struct Decision {
     pub memory: Memory,
 }
 
+/// The standby reporting the highest timeline of a cluster this round (the first in file
+/// order among equals), with that timeline.
+fn standby_ahead(observed: &[Seen], system: SystemId) -> Option<(NodeId, u32)> {
+    let mut best: Option<(NodeId, u32)> = None;
+    for (id, seen) in observed.iter().enumerate() {
+        if seen.state != NodeState::Standby {
+            continue;
+        }
+        if let Some(t) = seen.timeline.filter(|t| t.system == system)
+            && best.is_none_or(|(_, b)| t.timeline > b)
+        {
+            best = Some((id, t.timeline));
+        }
+    }
+    best
+}
+
 /// Decide after a round, from the servers' answers in file order.
 pub fn decide(believed: Believed, observed: &[Seen], memory: &Memory) -> Decision {
     let mut next = memory.clone();
-    for t in observed.iter().filter_map(|s| s.timeline) {
-        next.timelines.raise(t.system, t.timeline);
+    // Only a master's timeline is remembered: a standby can be ahead of the primary for
+    // reasons that say nothing of it (a mistaken promotion rolled back into a standby, a
+    // shared archive followed with recovery_target_timeline=latest), and such a memory
+    // would fence the real primary until someone edits the state file.
+    for seen in observed.iter().filter(|s| s.state == NodeState::Master) {
+        if let Some(t) = seen.timeline {
+            next.timelines.raise(t.system, t.timeline);
+        }
     }
 
     let mut stale = Vec::new();
@@ -131,11 +157,17 @@ pub fn decide(believed: Believed, observed: &[Seen], memory: &Memory) -> Decisio
             continue;
         }
         let behind = seen.timeline.and_then(|t| {
-            let highest = next.timelines.highest(t.system)?;
+            let remembered = next.timelines.highest(t.system);
+            // A standby on a newer timeline still fences, while it reports it.
+            let (highest, standby) = match standby_ahead(observed, t.system) {
+                Some((s, ahead)) if remembered.is_none_or(|r| ahead > r) => (ahead, Some(s)),
+                _ => (remembered?, None),
+            };
             (t.timeline < highest).then_some(Stale {
                 node: id,
                 timeline: t.timeline,
                 highest,
+                standby,
             })
         });
         match behind {
@@ -442,7 +474,8 @@ mod tests {
             vec![Stale {
                 node: 0,
                 timeline: 1,
-                highest: 2
+                highest: 2,
+                standby: None,
             }]
         );
         assert_eq!(d.action, Action::Nothing);
@@ -458,8 +491,120 @@ mod tests {
             &Memory::default(),
         );
         assert_eq!(d.cluster, Cluster::NoMaster);
-        assert_eq!(d.stale.len(), 1);
+        assert_eq!(
+            d.stale,
+            vec![Stale {
+                node: 0,
+                timeline: 1,
+                highest: 2,
+                standby: Some(1),
+            }]
+        );
+        // Only the master's timeline is remembered.
+        assert_eq!(d.memory.timelines.highest(None), Some(1));
+    }
+
+    #[test]
+    fn a_standby_ahead_fences_only_while_it_reports_its_timeline() {
+        // A clone promoted by mistake and restarted as a standby reports timeline 2; the
+        // real primary is on 1. Once that standby stops, the primary is followed again.
+        let ahead = decide(
+            at(1),
+            &[
+                Seen::on(Master, 1),
+                Seen::on(Standby, 2),
+                Seen::on(Standby, 1),
+            ],
+            &Memory::default(),
+        );
+        assert_eq!(ahead.cluster, Cluster::NoMaster);
+        assert_eq!(ahead.stale[0].standby, Some(1));
+        let gone = decide(
+            at(1),
+            &[Seen::on(Master, 1), Seen::new(Down), Seen::on(Standby, 1)],
+            &ahead.memory,
+        );
+        assert_eq!(gone.cluster, Cluster::OneMaster(0));
+        assert!(gone.stale.is_empty());
+        assert_eq!(gone.action, Action::Switch(0));
+    }
+
+    #[test]
+    fn a_standby_ahead_is_forgotten_across_a_restart() {
+        let ahead = decide(
+            at(0),
+            &[Seen::on(Master, 1), Seen::on(Standby, 2)],
+            &Memory::default(),
+        );
+        let text = crate::state::State {
+            timelines: ahead.memory.timelines.clone(),
+            ..Default::default()
+        }
+        .render();
+        let file = crate::state::State::parse(std::path::Path::new("s"), &text).unwrap();
+        let restarted = Memory {
+            timelines: file.timelines,
+            ..Memory::default()
+        };
+        let d = decide(
+            Believed::default(),
+            &[Seen::on(Master, 1), Seen::new(Down)],
+            &restarted,
+        );
+        assert_eq!(d.action, Action::Switch(0));
+    }
+
+    #[test]
+    fn a_standby_beyond_the_remembered_timeline_is_named_as_the_fence() {
+        // The remembered master timeline fences on its own: no standby is named.
+        let d = decide(
+            at(1),
+            &[
+                Seen::on(Master, 1),
+                Seen::on(Master, 2),
+                Seen::on(Standby, 2),
+            ],
+            &remembering(2),
+        );
+        assert_eq!(d.stale[0].standby, None);
+        assert_eq!(d.action, Action::Nothing);
+        // A standby further ahead than every master: it is the fence, with its timeline;
+        // of two standbys ahead, the one furthest ahead.
+        let d = decide(
+            at(0),
+            &[
+                Seen::on(Standby, 3),
+                Seen::on(Master, 2),
+                Seen::on(Standby, 4),
+                Seen::on(Standby, 4),
+            ],
+            &remembering(2),
+        );
+        assert_eq!(
+            d.stale,
+            vec![Stale {
+                node: 1,
+                timeline: 2,
+                highest: 4,
+                standby: Some(2),
+            }]
+        );
         assert_eq!(d.memory.timelines.highest(None), Some(2));
+    }
+
+    #[test]
+    fn a_standby_of_another_cluster_fences_nothing() {
+        let on = |state, timeline, system| Seen {
+            timeline: Some(Timeline { timeline, system }),
+            ..Seen::new(state)
+        };
+        let d = decide(
+            at(0),
+            &[on(Master, 1, Some(1)), on(Standby, 5, Some(2))],
+            &Memory::default(),
+        );
+        assert!(d.stale.is_empty());
+        assert_eq!(d.cluster, Cluster::OneMaster(0));
     }
 
     #[test]

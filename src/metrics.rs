@@ -704,6 +704,7 @@ mod tests {
             name: "pg1".into(),
             timeline: 1,
             highest: 2,
+            standby: None,
         }];
         s.paused = vec![Paused {
             name: "app".into(),

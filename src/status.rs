@@ -74,6 +74,19 @@ pub struct StaleStatus {
     pub name: String,
     pub timeline: u32,
     pub highest: u32,
+    /// The standby that reports `highest`, when no master reached it: the fence lasts
+    /// only while that standby reports it.
+    pub standby: Option<String>,
+}
+
+impl StaleStatus {
+    /// "the cluster is on 2", or "standby db3 reports timeline 2".
+    fn fence(&self) -> String {
+        match &self.standby {
+            Some(b) => format!("standby {b} reports timeline {}", self.highest),
+            None => format!("the cluster is on {}", self.highest),
+        }
+    }
 }
 
 /// PgBouncer found not where rebouncer put it; kept until a switch puts it back.
@@ -222,12 +235,7 @@ impl Snapshot {
         let list: Vec<String> = self
             .stale
             .iter()
-            .map(|s| {
-                format!(
-                    "{} (timeline {}, the cluster is on {})",
-                    s.name, s.timeline, s.highest
-                )
-            })
+            .map(|s| format!("{} (timeline {}, {})", s.name, s.timeline, s.fence()))
             .collect();
         list.join(", ")
     }
@@ -501,8 +509,10 @@ pub fn render_root(s: &Snapshot, now: SystemTime) -> String {
     for st in &s.stale {
         let _ = writeln!(
             out,
-            "Stale primary: {} answers as master on timeline {}, but the cluster has reached timeline {}; never routed to",
-            st.name, st.timeline, st.highest
+            "Stale primary: {} answers as master on timeline {}, but {}; never routed to",
+            st.name,
+            st.timeline,
+            st.fence()
         );
     }
     if let Some(r) = &s.refusal {
@@ -736,6 +746,7 @@ pub fn render_root_json(s: &Snapshot, now: SystemTime) -> String {
                             ("name", Value::str(x.name.clone())),
                             ("timeline", Value::Int(x.timeline.into())),
                             ("cluster_timeline", Value::Int(x.highest.into())),
+                            ("fenced_by_standby", Value::opt_str(x.standby.clone())),
                         ])
                     })
                     .collect(),
@@ -987,6 +998,27 @@ mod tests {
         let text = render_nagios(&s, later);
         assert!(text.starts_with("WARNING: oldest check is 9"), "{text}");
         assert!(text.contains("more than 90"), "{text}");
+    }
+
+    #[test]
+    fn a_stale_primary_fenced_by_a_standby_names_the_standby_and_both_timelines() {
+        let mut s = snap(
+            &[("db1", Some(Master)), ("db2", Some(Standby))],
+            Some("db1"),
+        );
+        s.stale = vec![StaleStatus {
+            name: "db1".into(),
+            timeline: 1,
+            highest: 2,
+            standby: Some("db2".into()),
+        }];
+        let text = render_nagios(&s, SystemTime::now());
+        assert!(
+            text.starts_with(
+                "CRITICAL: no master (1 standby, 0 down); stale primary db1 (timeline 1, standby db2 reports timeline 2) never routed to"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
