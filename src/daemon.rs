@@ -261,10 +261,7 @@ impl<C: Console> Daemon<C> {
             .enumerate()
             .map(|(key, server)| Node::new(server.name.clone(), key, spawn(key, server, &cfg)))
             .collect();
-        let memory = Memory {
-            timelines: state.state().timelines.clone(),
-            contested: Vec::new(),
-        };
+        let memory = Memory::at_start(state.state().timelines.clone(), None);
         Daemon {
             console,
             status,
@@ -325,6 +322,7 @@ impl<C: Console> Daemon<C> {
             );
         }
         self.believed.active = self.node_behind_symlink();
+        self.memory = Memory::at_start(self.memory.timelines.clone(), self.believed.active);
         match self.believed.active {
             Some(n) => info!(
                 "PgBouncer's config {} points at node {}; it will be confirmed after the first round",
@@ -725,6 +723,7 @@ impl<C: Console> Daemon<C> {
                 state: n.state.unwrap_or(NodeState::Down),
                 timeline: n.timeline.filter(|_| n.state != Some(NodeState::Down)),
                 refuses_new: n.refuses_new.is_some(),
+                silent: n.state.is_none() || (n.state == Some(NodeState::Down) && n.hung),
             })
             .collect()
     }
@@ -936,6 +935,16 @@ impl<C: Console> Daemon<C> {
                      which could not log in either; PgBouncer stays pointed at {active}",
                     n.name,
                     n.refuses_new.as_deref().unwrap_or("new connection failed")
+                )
+            }
+            Refusal::LinkedSilentSinceStart { master, linked } => {
+                let (m, l) = (&self.nodes[*master].name, &self.nodes[*linked].name);
+                format!(
+                    "waiting for {l}: rebouncer started with no remembered timeline and PgBouncer points at {l}, \
+                     which has only timed out since; it may be the real primary, hung, and {m} an old primary \
+                     that came back, which nothing here can tell apart yet. Not moving PgBouncer to {m} until \
+                     {l} answers or refuses connections; if {l} is gone for good, stop it or take it out of \
+                     the configuration"
                 )
             }
             Refusal::Unresolved {
@@ -1925,6 +1934,7 @@ impl<C: Console> Daemon<C> {
             .iter()
             .filter_map(|c| remap(*c))
             .collect();
+        self.memory.unheard_link = self.memory.unheard_link.and_then(remap);
         self.last_switch_to = self.last_switch_to.and_then(remap);
         if let Some(h) = &mut self.hold {
             // Not removed: that hold ended above.
