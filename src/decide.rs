@@ -492,6 +492,46 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_master_of_an_earlier_split_brain_stays_contested_in_the_next() {
+        // node0 and node1 split; node1 stops answering and node2 is promoted beside node0:
+        // a new split brain, and node1, never seen demoted, still counts against node0.
+        let (b, memory) = rounds(
+            at(1),
+            &[
+                (plain(&[Master, Master, Standby, Standby]), Action::Nothing),
+                (plain(&[Master, Down, Master, Standby]), Action::Nothing),
+            ],
+        );
+        assert_eq!(b, at(1));
+        assert_eq!(memory.contested, vec![0, 1, 2]);
+        // node2 demoted: node0 is the only master, but node1 may still be the primary.
+        let d = decide(at(1), &plain(&[Master, Down, Standby, Standby]), &memory);
+        assert_eq!(
+            d.refusal,
+            Some(Refusal::Unresolved {
+                master: 0,
+                unreachable: vec![1]
+            })
+        );
+        assert_eq!(d.action, Action::Nothing);
+    }
+
+    #[test]
+    fn a_master_of_an_earlier_split_brain_seen_demoted_is_not_carried_into_the_next() {
+        let (_, memory) = rounds(
+            at(1),
+            &[
+                (plain(&[Master, Master, Standby]), Action::Nothing),
+                (plain(&[Master, Standby, Master]), Action::Nothing),
+            ],
+        );
+        assert_eq!(memory.contested, vec![0, 2]);
+        let d = decide(at(1), &plain(&[Master, Standby, Standby]), &memory);
+        assert_eq!(d.refusal, None);
+        assert_eq!(d.action, Action::Switch(0));
+    }
+
+    #[test]
     fn a_new_master_outside_the_split_brain_is_followed() {
         rounds(
             at(1),

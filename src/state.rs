@@ -324,6 +324,14 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_state_file_is_refused_not_taken_for_a_first_start() {
+        // Read as "no file yet", it would start with no fence, unnoticed.
+        let d = tempfile::tempdir().unwrap();
+        let e = StateFile::load(d.path()).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read state file"), "{e}");
+    }
+
+    #[test]
     fn a_corrupt_line_is_named() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("rebouncer.state");
