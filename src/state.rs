@@ -284,6 +284,20 @@ mod tests {
         assert_eq!(s.timelines.highest(Some(7)), Some(3));
     }
 
+    #[test]
+    fn held_and_reset_databases_are_recorded_once_each_in_order() {
+        let mut s = State::default();
+        s.hold([
+            "appdb".to_string(),
+            "other".to_string(),
+            "appdb".to_string(),
+        ]);
+        s.hold(["other".to_string(), "third".to_string()]);
+        assert_eq!(s.held, ["appdb", "other", "third"]);
+        s.must_reset(["b".to_string(), "a".to_string(), "b".to_string()]);
+        assert_eq!(s.unreset, ["b", "a"]);
+    }
+
     #[tokio::test]
     async fn state_survives_a_write_and_a_read() {
         let d = tempfile::tempdir().unwrap();
@@ -302,6 +316,7 @@ mod tests {
         })
         .await
         .unwrap();
+        assert_eq!(f.write_error(), None);
         let again = StateFile::load(&path).unwrap();
         assert_eq!(again.state(), f.state());
         assert_eq!(again.state().unreset, ["appdb", "other"]);
@@ -320,7 +335,7 @@ mod tests {
         let e = f.update(|s| s.held.push("appdb".into())).await.unwrap_err();
         assert!(e.to_string().starts_with("cannot write state file"), "{e}");
         assert_eq!(f.state().held, vec!["appdb".to_string()]);
-        assert!(f.write_error().is_some());
+        assert_eq!(f.write_error(), Some(e.to_string().as_str()));
     }
 
     #[test]
