@@ -18,7 +18,8 @@ use crate::admin::{self, Bouncer, Console, Database, Session};
 use crate::config::{self, Config, ConfigError, Server};
 use crate::counters::{self, SwitchReason};
 use crate::decide::{
-    self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Timeline,
+    self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Stale,
+    Timeline,
 };
 use crate::events::Kind;
 use crate::policy::checks::{self, Backoff};
@@ -226,10 +227,7 @@ impl<C: Console> Daemon<C> {
             .collect();
         let mut state = state;
         state.bound_writes(cfg.timeout);
-        let memory = Memory {
-            timelines: state.state().clone(),
-            contested: Vec::new(),
-        };
+        let memory = Memory::at_start(state.state().timelines.clone(), None);
         Daemon {
             console,
             status,
@@ -291,6 +289,7 @@ impl<C: Console> Daemon<C> {
             );
         }
         self.believed.active = self.node_behind_symlink().await;
+        self.memory = Memory::at_start(self.memory.timelines.clone(), self.believed.active);
         match self.believed.active {
             Some(n) => info!(
                 "PgBouncer's config {} points at node {}; it will be confirmed after the first round",
@@ -304,7 +303,6 @@ impl<C: Console> Daemon<C> {
         }
         let remembered: Vec<String> = self
             .memory
-            .timelines
             .timelines
             .iter()
             .map(|h| format!("timeline {}", h.timeline))
@@ -605,6 +603,7 @@ impl<C: Console> Daemon<C> {
                 state: n.state.unwrap_or(NodeState::Down),
                 timeline: n.timeline.filter(|_| n.state != Some(NodeState::Down)),
                 refuses_new: n.refuses_new.is_some(),
+                silent: n.state.is_none() || (n.state == Some(NodeState::Down) && n.hung),
             })
             .collect()
     }
@@ -725,7 +724,7 @@ impl<C: Console> Daemon<C> {
         let rose = decision.memory.timelines != self.memory.timelines;
         self.memory = decision.memory.clone();
         if Persist::must_write(rose, self.state.write_error().is_some()) {
-            let timelines = self.memory.timelines.timelines.clone();
+            let timelines = self.memory.timelines.clone();
             // The error is said below, throttled.
             let _ = self.state.update(|s| s.timelines = timelines).await;
         }

@@ -11,47 +11,24 @@
 //! - A failed check may only make a verdict more cautious: when a split brain "ends"
 //!   because one of its masters stopped answering (not because it became a standby), the
 //!   other one is not switched to.
+//! - Only a master's timeline is remembered (and written to the state file). A standby
+//!   that reports a newer timeline makes the masters below it stale too, but only while it
+//!   reports it: a standby can run ahead of the primary for reasons that say nothing about
+//!   the primary, and remembering it would fence the real primary for good.
+//! - **A start without memory waits for the linked node.** With no remembered timeline
+//!   (first install, the upgrade from the Go tool, a lost state directory), nothing tells
+//!   an old primary that came back from the real one if the real one is hung: both facts
+//!   that would (its timeline, or our memory of it) are missing. So PgBouncer is not
+//!   moved away from the node the symlink points at while that node only times out; it
+//!   is moved as soon as that node has been heard from once since start: it answered
+//!   (as a standby, as a stale master, while refusing new logins) or it refused the
+//!   connection or failed with an error, which a hung server cannot do. A cluster that is
+//!   healthy at start is therefore followed in the first round, as before: the linked
+//!   node answers at once, or is stopped and refuses, or the symlink names no node. The
+//!   wait only lasts while the linked node stays silent; stopping it for good, or taking
+//!   it out of the configuration, ends it.
 
-use crate::state::{State, SystemId};
-
-/// Index of a server in the configuration file (file order).
-pub type NodeId = usize;
-
-/// What one check found a server to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeState {
-    /// Answered `pg_is_in_recovery() = false`.
-    Master,
-    /// Answered `pg_is_in_recovery() = true`.
-    Standby,
-    /// No answer within the timeout, refused, or any error.
-    Down,
-}
-
-impl NodeState {
-    /// The words the Go tool used on `/nodes`; monitoring scripts match on them.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Master => "master",
-            NodeState::Standby => "standby",
-            NodeState::Down => "down",
-        }
-    }
-}
-
-impl std::fmt::Display for NodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A server's place in the cluster's history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeline {
-    pub timeline: u32,
-    /// The cluster's system identifier, when the monitoring role may read it.
-    pub system: SystemId,
-}
+pub use crate::node::{NodeId, NodeState, SystemId, Timeline, Timelines};
 
 /// What the loop knows of one server when it decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +37,10 @@ pub struct Seen {
     pub timeline: Option<Timeline>,
     /// Its kept session answers, but a new connection was refused or timed out.
     pub refuses_new: bool,
+    /// Down without any answer: the check ran out of time, or the server was never
+    /// checked yet. A server that refused the connection or failed with an error is down
+    /// but not silent: a hung server could not have done either.
+    pub silent: bool,
 }
 
 impl Seen {
@@ -68,7 +49,19 @@ impl Seen {
             state,
             timeline: None,
             refuses_new: false,
+            silent: false,
         }
+    }
+    /// Down with no answer at all within the timeout.
+    pub fn silent() -> Seen {
+        Seen {
+            silent: true,
+            ..Seen::new(NodeState::Down)
+        }
+    }
+    /// It answered, or it failed in a way a hung server cannot (refused, an error).
+    fn heard(&self) -> bool {
+        self.state != NodeState::Down || !self.silent
     }
     pub fn on(state: NodeState, timeline: u32) -> Seen {
         Seen {
@@ -104,6 +97,9 @@ pub enum Refusal {
         master: NodeId,
         unreachable: Vec<NodeId>,
     },
+    /// rebouncer started with no remembered timeline and the node PgBouncer points at has
+    /// only timed out since: it may be the real primary, hung, and `master` an old one.
+    LinkedSilentSinceStart { master: NodeId, linked: NodeId },
 }
 
 /// A master on a lower timeline than the cluster has shown.
@@ -113,6 +109,9 @@ pub struct Stale {
     pub timeline: u32,
     /// The highest timeline seen for its cluster.
     pub highest: u32,
+    /// The standby that reports `highest` this round, when no master's remembered
+    /// timeline is that high: the fence lasts only while that standby reports it.
+    pub standby: Option<NodeId>,
 }
 
 /// What rebouncer believes PgBouncer points at.
@@ -131,9 +130,24 @@ pub struct Believed {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Memory {
     /// The highest timeline seen per cluster.
-    pub timelines: State,
+    pub timelines: Timelines,
     /// The masters of the last split brain that has not been resolved.
     pub contested: Vec<NodeId>,
+    /// At a start with no remembered timeline: the node the symlink pointed at, until it
+    /// has been heard from (see the module's rules).
+    pub unheard_link: Option<NodeId>,
+}
+
+impl Memory {
+    /// The memory of a new process: the timelines from the state file and the node the
+    /// symlink points at. Only with no timeline remembered is that node waited for.
+    pub fn at_start(timelines: Timelines, linked: Option<NodeId>) -> Memory {
+        Memory {
+            unheard_link: linked.filter(|_| timelines.is_empty()),
+            timelines,
+            contested: Vec::new(),
+        }
+    }
 }
 
 /// What to do after a round.
@@ -156,11 +170,40 @@ pub struct Decision {
     pub memory: Memory,
 }
 
+/// The standby reporting the highest timeline of a cluster this round (the first in file
+/// order among equals), with that timeline.
+fn standby_ahead(observed: &[Seen], system: SystemId) -> Option<(NodeId, u32)> {
+    let mut best: Option<(NodeId, u32)> = None;
+    for (id, seen) in observed.iter().enumerate() {
+        if seen.state != NodeState::Standby {
+            continue;
+        }
+        if let Some(t) = seen.timeline.filter(|t| t.system == system)
+            && best.is_none_or(|(_, b)| t.timeline > b)
+        {
+            best = Some((id, t.timeline));
+        }
+    }
+    best
+}
+
 /// Decide after a round, from the servers' answers in file order.
 pub fn decide(believed: Believed, observed: &[Seen], memory: &Memory) -> Decision {
     let mut next = memory.clone();
-    for t in observed.iter().filter_map(|s| s.timeline) {
-        next.timelines.raise(t.system, t.timeline);
+    // Only a master's timeline is remembered: a standby can be ahead of the primary for
+    // reasons that say nothing of it (a mistaken promotion rolled back into a standby, a
+    // shared archive followed with recovery_target_timeline=latest), and such a memory
+    // would fence the real primary until someone edits the state file.
+    for seen in observed.iter().filter(|s| s.state == NodeState::Master) {
+        if let Some(t) = seen.timeline {
+            next.timelines.raise(t.system, t.timeline);
+        }
+    }
+
+    if let Some(l) = next.unheard_link
+        && (believed.active != Some(l) || observed.get(l).is_none_or(Seen::heard))
+    {
+        next.unheard_link = None;
     }
 
     let mut stale = Vec::new();
@@ -170,11 +213,17 @@ pub fn decide(believed: Believed, observed: &[Seen], memory: &Memory) -> Decisio
             continue;
         }
         let behind = seen.timeline.and_then(|t| {
-            let highest = next.timelines.highest(t.system)?;
+            let remembered = next.timelines.highest(t.system);
+            // A standby on a newer timeline still fences, while it reports it.
+            let (highest, standby) = match standby_ahead(observed, t.system) {
+                Some((s, ahead)) if remembered.is_none_or(|r| ahead > r) => (ahead, Some(s)),
+                _ => (remembered?, None),
+            };
             (t.timeline < highest).then_some(Stale {
                 node: id,
                 timeline: t.timeline,
                 highest,
+                standby,
             })
         });
         match behind {
@@ -207,6 +256,11 @@ pub fn decide(believed: Believed, observed: &[Seen], memory: &Memory) -> Decisio
                     .refuses_new
                     .then_some(Refusal::RefusesNewLogins(m))
             };
+            let refusal = refusal.or_else(|| {
+                next.unheard_link
+                    .filter(|&l| l != m)
+                    .map(|linked| Refusal::LinkedSilentSinceStart { master: m, linked })
+            });
             (Cluster::OneMaster(m), refusal)
         }
         many => {
@@ -438,6 +492,46 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_master_of_an_earlier_split_brain_stays_contested_in_the_next() {
+        // node0 and node1 split; node1 stops answering and node2 is promoted beside node0:
+        // a new split brain, and node1, never seen demoted, still counts against node0.
+        let (b, memory) = rounds(
+            at(1),
+            &[
+                (plain(&[Master, Master, Standby, Standby]), Action::Nothing),
+                (plain(&[Master, Down, Master, Standby]), Action::Nothing),
+            ],
+        );
+        assert_eq!(b, at(1));
+        assert_eq!(memory.contested, vec![0, 1, 2]);
+        // node2 demoted: node0 is the only master, but node1 may still be the primary.
+        let d = decide(at(1), &plain(&[Master, Down, Standby, Standby]), &memory);
+        assert_eq!(
+            d.refusal,
+            Some(Refusal::Unresolved {
+                master: 0,
+                unreachable: vec![1]
+            })
+        );
+        assert_eq!(d.action, Action::Nothing);
+    }
+
+    #[test]
+    fn a_master_of_an_earlier_split_brain_seen_demoted_is_not_carried_into_the_next() {
+        let (_, memory) = rounds(
+            at(1),
+            &[
+                (plain(&[Master, Master, Standby]), Action::Nothing),
+                (plain(&[Master, Standby, Master]), Action::Nothing),
+            ],
+        );
+        assert_eq!(memory.contested, vec![0, 2]);
+        let d = decide(at(1), &plain(&[Master, Standby, Standby]), &memory);
+        assert_eq!(d.refusal, None);
+        assert_eq!(d.action, Action::Switch(0));
+    }
+
+    #[test]
     fn a_new_master_outside_the_split_brain_is_followed() {
         rounds(
             at(1),
@@ -465,6 +559,122 @@ mod tests {
         assert_eq!(d.action, Action::Nothing);
     }
 
+    // --- a start without memory ------------------------------------------------------
+
+    /// A new process with an empty state file and the symlink on `linked`.
+    fn blank_start(linked: NodeId) -> (Believed, Memory) {
+        let believed = Believed {
+            active: Some(linked),
+            confirmed: false,
+        };
+        (
+            believed,
+            Memory::at_start(Timelines::default(), Some(linked)),
+        )
+    }
+
+    #[test]
+    fn a_start_without_memory_does_not_leave_a_linked_node_that_only_times_out() {
+        // The true primary node1 (timeline 2) is hung, the old primary node0 is back on
+        // timeline 1, the standby still reports timeline 1: nothing tells them apart.
+        let (believed, memory) = blank_start(1);
+        let seen = [Seen::on(Master, 1), Seen::silent(), Seen::on(Standby, 1)];
+        let d = decide(believed, &seen, &memory);
+        assert_eq!(d.cluster, Cluster::OneMaster(0));
+        assert_eq!(
+            d.refusal,
+            Some(Refusal::LinkedSilentSinceStart {
+                master: 0,
+                linked: 1
+            })
+        );
+        assert_eq!(d.action, Action::Nothing);
+        // Round after round while it stays silent, though node0's timeline is remembered.
+        let again = decide(believed, &seen, &d.memory);
+        assert_eq!(again.action, Action::Nothing);
+        assert_eq!(again.memory.unheard_link, Some(1));
+        // It comes back: it is the primary on the higher timeline, confirmed where it is.
+        let back = decide(
+            believed,
+            &[
+                Seen::on(Master, 1),
+                Seen::on(Master, 2),
+                Seen::on(Standby, 1),
+            ],
+            &again.memory,
+        );
+        assert_eq!(back.cluster, Cluster::OneMaster(1));
+        assert_eq!(back.action, Action::Switch(1));
+        assert_eq!(back.memory.unheard_link, None);
+    }
+
+    #[test]
+    fn a_start_without_memory_moves_once_the_linked_node_was_heard_from() {
+        let seen = |linked: Seen| [Seen::on(Master, 1), linked, Seen::on(Standby, 1)];
+        let (believed, memory) = blank_start(1);
+        for heard in [
+            Seen::new(Down), // refused the connection, or failed with an error
+            Seen::on(Standby, 1),
+            Seen::on(Master, 0), // a stale master
+        ] {
+            let d = decide(believed, &seen(heard), &memory);
+            assert_eq!(d.refusal, None, "{heard:?}");
+            assert_eq!(d.action, Action::Switch(0), "{heard:?}");
+            assert_eq!(d.memory.unheard_link, None);
+            // Heard once is enough: a later silence is an ordinary failure.
+            let later = decide(believed, &seen(Seen::silent()), &d.memory);
+            assert_eq!(later.action, Action::Switch(0), "{heard:?}");
+        }
+        // A linked master that refuses new logins answered too.
+        let mut refusing = Seen::on(Master, 1);
+        refusing.refuses_new = true;
+        let d = decide(
+            believed,
+            &[Seen::on(Master, 1), refusing, Seen::new(Down)],
+            &memory,
+        );
+        assert_eq!(d.memory.unheard_link, None);
+        assert_eq!(d.cluster, Cluster::SplitBrain(vec![0, 1]));
+    }
+
+    #[test]
+    fn only_a_blank_start_with_a_linked_node_waits() {
+        let seen = [Seen::on(Master, 2), Seen::silent()];
+        let believed = blank_start(1).0;
+        // A remembered timeline: node0 is on it, so it is the primary.
+        let memory = Memory::at_start(remembering(2).timelines, Some(1));
+        assert_eq!(memory.unheard_link, None);
+        assert_eq!(decide(believed, &seen, &memory).action, Action::Switch(0));
+        // No symlink on any node: nothing to wait for.
+        let memory = Memory::at_start(Timelines::default(), None);
+        assert_eq!(
+            decide(Believed::default(), &seen, &memory).action,
+            Action::Switch(0)
+        );
+        // The linked node taken out of the configuration (a reload): no longer waited for.
+        let memory = Memory::at_start(Timelines::default(), Some(1));
+        let d = decide(Believed::default(), &seen, &memory);
+        assert_eq!(d.action, Action::Switch(0));
+        assert_eq!(d.memory.unheard_link, None);
+        let d = decide(believed, &seen[..1], &memory);
+        assert_eq!(d.action, Action::Switch(0));
+    }
+
+    #[test]
+    fn a_healthy_cluster_at_first_start_is_followed_in_the_first_round() {
+        // The upgrade from the Go tool: no state file, the symlink on the master, or on an
+        // old node that is now a standby, or stopped.
+        let seen = [Seen::on(Master, 3), Seen::on(Standby, 3), Seen::new(Down)];
+        for linked in [0, 1, 2] {
+            let (believed, memory) = blank_start(linked);
+            assert_eq!(
+                decide(believed, &seen, &memory).action,
+                Action::Switch(0),
+                "symlink on node{linked}"
+            );
+        }
+    }
+
     // --- timelines --------------------------------------------------------------------
 
     #[test]
@@ -481,7 +691,8 @@ mod tests {
             vec![Stale {
                 node: 0,
                 timeline: 1,
-                highest: 2
+                highest: 2,
+                standby: None,
             }]
         );
         assert_eq!(d.action, Action::Nothing);
@@ -497,8 +708,120 @@ mod tests {
             &Memory::default(),
         );
         assert_eq!(d.cluster, Cluster::NoMaster);
-        assert_eq!(d.stale.len(), 1);
+        assert_eq!(
+            d.stale,
+            vec![Stale {
+                node: 0,
+                timeline: 1,
+                highest: 2,
+                standby: Some(1),
+            }]
+        );
+        // Only the master's timeline is remembered.
+        assert_eq!(d.memory.timelines.highest(None), Some(1));
+    }
+
+    #[test]
+    fn a_standby_ahead_fences_only_while_it_reports_its_timeline() {
+        // A clone promoted by mistake and restarted as a standby reports timeline 2; the
+        // real primary is on 1. Once that standby stops, the primary is followed again.
+        let ahead = decide(
+            at(1),
+            &[
+                Seen::on(Master, 1),
+                Seen::on(Standby, 2),
+                Seen::on(Standby, 1),
+            ],
+            &Memory::default(),
+        );
+        assert_eq!(ahead.cluster, Cluster::NoMaster);
+        assert_eq!(ahead.stale[0].standby, Some(1));
+        let gone = decide(
+            at(1),
+            &[Seen::on(Master, 1), Seen::new(Down), Seen::on(Standby, 1)],
+            &ahead.memory,
+        );
+        assert_eq!(gone.cluster, Cluster::OneMaster(0));
+        assert!(gone.stale.is_empty());
+        assert_eq!(gone.action, Action::Switch(0));
+    }
+
+    #[test]
+    fn a_standby_ahead_is_forgotten_across_a_restart() {
+        let ahead = decide(
+            at(0),
+            &[Seen::on(Master, 1), Seen::on(Standby, 2)],
+            &Memory::default(),
+        );
+        let text = crate::state::State {
+            timelines: ahead.memory.timelines.clone(),
+            ..Default::default()
+        }
+        .render();
+        let file = crate::state::State::parse(std::path::Path::new("s"), &text).unwrap();
+        let restarted = Memory {
+            timelines: file.timelines,
+            ..Memory::default()
+        };
+        let d = decide(
+            Believed::default(),
+            &[Seen::on(Master, 1), Seen::new(Down)],
+            &restarted,
+        );
+        assert_eq!(d.action, Action::Switch(0));
+    }
+
+    #[test]
+    fn a_standby_beyond_the_remembered_timeline_is_named_as_the_fence() {
+        // The remembered master timeline fences on its own: no standby is named.
+        let d = decide(
+            at(1),
+            &[
+                Seen::on(Master, 1),
+                Seen::on(Master, 2),
+                Seen::on(Standby, 2),
+            ],
+            &remembering(2),
+        );
+        assert_eq!(d.stale[0].standby, None);
+        assert_eq!(d.action, Action::Nothing);
+        // A standby further ahead than every master: it is the fence, with its timeline;
+        // of two standbys ahead, the one furthest ahead.
+        let d = decide(
+            at(0),
+            &[
+                Seen::on(Standby, 3),
+                Seen::on(Master, 2),
+                Seen::on(Standby, 4),
+                Seen::on(Standby, 4),
+            ],
+            &remembering(2),
+        );
+        assert_eq!(
+            d.stale,
+            vec![Stale {
+                node: 1,
+                timeline: 2,
+                highest: 4,
+                standby: Some(2),
+            }]
+        );
         assert_eq!(d.memory.timelines.highest(None), Some(2));
+    }
+
+    #[test]
+    fn a_standby_of_another_cluster_fences_nothing() {
+        let on = |state, timeline, system| Seen {
+            timeline: Some(Timeline { timeline, system }),
+            ..Seen::new(state)
+        };
+        let d = decide(
+            at(0),
+            &[on(Master, 1, Some(1)), on(Standby, 5, Some(2))],
+            &Memory::default(),
+        );
+        assert!(d.stale.is_empty());
+        assert_eq!(d.cluster, Cluster::OneMaster(0));
     }
 
     #[test]
@@ -560,10 +883,7 @@ mod tests {
             &[Seen::on(Standby, 1), Seen::on(Master, 2)],
             &Memory::default(),
         );
-        let restarted = Memory {
-            timelines: first.memory.timelines.clone(),
-            contested: Vec::new(),
-        };
+        let restarted = Memory::at_start(first.memory.timelines.clone(), None);
         let d = decide(
             Believed::default(),
             &[Seen::on(Master, 1), Seen::new(Down)],
@@ -585,6 +905,7 @@ mod tests {
                 system: Some(222),
             }),
             refuses_new: false,
+            silent: false,
         };
         let d = decide(
             Believed::default(),

@@ -17,6 +17,7 @@ pub mod http;
 mod ini_text;
 pub mod json_format;
 pub mod logging;
+pub mod node;
 pub mod node_file;
 pub mod notify;
 pub mod pages;

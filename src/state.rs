@@ -1,7 +1,9 @@
 //! The state file: the little rebouncer must remember across restarts.
 //!
-//! - The highest timeline seen for each cluster (by system identifier), so that an old
-//!   primary that comes back after rebouncer itself restarted is still known as stale.
+//! - The highest timeline a master reached in each cluster (by system identifier), so that
+//!   an old primary that comes back after rebouncer itself restarted is still known as
+//!   stale. A standby's timeline is never written here: a standby ahead of every master
+//!   fences only while it reports it (see `decide`).
 //! - The databases a switch sent `KILL` (or `PAUSE`) to and has not yet resumed: a rebouncer
 //!   killed between the two would otherwise leave PgBouncer holding those clients forever.
 //! - The databases a switch moved to a new server and has not yet `KILL`ed: a rebouncer
@@ -21,27 +23,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+pub use crate::node::{Highest, SystemId, Timelines};
+
 /// The default directory when neither the config nor systemd's `STATE_DIRECTORY` names one.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/rebouncer";
 /// The file name inside the state directory.
 pub const STATE_FILE_NAME: &str = "rebouncer.state";
 
-/// A cluster's identity: `pg_control_system()`'s system identifier, shared by a primary and
-/// every standby cloned from it, new for every `initdb`. `None` when the monitoring role may
-/// not read it.
-pub type SystemId = Option<u64>;
-
-/// The highest timeline seen for one cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Highest {
-    pub system: SystemId,
-    pub timeline: u32,
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
-    /// One entry per cluster identity seen.
-    pub timelines: Vec<Highest>,
+    /// The highest timeline a master reached, per cluster identity.
+    pub timelines: Timelines,
     /// Databases rebouncer paused (`KILL` or `PAUSE`) and has not resumed yet.
     pub held: Vec<String>,
     /// Databases a switch moved whose `KILL` has not gone through yet: their clients may
@@ -50,27 +42,9 @@ pub struct State {
 }
 
 impl State {
-    /// The highest timeline remembered for a cluster.
-    pub fn highest(&self, system: SystemId) -> Option<u32> {
-        self.timelines
-            .iter()
-            .find(|h| h.system == system)
-            .map(|h| h.timeline)
-    }
-
     /// Remember `timeline` for `system` if it is higher than what is known; true if it was.
     pub fn raise(&mut self, system: SystemId, timeline: u32) -> bool {
-        match self.timelines.iter_mut().find(|h| h.system == system) {
-            Some(h) if h.timeline >= timeline => false,
-            Some(h) => {
-                h.timeline = timeline;
-                true
-            }
-            None => {
-                self.timelines.push(Highest { system, timeline });
-                true
-            }
-        }
+        self.timelines.raise(system, timeline)
     }
 
     /// Record databases as held by rebouncer, each once.
@@ -91,12 +65,13 @@ impl State {
         }
     }
 
-    fn render(&self) -> String {
+    /// The file's text.
+    pub fn render(&self) -> String {
         let mut out = String::from(
             "# rebouncer state file: what rebouncer remembers across restarts.\n\
              # Written by rebouncer; read the README (\"The state file\") before editing it.\n",
         );
-        for h in &self.timelines {
+        for h in self.timelines.iter() {
             match h.system {
                 Some(id) => out += &format!("timeline system={id} highest={}\n", h.timeline),
                 None => out += &format!("timeline system=unknown highest={}\n", h.timeline),
@@ -111,7 +86,8 @@ impl State {
         out
     }
 
-    fn parse(path: &Path, text: &str) -> Result<State, StateError> {
+    /// Read the file's text; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<State, StateError> {
         let mut state = State::default();
         for (no, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -369,12 +345,21 @@ mod tests {
         assert!(s.raise(Some(7), 2));
         assert!(!s.raise(Some(7), 1));
         assert!(s.raise(Some(7), 3));
-        assert!(s.raise(Some(8), 1));
-        assert!(s.raise(None, 4));
-        assert_eq!(s.highest(Some(7)), Some(3));
-        assert_eq!(s.highest(Some(8)), Some(1));
-        assert_eq!(s.highest(None), Some(4));
-        assert_eq!(s.highest(Some(9)), None);
+        assert_eq!(s.timelines.highest(Some(7)), Some(3));
+    }
+
+    #[test]
+    fn held_and_reset_databases_are_recorded_once_each_in_order() {
+        let mut s = State::default();
+        s.hold([
+            "appdb".to_string(),
+            "other".to_string(),
+            "appdb".to_string(),
+        ]);
+        s.hold(["other".to_string(), "third".to_string()]);
+        assert_eq!(s.held, ["appdb", "other", "third"]);
+        s.must_reset(["b".to_string(), "a".to_string(), "b".to_string()]);
+        assert_eq!(s.unreset, ["b", "a"]);
     }
 
     #[tokio::test]
@@ -395,6 +380,7 @@ mod tests {
         })
         .await
         .unwrap();
+        assert_eq!(f.write_error(), None);
         let again = StateFile::load(&path).unwrap();
         assert_eq!(again.state(), f.state());
         assert_eq!(again.state().unreset, ["appdb", "other"]);
@@ -413,7 +399,15 @@ mod tests {
         let e = f.update(|s| s.held.push("appdb".into())).await.unwrap_err();
         assert!(e.to_string().starts_with("cannot write state file"), "{e}");
         assert_eq!(f.state().held, vec!["appdb".to_string()]);
-        assert!(f.write_error().is_some());
+        assert_eq!(f.write_error(), Some(e.to_string().as_str()));
+    }
+
+    #[test]
+    fn an_unreadable_state_file_is_refused_not_taken_for_a_first_start() {
+        // Read as "no file yet", it would start with no fence, unnoticed.
+        let d = tempfile::tempdir().unwrap();
+        let e = StateFile::load(d.path()).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read state file"), "{e}");
     }
 
     #[tokio::test]
@@ -478,7 +472,11 @@ mod tests {
         }
         assert!(f.write_error().is_none(), "{:?}", f.write_error());
         assert_eq!(
-            StateFile::load(&path).unwrap().state().highest(Some(1)),
+            StateFile::load(&path)
+                .unwrap()
+                .state()
+                .timelines
+                .highest(Some(1)),
             Some(2)
         );
     }

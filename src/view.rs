@@ -209,6 +209,20 @@ pub struct StalePrimary<'a> {
     /// The highest timeline the cluster has shown.
     #[serde(rename = "cluster_timeline")]
     pub highest: u32,
+    /// The standby that reports `highest`, when no master reached it: the fence lasts
+    /// only while that standby reports it.
+    #[serde(rename = "fenced_by_standby")]
+    pub standby: Option<&'a str>,
+}
+
+impl StalePrimary<'_> {
+    /// "the cluster is on 2", or "standby db3 reports timeline 2".
+    pub fn fence(&self) -> String {
+        match self.standby {
+            Some(b) => format!("standby {b} reports timeline {}", self.highest),
+            None => format!("the cluster is on {}", self.highest),
+        }
+    }
 }
 
 /// A Nagios plugin's exit status, as the first word of `/nagios`.
@@ -368,6 +382,7 @@ impl Snapshot {
                 name: self.name(s.node),
                 timeline: s.timeline,
                 highest: s.highest,
+                standby: s.standby.map(|b| self.name(b)),
             })
             .collect()
     }

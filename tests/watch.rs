@@ -370,7 +370,7 @@ fn metrics_json_and_events_when_healthy_after_a_failover_and_in_split_brain() {
     let j = json(&d, "/?format=json");
     assert_eq!(
         j["conditions"]["stale_primaries"],
-        json!([{"name": "pg1", "timeline": 1, "cluster_timeline": 2}]),
+        json!([{"name": "pg1", "timeline": 1, "cluster_timeline": 2, "fenced_by_standby": null}]),
         "{j}"
     );
     assert_eq!(

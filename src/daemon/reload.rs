@@ -131,6 +131,7 @@ impl<C: Console> Daemon<C> {
             .iter()
             .filter_map(|c| remap(*c))
             .collect();
+        self.memory.unheard_link = self.memory.unheard_link.and_then(remap);
         self.pacing.remap(remap);
         if let Some(h) = &mut self.hold {
             // Not removed: that hold ended above.

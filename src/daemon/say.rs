@@ -37,15 +37,26 @@ impl<C: Console> Daemon<C> {
                             Kind::StalePrimaryStart,
                             Some(name),
                             format!(
-                                "stale primary: {name} answers as master on timeline {}, but the cluster has reached timeline {}; never routed to",
-                                s.timeline, s.highest
+                                "stale primary: {name} answers as master on timeline {}, but {}; never routed to",
+                                s.timeline,
+                                self.fence_text(s)
                             ),
                         );
+                        let what = match s.standby {
+                            None => "an old primary that was not rewound",
+                            Some(_) => {
+                                "an old primary, or a standby ahead of the primary: a promoted clone \
+                                 restarted as a standby, or one following a shared archive; the fence \
+                                 lifts when that standby no longer reports the newer timeline"
+                            }
+                        };
                         error!(
-                            "stale primary: {} answers as master on timeline {}, but the cluster has reached timeline {} \
-                             (an old primary that was not rewound); refusing to route to it, PgBouncer stays pointed at {active}. \
+                            "stale primary: {} answers as master on timeline {}, but {} ({what}); \
+                             refusing to route to it, PgBouncer stays pointed at {active}. \
                              Stop it, or rewind it (pg_rewind) and start it as a standby",
-                            self.nodes[s.node].name, s.timeline, s.highest
+                            self.nodes[s.node].name,
+                            s.timeline,
+                            self.fence_text(s)
                         );
                     }
                 }
@@ -93,9 +104,30 @@ impl<C: Console> Daemon<C> {
         }
     }
 
+    /// What makes a stale primary stale: the remembered timeline, or a standby's.
+    fn fence_text(&self, s: &Stale) -> String {
+        match s.standby {
+            Some(b) => format!(
+                "standby {} reports timeline {}",
+                self.nodes[b].name, s.highest
+            ),
+            None => format!("the cluster has reached timeline {}", s.highest),
+        }
+    }
+
     pub(super) fn refusal_text(&self, r: &Refusal) -> String {
         let active = self.active_name();
         match r {
+            Refusal::LinkedSilentSinceStart { master, linked } => {
+                let (m, l) = (&self.nodes[*master].name, &self.nodes[*linked].name);
+                format!(
+                    "waiting for {l}: rebouncer started with no remembered timeline and PgBouncer points at {l}, \
+                     which has only timed out since; it may be the real primary, hung, and {m} an old primary \
+                     that came back, which nothing here can tell apart yet. Not moving PgBouncer to {m} until \
+                     {l} answers or refuses connections; if {l} is gone for good, stop it or take it out of \
+                     the configuration"
+                )
+            }
             Refusal::RefusesNewLogins(m) => {
                 let n = &self.nodes[*m];
                 format!(

@@ -1253,7 +1253,7 @@ async fn a_state_file_that_could_not_be_written_is_written_once_it_can_be() {
     )
     .await;
     let on_disk = StateFile::load(&path).unwrap();
-    assert_eq!(on_disk.state().highest(Some(42)), Some(2));
+    assert_eq!(on_disk.state().timelines.highest(Some(42)), Some(2));
     w.until(S(1), |w| w.nagios().starts_with("OK"), "OK again")
         .await;
     w.stop().await;

@@ -336,7 +336,7 @@ mod tests {
         assert_eq!(c["split_brain"], json!([]));
         assert_eq!(
             c["stale_primaries"],
-            json!([{"name": "db1", "timeline": 1, "cluster_timeline": 2}])
+            json!([{"name": "db1", "timeline": 1, "cluster_timeline": 2, "fenced_by_standby": null}])
         );
         assert_eq!(
             c["refusal"],

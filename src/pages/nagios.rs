@@ -41,17 +41,13 @@ fn names_in(s: &Snapshot, state: NodeState) -> Vec<&str> {
         .collect()
 }
 
-/// "db1 (timeline 1, the cluster is on 2)", comma-separated.
+/// "db1 (timeline 1, the cluster is on 2)" or "db1 (timeline 1, standby db2 reports
+/// timeline 2)", comma-separated.
 fn stale_list(s: &Snapshot) -> String {
     let list: Vec<String> = s
         .stale()
         .iter()
-        .map(|x| {
-            format!(
-                "{} (timeline {}, the cluster is on {})",
-                x.name, x.timeline, x.highest
-            )
-        })
+        .map(|x| format!("{} (timeline {}, {})", x.name, x.timeline, x.fence()))
         .collect();
     list.join(", ")
 }

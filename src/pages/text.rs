@@ -69,8 +69,10 @@ pub fn root(s: &Snapshot, now: SystemTime) -> String {
     for st in s.stale() {
         let _ = writeln!(
             out,
-            "Stale primary: {} answers as master on timeline {}, but the cluster has reached timeline {}; never routed to",
-            st.name, st.timeline, st.highest
+            "Stale primary: {} answers as master on timeline {}, but {}; never routed to",
+            st.name,
+            st.timeline,
+            st.fence()
         );
     }
     if let Some(r) = s.refusal() {

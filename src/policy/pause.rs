@@ -242,6 +242,7 @@ mod tests {
             node: 1,
             timeline: 1,
             highest: 2,
+            standby: None,
         }];
         assert_eq!(on_loss(Pausing::On, false, on(0), &stale, &[D, M]), None);
         assert_eq!(no_hold_verdict(&stale, 0), Some(NoHold::OnlyStale(vec![1])));
