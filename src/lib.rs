@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod probe;
+pub mod settings;
 pub mod state;
 pub mod status;
 pub mod switch;
