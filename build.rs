@@ -3,7 +3,9 @@
 //! describe flags or keys the binary does not have.
 //!
 //! It goes to `$OUT_DIR/rebouncer.8` (what the tests read) and is copied to
-//! `target/<profile>/rebouncer.8`, the stable path the package metadata names.
+//! `target/<profile>/rebouncer.8`, with a gzipped `rebouncer.8.gz` beside it (Debian
+//! policy wants man pages compressed, and cargo-deb compresses only files it did not
+//! build): the stable paths the package metadata names.
 
 #[allow(dead_code)]
 #[path = "src/cli.rs"]
@@ -12,7 +14,7 @@ mod cli;
 #[path = "src/settings.rs"]
 mod settings;
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use clap_mangen::roff::{Roff, bold, italic, roman};
@@ -28,6 +30,10 @@ fn main() -> io::Result<()> {
     // OUT_DIR is <target>/<profile>/build/rebouncer-<hash>/out.
     if let Some(profile_dir) = out_dir.ancestors().nth(3) {
         write_if_changed(&profile_dir.join("rebouncer.8"), &page)?;
+        // No file name or time in the header, so the same page gives the same bytes.
+        let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::best());
+        gz.write_all(&page)?;
+        write_if_changed(&profile_dir.join("rebouncer.8.gz"), &gz.finish()?)?;
     }
     Ok(())
 }
