@@ -8,7 +8,8 @@
 #   accepts the installed unit;
 # - upgrades to the next build keep the edited configuration (also when the packaged
 #   example changed too);
-# - dpkg -r keeps the configuration and /var/lib/rebouncer, dpkg -P removes them.
+# - dpkg -r keeps the configuration and /var/lib/rebouncer, dpkg -P removes them;
+# - installing over an existing configuration (the Go tool's) keeps it.
 # It leaves the machine as it found it: anything it installs or creates is removed on the
 # way out, also on failure, and an existing /etc/rebouncer or /var/lib/rebouncer is put
 # back. Called by .ci/run; needs cargo-deb, cargo-generate-rpm, lintian and rpm.
@@ -238,3 +239,11 @@ case $(pkg_status) in
     "" | not-installed) ;;
     *) fail "dpkg -P left the package known to dpkg: $(pkg_status)" ;;
 esac
+
+say "install over the Go tool's configuration"
+mkdir -p /etc/rebouncer
+cp "$work/edited.ini" "$config"
+dpkg -i --force-confold "$deb" >"$work/install.log" 2>&1 || { cat "$work/install.log"; fail "dpkg -i over an existing $config"; }
+cmp -s "$config" "$work/edited.ini" || fail "installing the package replaced an existing $config"
+[ -f "$config.dpkg-dist" ] || fail "the example was not left beside an existing config as $config.dpkg-dist"
+dpkg -P rebouncer >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "dpkg -P"; }
