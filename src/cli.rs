@@ -16,6 +16,13 @@ pub struct Options {
     pub check: bool,
 }
 
+/// What `-help` says after the flags; the man page's sections say the same at length.
+pub const AFTER_HELP: &str = "Flags may also be written the Go way: -config=FILE or -config FILE.\n\
+     Signals: SIGTERM/SIGINT finish a switch in progress and exit; SIGHUP reopens the log file \
+     and re-reads the configuration.\n\
+     Exit status: 0 after a clean stop (for -check: the configuration is valid), 1 when it \
+     cannot start or the configuration is invalid, 2 for a usage error.";
+
 const VALUE_FLAGS: &[&str] = &["config", "logfile", "http", "pidfile"];
 
 /// Go's flag package takes `-name`, `-name=v`, `--name` and `--name=v`; clap only the
@@ -54,7 +61,9 @@ pub fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> 
     out
 }
 
-fn command() -> Command {
+/// Every flag, its help and default: what `parse` accepts, `-help` prints and `build.rs`
+/// turns into the man page.
+pub fn command() -> Command {
     let value = |name: &'static str, help: &'static str, value_name: &'static str| {
         Arg::new(name)
             .long(name)
@@ -66,19 +75,21 @@ fn command() -> Command {
     Command::new("rebouncer")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Keeps PgBouncer pointed at the one primary of a PostgreSQL cluster")
-        .after_help(
-            "Flags may also be written the Go way: -config=FILE or -config FILE.\n\
-             Signals: SIGTERM/SIGINT finish a switch in progress and exit; SIGHUP reopens the log file.",
-        )
-        .arg(
-            value("config", "configuration file", "FILE")
-                .default_value("rebouncer.ini"),
-        )
-        .arg(value("logfile", "append the log to FILE instead of stdout", "FILE"))
+        .after_help(format!("{AFTER_HELP}\n\n{}", crate::settings::help_text()))
+        .arg(value("config", "configuration file", "FILE").default_value("rebouncer.ini"))
+        .arg(value(
+            "logfile",
+            "append the log to FILE instead of stdout",
+            "FILE",
+        ))
         .arg(value("pidfile", "write the process id to FILE", "FILE"))
         .arg(
-            value("http", "listen address of the status web server", "ADDR:PORT")
-                .default_value("localhost:7100"),
+            value(
+                "http",
+                "listen address of the status web server",
+                "ADDR:PORT",
+            )
+            .default_value("localhost:7100"),
         )
         .arg(
             Arg::new("check")
@@ -174,5 +185,12 @@ mod tests {
             let e = parse_str(&[a]).unwrap_err();
             assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion, "{a}");
         }
+    }
+
+    #[test]
+    fn help_lists_the_configuration_keys_from_the_settings_table() {
+        let e = parse_str(&["-help"]).unwrap_err().to_string();
+        assert!(e.contains(&crate::settings::help_text()), "{e}");
+        assert!(e.contains(AFTER_HELP), "{e}");
     }
 }

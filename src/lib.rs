@@ -23,6 +23,7 @@ pub mod notify;
 pub mod pages;
 pub mod policy;
 pub mod probe;
+pub mod settings;
 pub mod state;
 pub mod switch;
 pub mod throttle;
