@@ -45,6 +45,9 @@
 //! module can be `#[path]`-included by an example or a bench.
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod patroni;
+
 use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::fs;
