@@ -9,6 +9,7 @@ pub mod config;
 pub mod conninfo;
 pub mod daemon;
 pub mod decide;
+pub mod etcd;
 pub mod events;
 #[cfg(test)]
 pub mod fake_bouncer;
