@@ -271,3 +271,40 @@ async fn with_authentication_the_user_and_password_are_used() {
         other => panic!("expected a refused login, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate() {
+    let e = Etcd::start_tls();
+    let t = e.tls().unwrap().clone();
+    let r1 = e.put(LEADER, "m1");
+    let https = |with_cert: bool| {
+        let mut s =
+            Settings::new(&format!("https://127.0.0.1:{}", t.port), "/service", "main").unwrap();
+        s.timeout = Duration::from_secs(2);
+        s.ca_file = Some(t.server_cert.clone());
+        if with_cert {
+            s.cert_file = Some(t.client_cert.clone());
+            s.key_file = Some(t.client_key.clone());
+        }
+        s
+    };
+    let (mut rx, _task) = watch_leader(https(true)).unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m1", r1)
+    );
+    let r2 = e.put(LEADER, "m2");
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m2", r2)
+    );
+
+    // etcd asks for a client certificate: without one, nothing is read.
+    let (mut rx, _task) = watch_leader(https(false)).unwrap();
+    match next(&mut rx, Duration::from_secs(10)).await {
+        Event::Unreachable { reason } => {
+            assert!(reason.contains("client certificate"), "{reason}")
+        }
+        other => panic!("expected etcd to refuse a client without a certificate, got {other:?}"),
+    }
+}

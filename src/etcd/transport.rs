@@ -22,6 +22,9 @@ pub struct Conn {
     sender: SendRequest<Full<Bytes>>,
     task: JoinHandle<()>,
     authority: String,
+    /// What to add to a connection closed before any answer: over TLS that is how a
+    /// refused client certificate shows.
+    hint: &'static str,
 }
 
 impl Drop for Conn {
@@ -61,6 +64,11 @@ pub async fn connect(
             sender,
             task,
             authority: format!("{}:{}", ep.host, ep.port),
+            hint: if ep.tls {
+                " (etcd closed the TLS connection: if it requires client certificates (--client-cert-auth), set the client certificate and key)"
+            } else {
+                ""
+            },
         })
     };
     tokio::time::timeout(deadline, work)
@@ -101,15 +109,16 @@ impl Conn {
         let req = request(self, path, body, token)?;
         let authority = self.authority.clone();
         let work = async {
+            let hint = self.hint;
             self.sender
                 .ready()
                 .await
-                .map_err(|e| format!("etcd at {authority}: {e}"))?;
+                .map_err(|e| format!("etcd at {authority}: {e}{hint}"))?;
             let resp = self
                 .sender
                 .send_request(req)
                 .await
-                .map_err(|e| format!("etcd at {authority}: {path}: {e}"))?;
+                .map_err(|e| format!("etcd at {authority}: {path}: {e}{hint}"))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -144,15 +153,16 @@ impl Conn {
     ) -> Result<Lines, String> {
         let req = request(&self, path, body, token)?;
         let authority = self.authority.clone();
+        let hint = self.hint;
         let work = async {
             self.sender
                 .ready()
                 .await
-                .map_err(|e| format!("etcd at {authority}: {e}"))?;
+                .map_err(|e| format!("etcd at {authority}: {e}{hint}"))?;
             self.sender
                 .send_request(req)
                 .await
-                .map_err(|e| format!("etcd at {authority}: {path}: {e}"))
+                .map_err(|e| format!("etcd at {authority}: {path}: {e}{hint}"))
         };
         let resp = tokio::time::timeout(deadline, work).await.map_err(|_| {
             format!("etcd at {authority} did not answer {path} within {deadline:?}")

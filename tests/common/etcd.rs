@@ -34,6 +34,53 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     child: Mutex<Option<Child>>,
+    /// With TLS: the https client port (the plain one stays for the fixture's own calls).
+    tls: Option<EtcdTls>,
+}
+
+/// Certificates made by [`Etcd::start_tls`].
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub port: u16,
+    /// etcd's self-signed server certificate (CN=localhost, SAN IP 127.0.0.1): the CA to trust.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A self-signed client certificate and its key (PKCS#8), which etcd trusts as its
+    /// own CA for client certificates.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn self_signed(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let o = super::run_timeout(
+        std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+            ])
+            .args(["-subj", &format!("/CN={cn}")])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        Duration::from_secs(60),
+    )
+    .expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for p in [&cert, &key] {
+        if let Some(u) = server_user() {
+            let _ = std::os::unix::fs::chown(p, Some(u.uid), Some(u.gid));
+        }
+    }
+    (cert, key)
 }
 
 fn b64(s: &str) -> String {
@@ -55,8 +102,39 @@ impl Etcd {
         e
     }
 
+    /// etcd that also serves https on [`EtcdTls::port`] with a self-signed certificate
+    /// and requires a client certificate there (`--client-cert-auth`); the plain port
+    /// stays open for the fixture.
+    pub fn start_tls() -> Etcd {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("rebouncer-it-{}-etcd-", std::process::id()))
+            .tempdir_in(base_dir())
+            .expect("create etcd temp dir");
+        let dir = tmp.path().to_path_buf();
+        let (server_cert, server_key) = self_signed(&dir, "server", "localhost");
+        let (client_cert, client_key) = self_signed(&dir, "client", "rebouncer");
+        let tls = EtcdTls {
+            port: alloc_port(),
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        };
+        let mut e = Etcd::start_with(&dir, Some(tls));
+        e.tmp = Some(tmp);
+        e
+    }
+
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
     /// etcd with its data and log in `dir` (which the caller removes).
     pub fn start_in(dir: &Path) -> Etcd {
+        Etcd::start_with(dir, None)
+    }
+
+    fn start_with(dir: &Path, tls: Option<EtcdTls>) -> Etcd {
         if let Some(u) = server_user() {
             let _ = std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid));
         }
@@ -66,6 +144,7 @@ impl Etcd {
             client_port: 0,
             peer_port: 0,
             child: Mutex::new(None),
+            tls,
         };
         let mut last = String::new();
         for _ in 0..4 {
@@ -88,9 +167,29 @@ impl Etcd {
             .open(&log)
             .map_err(|e| format!("{}: {e}", log.display()))?;
         let mark = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let plain = format!("http://127.0.0.1:{}", self.client_port);
+        let client = match &self.tls {
+            Some(t) => format!("{plain},https://127.0.0.1:{}", t.port),
+            None => plain,
+        };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = command_as(etcd_bin(), server_user(), &self.dir)
+        let mut cmd = command_as(etcd_bin(), server_user(), &self.dir);
+        if let Some(t) = &self.tls {
+            // etcd's JSON gateway reaches etcd's own gRPC server with etcd's server
+            // certificate as its client certificate: the trusted CAs must cover it too.
+            let bundle = self.dir.join("client-ca.pem");
+            let mut pem = fs::read(&t.client_cert).unwrap();
+            pem.extend(fs::read(&t.server_cert).unwrap());
+            fs::write(&bundle, pem).unwrap();
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&bundle);
+        }
+        let child = cmd
             .args(["--name", "e1", "--data-dir"])
             .arg(self.dir.join("etcd"))
             .args(["--listen-client-urls", &client])
