@@ -65,8 +65,6 @@ struct Header {
 #[derive(Debug, Deserialize)]
 struct Kv {
     #[serde(default)]
-    key: String,
-    #[serde(default)]
     value: String,
     #[serde(default)]
     mod_revision: I64,
@@ -272,7 +270,6 @@ pub fn parse_watch_line(line: &str) -> Result<WatchMessage, FormatError> {
             "DELETE" => None,
             other => return Err(FormatError(format!("watch: event type {other:?}"))),
         };
-        let _ = kv.key;
         changes.push(Change {
             value,
             revision: kv.mod_revision.0,
