@@ -10,6 +10,7 @@ pub mod conninfo;
 pub mod counters;
 pub mod daemon;
 pub mod decide;
+pub mod etcd;
 pub mod events;
 #[cfg(test)]
 pub mod fake_bouncer;

@@ -25,6 +25,9 @@
 //! module can be `#[path]`-included by an example or a bench.
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod patroni;
+
 mod certs;
 mod clients;
 mod cluster;

@@ -1,0 +1,310 @@
+//! The etcd client against a real etcd 3.4: Patroni's leader key written, deleted,
+//! changed while etcd was away, compacted away, and etcd gone silent.
+
+mod common;
+
+use common::etcd::Etcd;
+use rebouncer::etcd::{Event, Member, Settings, watch_leader};
+use std::time::Duration;
+use tokio::sync::mpsc::Receiver;
+
+const LEADER: &str = "/service/main/leader";
+
+fn settings(e: &Etcd) -> Settings {
+    let mut s = Settings::new(&e.endpoint(), "/service", "main").unwrap();
+    s.timeout = Duration::from_secs(1);
+    s.check_interval = Duration::from_millis(500);
+    s
+}
+
+fn member_record(port: u16) -> String {
+    format!(
+        r#"{{"conn_url":"postgres://127.0.0.1:{port}/postgres","api_url":"http://127.0.0.1:1/patroni","state":"running","role":"primary"}}"#
+    )
+}
+
+async fn next(rx: &mut Receiver<Event>, within: Duration) -> Event {
+    match tokio::time::timeout(within, rx.recv()).await {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("the watch task ended"),
+        Err(_) => panic!("no event within {within:?}"),
+    }
+}
+
+fn leader(name: &str, revision: i64) -> Event {
+    Event::Leader {
+        member: Some(Member {
+            name: name.into(),
+            conn_url: None,
+        }),
+        revision,
+    }
+}
+
+#[tokio::test]
+async fn put_and_delete_of_the_leader_key_are_seen_through_the_watch() {
+    let e = Etcd::start();
+    e.put("/service/main/members/m1", &member_record(5433));
+    let r1 = e.put(LEADER, "m1");
+    let (mut rx, _task) = watch_leader(settings(&e)).unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        Event::Leader {
+            member: Some(Member {
+                name: "m1".into(),
+                conn_url: Some("postgres://127.0.0.1:5433/postgres".into()),
+            }),
+            revision: r1,
+        },
+        "the key as it is at the start, with the member's conn_url"
+    );
+    let r2 = e.put(LEADER, "m2");
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m2", r2)
+    );
+    let r3 = e.delete(LEADER);
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        Event::Leader {
+            member: None,
+            revision: r3
+        },
+        "a deleted key is no leader"
+    );
+    // An unrelated key does not wake the watch; the next change of ours comes next.
+    e.put("/service/main/members/m3", &member_record(5434));
+    let r4 = e.put(LEADER, "m3");
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        Event::Leader {
+            member: Some(Member {
+                name: "m3".into(),
+                conn_url: Some("postgres://127.0.0.1:5434/postgres".into()),
+            }),
+            revision: r4,
+        }
+    );
+}
+
+#[tokio::test]
+async fn changes_made_before_the_client_reconnects_are_replayed_in_order() {
+    let e = Etcd::start();
+    let r1 = e.put(LEADER, "m1");
+    let mut s = settings(&e);
+    // A fixed, long back-off: the changes below are made after etcd is back and before
+    // the client returns.
+    s.backoff_min = Duration::from_secs(2);
+    s.backoff_max = Duration::from_secs(2);
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m1", r1)
+    );
+
+    e.stop();
+    match next(&mut rx, Duration::from_secs(5)).await {
+        Event::Unreachable { reason } => assert!(reason.contains("etcd"), "{reason}"),
+        other => panic!("expected Unreachable after etcd stopped, got {other:?}"),
+    }
+    e.start_again();
+    let r2 = e.put(LEADER, "m2");
+    let r3 = e.put(LEADER, "m3");
+    // Both changes, oldest first: the watch resumed at the last revision it had seen + 1
+    // rather than reading only the latest value.
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(15)).await,
+        leader("m2", r2)
+    );
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m3", r3)
+    );
+    // And it keeps watching.
+    let r4 = e.delete(LEADER);
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        Event::Leader {
+            member: None,
+            revision: r4
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_key_is_reported_again_when_etcd_returns() {
+    let e = Etcd::start();
+    let r1 = e.put(LEADER, "m1");
+    let (mut rx, _task) = watch_leader(settings(&e)).unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m1", r1)
+    );
+    e.stop();
+    assert!(matches!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        Event::Unreachable { .. }
+    ));
+    e.start_again();
+    // Nothing changed: the same leader, as of the store's revision now.
+    match next(&mut rx, Duration::from_secs(15)).await {
+        Event::Leader {
+            member: Some(m),
+            revision,
+        } => {
+            assert_eq!(m.name, "m1");
+            assert!(revision >= r1, "revision {revision} < {r1}");
+        }
+        other => panic!("expected the unchanged leader again, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_watch_from_compacted_history_reads_the_key_again() {
+    let e = Etcd::start();
+    let r1 = e.put(LEADER, "m1");
+    e.put(LEADER, "m2");
+    let r3 = e.put(LEADER, "m3");
+    e.compact(r3);
+    let mut s = settings(&e);
+    // Resuming from a revision the history no longer has.
+    s.start_revision = Some(r1);
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    match next(&mut rx, Duration::from_secs(5)).await {
+        Event::Leader {
+            member: Some(m),
+            revision,
+        } => {
+            assert_eq!(m.name, "m3", "after the compaction, the key as it is now");
+            assert!(revision >= r3);
+        }
+        other => panic!("expected the current leader after the compaction, got {other:?}"),
+    }
+    // The watch goes on from the read.
+    let r4 = e.put(LEADER, "m1");
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m1", r4)
+    );
+}
+
+#[tokio::test]
+async fn a_watch_from_a_remembered_revision_replays_what_followed() {
+    let e = Etcd::start();
+    let r1 = e.put(LEADER, "m1");
+    let r2 = e.put(LEADER, "m2");
+    let r3 = e.delete(LEADER);
+    let mut s = settings(&e);
+    s.start_revision = Some(r1 + 1);
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m2", r2)
+    );
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        Event::Leader {
+            member: None,
+            revision: r3
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_silent_etcd_is_reported_unreachable() {
+    let e = Etcd::start();
+    let r1 = e.put(LEADER, "m1");
+    let (mut rx, _task) = watch_leader(settings(&e)).unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m1", r1)
+    );
+    // A change seen proves the watch is in place before etcd goes silent.
+    let r2 = e.put(LEADER, "m2");
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m2", r2)
+    );
+    // Stopped processes keep every connection open and answer nothing: what a partition
+    // looks like from here. The periodic read (every 0.5 s, 1 s limit) notices.
+    e.freeze();
+    let t = std::time::Instant::now();
+    let ev = next(&mut rx, Duration::from_secs(5)).await;
+    let noticed = t.elapsed();
+    e.thaw();
+    match ev {
+        Event::Unreachable { reason } => {
+            assert!(reason.contains("did not answer"), "{reason}");
+            eprintln!("silent etcd noticed after {noticed:.2?}: {reason}");
+        }
+        other => panic!("expected Unreachable while etcd is stopped, got {other:?}"),
+    }
+    match next(&mut rx, Duration::from_secs(15)).await {
+        Event::Leader {
+            member: Some(m), ..
+        } => assert_eq!(m.name, "m2"),
+        other => panic!("expected the leader again after etcd resumed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn with_authentication_the_user_and_password_are_used() {
+    let e = Etcd::start();
+    let r1 = e.put(LEADER, "m1");
+    e.enable_auth("root", "s3cret");
+    let mut s = settings(&e);
+    s.user = Some(("root".into(), "s3cret".into()));
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m1", r1)
+    );
+
+    let mut s = settings(&e);
+    s.user = Some(("root".into(), "wrong".into()));
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    match next(&mut rx, Duration::from_secs(5)).await {
+        Event::Unreachable { reason } => assert!(
+            reason.contains("authentication failed") && reason.contains("etcd_password"),
+            "{reason}"
+        ),
+        other => panic!("expected a refused login, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate() {
+    let e = Etcd::start_tls();
+    let t = e.tls().unwrap().clone();
+    let r1 = e.put(LEADER, "m1");
+    let https = |with_cert: bool| {
+        let mut s =
+            Settings::new(&format!("https://127.0.0.1:{}", t.port), "/service", "main").unwrap();
+        s.timeout = Duration::from_secs(2);
+        s.ca_file = Some(t.server_cert.clone());
+        if with_cert {
+            s.cert_file = Some(t.client_cert.clone());
+            s.key_file = Some(t.client_key.clone());
+        }
+        s
+    };
+    let (mut rx, _task) = watch_leader(https(true)).unwrap();
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m1", r1)
+    );
+    let r2 = e.put(LEADER, "m2");
+    assert_eq!(
+        next(&mut rx, Duration::from_secs(5)).await,
+        leader("m2", r2)
+    );
+
+    // etcd asks for a client certificate: without one, nothing is read.
+    let (mut rx, _task) = watch_leader(https(false)).unwrap();
+    match next(&mut rx, Duration::from_secs(10)).await {
+        Event::Unreachable { reason } => {
+            assert!(reason.contains("client certificate"), "{reason}")
+        }
+        other => panic!("expected etcd to refuse a client without a certificate, got {other:?}"),
+    }
+}
