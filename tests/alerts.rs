@@ -1,6 +1,7 @@
 //! The shipped Prometheus alert rules (`contrib/rebouncer.rules.yml`) against what a real
-//! rebouncer exports: a real cluster is taken through a failover with clients held, a
-//! failing switch, a stale primary and a split brain; `/metrics` is captured in each
+//! rebouncer exports: a real cluster is taken through a state file that cannot be written,
+//! a failover with clients held, a failing switch, a stale primary and a split brain;
+//! `/metrics` is captured in each
 //! situation and fed to `promtool test rules` with the expectations in
 //! `tests/alerts.test.yml` (each alert firing where it should and quiet elsewhere).
 
@@ -114,14 +115,36 @@ fn alert_rules_fire_and_stay_quiet_on_real_metrics() {
     );
 
     let c = Cluster::start(Opts::default().standbys(2));
-    let cfg = c.write_rebouncer_config(2, 2, "pause_on_failover=true\npause_timeout=5");
+    // The state file's directory does not exist yet: the first round's write of the
+    // timeline fails (even as root) until the directory is made below.
+    let state_dir = c.root().join("state");
+    let cfg = c.write_rebouncer_config(
+        2,
+        2,
+        &format!(
+            "pause_on_failover=true\npause_timeout=5\nstate_file={}/rebouncer.state",
+            state_dir.display()
+        ),
+    );
     let mut d = c.daemon(&cfg);
     let mut snaps: Vec<(&str, Snapshot)> = Vec::new();
 
-    d.wait_for(SHORT, "PgBouncer on pg1 with two standbys", |d| {
+    d.wait_for(SHORT, "PgBouncer on pg1, the state file unwritable", |d| {
+        let t = d.http_get("/metrics").unwrap_or_default();
         c.bouncer_target_node() == Some(1)
-            && metric(d, "rebouncer_pgbouncer_on_master") == Some(1.0)
+            && value(&t, "rebouncer_pgbouncer_on_master") == Some(1.0)
+            && value(&t, "rebouncer_state_file_writable") == Some(0.0)
     });
+    snaps.push(("state_unwritable", capture(&d)));
+
+    fs::create_dir(&state_dir).unwrap();
+    d.wait_for(SHORT, "PgBouncer on pg1, the state file written", |d| {
+        let t = d.http_get("/metrics").unwrap_or_default();
+        c.bouncer_target_node() == Some(1)
+            && value(&t, "rebouncer_pgbouncer_on_master") == Some(1.0)
+            && value(&t, "rebouncer_state_file_writable") == Some(1.0)
+    });
+    assert!(state_dir.join("rebouncer.state").exists());
     snaps.push(("healthy", capture(&d)));
 
     // pg2's node file broken now, so that its promotion below makes a failing switch.

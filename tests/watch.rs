@@ -135,6 +135,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rebouncer_last_switch_step_seconds", "gauge"),
     ("rebouncer_config_reloads", "counter"),
     ("rebouncer_config_last_reload_successful", "gauge"),
+    ("rebouncer_state_file_writable", "gauge"),
 ];
 
 fn all_families_present(m: &Metrics) {

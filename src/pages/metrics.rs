@@ -397,6 +397,13 @@ pub fn render(s: &Snapshot) -> String {
         "0 when the last configuration reload was refused (the file on disk is not what runs), 1 otherwise.",
         flag(s.reload.as_ref().is_none_or(|r| r.error.is_none())),
     );
+
+    // The state file: the fence against stale primaries survives a restart only on disk.
+    o.gauge(
+        "rebouncer_state_file_writable",
+        "0 while the state file cannot be written (retried every round): the highest timeline seen, which keeps a stale primary from being routed to, is only in memory and a restart loses it, and pause_on_failover, if set, is off; 1 when the last write worked or none was needed.",
+        flag(s.state_error.is_none()),
+    );
     o.0
 }
 
@@ -500,6 +507,7 @@ mod tests {
         assert_eq!(v("rebouncer_masters"), Some("1".into()));
         assert_eq!(v("rebouncer_split_brain"), Some("0".into()));
         assert_eq!(v("rebouncer_rounds_total"), Some("7".into()));
+        assert_eq!(v("rebouncer_state_file_writable"), Some("1".into()));
         assert_eq!(
             v(r#"rebouncer_switches_total{reason="confirm"}"#),
             Some("1".into())
@@ -562,6 +570,31 @@ mod tests {
         assert_eq!(
             v(r#"rebouncer_pgbouncer_databases_paused{by="other"}"#),
             Some("1".into())
+        );
+    }
+
+    #[test]
+    fn state_file_writable_follows_the_write_error() {
+        let mut s = snap(
+            &[("pg1", Some(Master)), ("pg2", Some(Standby))],
+            Some("pg1"),
+        );
+        s.state_file = "/var/lib/rebouncer/rebouncer.state".into();
+        s.pause_on_failover = true;
+        assert_eq!(
+            value(&render(&s), "rebouncer_state_file_writable"),
+            Some("1".into())
+        );
+        s.state_error = Some(
+            "cannot write state file /var/lib/rebouncer/rebouncer.state: Permission denied".into(),
+        );
+        let m = render(&s);
+        assert_eq!(value(&m, "rebouncer_state_file_writable"), Some("0".into()));
+        // Only this gauge says it: PgBouncer is still on the master.
+        assert_eq!(value(&m, "rebouncer_pgbouncer_on_master"), Some("1".into()));
+        assert!(
+            m.contains("# TYPE rebouncer_state_file_writable gauge\n"),
+            "{m}"
         );
     }
 
