@@ -768,7 +768,8 @@ fn ledger_failover(pause: bool, loss: Loss) -> Option<LedgerRun> {
     Some(r)
 }
 
-/// Issue 9: failed transactions through a failover, pausing off and on, side by side.
+/// Failed transactions through a failover, pausing off and on, side by side: what
+/// `pause_on_failover` buys.
 #[test]
 #[ignore]
 fn bench_pause_through_failover() {

@@ -466,8 +466,8 @@ async fn a_failover_is_counted_and_kept_in_the_event_history() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stale_primary_is_never_switched_to_while_the_new_primary_hangs() {
-    // Issue 8 case 1: pg1 fails over to pg2; pg1 comes back unchanged (timeline 1);
-    // then pg2 hangs for 15 s.
+    // The old primary returns, then the new one hangs: pg1 fails over to pg2; pg1 comes
+    // back unchanged (timeline 1); then pg2 hangs for 15 s.
     let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
     w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
     w.set(1, Down);
@@ -595,7 +595,7 @@ async fn the_remembered_timeline_protects_after_a_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn a_split_brain_master_refusing_new_logins_does_not_make_the_other_a_target() {
-    // Issue 8 case 2 without timelines to help: both masters on timeline 2; pg2, the
+    // A split brain without timelines to help: both masters on timeline 2; pg2, the
     // true primary PgBouncer is on, refuses new logins. Nothing may move.
     let w = world(&[Standby(2), Master(2), Standby(2)], 2, State::default()).await;
     w.until(S(2), |w| w.routed() == Some(2), "pg2").await;
@@ -632,7 +632,7 @@ async fn a_split_brain_master_refusing_new_logins_does_not_make_the_other_a_targ
 
 #[tokio::test(start_paused = true)]
 async fn a_refusing_server_is_asked_less_and_less_often() {
-    // Issue 8 case 7: no master for 20 s and a standby whose pg_hba.conf rejects the
+    // No master for 20 s and a standby whose pg_hba.conf rejects the
     // monitoring login. Fast rounds (0.1 s) would try it 200 times.
     let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
     w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
@@ -660,7 +660,7 @@ async fn a_refusing_server_is_asked_less_and_less_often() {
 
 #[tokio::test(start_paused = true)]
 async fn a_symlink_changed_by_hand_is_switched_back() {
-    // Issue 8 case 3.
+    // PgBouncer moved to a standby by hand (the link changed and a RELOAD sent).
     let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
     w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
         .await;
