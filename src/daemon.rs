@@ -324,7 +324,7 @@ impl<C: Console> Daemon<C> {
         if !self.wait_for_pgbouncer().await {
             return;
         }
-        self.resume_held_from_last_run().await;
+        self.finish_what_the_last_run_left().await;
         self.check_pause_settings().await;
         let mut next_round = Instant::now();
         let mut next_beat = Instant::now() + HEARTBEAT;
@@ -698,13 +698,13 @@ impl<C: Console> Daemon<C> {
                 let (why, how) = self.hold_end_text(end);
                 self.end_hold(&why, how).await;
             }
-            // Not while clients are held: a reset RESUMEs what the state file lists as
-            // held, which would end the pause; the KILL waits for the pause to end.
-            if self.hold.is_none() && !self.state.state().unreset.is_empty() {
-                self.reset_not_reset().await;
+            // Not while clients are held: the retry RESUMEs what the state file lists as
+            // resume pending, which would end the pause; the KILL waits for the pause to end.
+            if self.hold.is_none() && !self.state.state().kill_pending.is_empty() {
+                self.retry_kill_pending().await;
             }
-            if self.hold.is_none() && !self.state.state().held.is_empty() {
-                self.resume_held("left paused by an earlier RESUME that failed")
+            if self.hold.is_none() && !self.state.state().resume_pending.is_empty() {
+                self.resume_pending("left paused by an earlier RESUME that failed")
                     .await;
             }
         }
@@ -794,8 +794,8 @@ impl<C: Console> Daemon<C> {
             s.switch_failure = self.switch_failure.clone();
             s.drift = self.drift.clone();
             s.paused = self.paused.clone();
-            s.resume_pending = self.state.state().held.clone();
-            s.kill_pending = self.state.state().unreset.clone();
+            s.resume_pending = self.state.state().resume_pending.clone();
+            s.kill_pending = self.state.state().kill_pending.clone();
             s.failover_pause = match &self.hold {
                 Some(h) => Some(FailoverPause {
                     databases: h.databases.clone(),

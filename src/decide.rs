@@ -455,7 +455,8 @@ mod tests {
 
     #[test]
     fn split_brain_ended_by_the_active_master_going_silent_does_not_switch() {
-        // Issue 8 case 1 without timelines: PgBouncer on node1 (the new primary); node0,
+        // The old primary returns and the new one hangs, without timelines to tell them
+        // apart: PgBouncer on node1 (the new primary); node0,
         // the old primary, comes back; then node1 hangs. node0 alone is not evidence.
         let (b, memory) = rounds(
             at(1),
@@ -679,7 +680,8 @@ mod tests {
 
     #[test]
     fn a_master_behind_the_highest_timeline_is_stale_and_never_a_target() {
-        // Issue 8 case 1: node1 promoted (timeline 2), node0 back on timeline 1, node1 hung.
+        // The old primary returns and the new one hangs: node1 promoted (timeline 2), node0
+        // back on timeline 1, node1 hung.
         let d = decide(
             at(1),
             &[Seen::on(Master, 1), Seen::new(Down), Seen::on(Standby, 2)],
@@ -921,7 +923,7 @@ mod tests {
 
     #[test]
     fn stale_primary_with_the_true_one_refusing_new_logins_switches_nowhere() {
-        // Issue 8 case 2: PgBouncer on node1 (timeline 2), which refuses new logins now;
+        // A stale primary and the true one refusing logins: PgBouncer on node1 (timeline 2), which refuses new logins now;
         // node0 is back on timeline 1.
         let mut seen = vec![
             Seen::on(Master, 1),

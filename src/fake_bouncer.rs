@@ -619,7 +619,7 @@ mod tests {
         let (dir, b) = bouncer(NODE);
         let mut state = StateFile::load(&dir.path().join("rebouncer.state")).unwrap();
         state
-            .update(|s| s.hold(["appdb".to_string()]))
+            .update(|s| s.mark_resume_pending(["appdb".to_string()]))
             .await
             .unwrap();
         b.pause_by_hand("appdb");

@@ -2,7 +2,7 @@
 //!
 //! A monitoring connection is kept open across rounds (one query, one round trip per
 //! check, no forked backend per round), and rebuilt only when it broke, failed or timed
-//! out. Two facts shape this file (measured, see CRATES.md sections 0 and 5):
+//! out. Two facts shape this file (docs/postgresql.md, "Timeouts and hung servers"):
 //! tokio-postgres's `connect_timeout` bounds only the socket connect, so a server whose
 //! processes are stopped (TCP accepts, nothing answers) hangs the handshake forever unless
 //! the whole check runs under our own deadline; and a connection task left behind after a

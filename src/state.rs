@@ -34,11 +34,12 @@ pub const STATE_FILE_NAME: &str = "rebouncer.state";
 pub struct State {
     /// The highest timeline a master reached, per cluster identity.
     pub timelines: Timelines,
-    /// Databases rebouncer paused (`KILL` or `PAUSE`) and has not resumed yet.
-    pub held: Vec<String>,
+    /// Databases rebouncer paused (`KILL` or `PAUSE`) and has not resumed yet: the lines
+    /// `held <db>` of the file.
+    pub resume_pending: Vec<String>,
     /// Databases a switch moved whose `KILL` has not gone through yet: their clients may
-    /// still be on the old server.
-    pub unreset: Vec<String>,
+    /// still be on the old server. The lines `reset <db>` of the file.
+    pub kill_pending: Vec<String>,
 }
 
 impl State {
@@ -47,25 +48,28 @@ impl State {
         self.timelines.raise(system, timeline)
     }
 
-    /// Record databases as held by rebouncer, each once.
-    pub fn hold(&mut self, databases: impl IntoIterator<Item = String>) {
+    /// Record databases rebouncer paused and must `RESUME`, each once.
+    pub fn mark_resume_pending(&mut self, databases: impl IntoIterator<Item = String>) {
         for db in databases {
-            if !self.held.contains(&db) {
-                self.held.push(db);
+            if !self.resume_pending.contains(&db) {
+                self.resume_pending.push(db);
             }
         }
     }
 
-    /// Record databases whose clients must still be moved off the old server, each once.
-    pub fn must_reset(&mut self, databases: impl IntoIterator<Item = String>) {
+    /// Record databases whose `KILL` must still go through, each once.
+    pub fn mark_kill_pending(&mut self, databases: impl IntoIterator<Item = String>) {
         for db in databases {
-            if !self.unreset.contains(&db) {
-                self.unreset.push(db);
+            if !self.kill_pending.contains(&db) {
+                self.kill_pending.push(db);
             }
         }
     }
 
-    /// The file's text.
+    /// The file's text. The lists are written with the words `held` and `reset`, not
+    /// `resume_pending` and `kill_pending`: a rebouncer of an earlier version refuses a file
+    /// with a line it does not know, and an operator who rolls back must still be able to
+    /// start it on this file (docs/state-file.md).
     pub fn render(&self) -> String {
         let mut out = String::from(
             "# rebouncer state file: what rebouncer remembers across restarts.\n\
@@ -77,11 +81,11 @@ impl State {
                 None => out += &format!("timeline system=unknown highest={}\n", h.timeline),
             }
         }
-        for db in &self.held {
-            out += &format!("held {db}\n");
+        for db in &self.resume_pending {
+            out += &format!("{} {db}\n", RESUME_PENDING_WORDS[0]);
         }
-        for db in &self.unreset {
-            out += &format!("reset {db}\n");
+        for db in &self.kill_pending {
+            out += &format!("{} {db}\n", KILL_PENDING_WORDS[0]);
         }
         out
     }
@@ -99,10 +103,12 @@ impl State {
                 line: no + 1,
                 why: why.to_string(),
             };
-            if let Some(db) = line.strip_prefix("held ") {
-                state.held.push(db.trim().to_string());
-            } else if let Some(db) = line.strip_prefix("reset ") {
-                state.unreset.push(db.trim().to_string());
+            // Both words of each list are read, so that a later version may write the
+            // newer ones without breaking a rollback to this one.
+            if let Some(db) = strip_word(line, RESUME_PENDING_WORDS) {
+                state.mark_resume_pending([db.to_string()]);
+            } else if let Some(db) = strip_word(line, KILL_PENDING_WORDS) {
+                state.mark_kill_pending([db.to_string()]);
             } else if let Some(rest) = line.strip_prefix("timeline ") {
                 let mut system = None;
                 let mut highest = None;
@@ -136,6 +142,20 @@ impl State {
         }
         Ok(state)
     }
+}
+
+/// The line words of the `resume_pending` list: the first is written, all are read.
+const RESUME_PENDING_WORDS: &[&str] = &["held", "resume_pending"];
+/// The line words of the `kill_pending` list: the first is written, all are read.
+const KILL_PENDING_WORDS: &[&str] = &["reset", "kill_pending"];
+
+/// The database a line `<word> <db>` names, for any of `words`.
+fn strip_word<'a>(line: &'a str, words: &[&str]) -> Option<&'a str> {
+    words.iter().find_map(|w| {
+        line.strip_prefix(w)
+            .filter(|rest| rest.starts_with(char::is_whitespace))
+            .map(str::trim)
+    })
 }
 
 #[derive(Debug)]
@@ -349,17 +369,17 @@ mod tests {
     }
 
     #[test]
-    fn held_and_reset_databases_are_recorded_once_each_in_order() {
+    fn pending_resumes_and_kills_are_recorded_once_each_in_order() {
         let mut s = State::default();
-        s.hold([
+        s.mark_resume_pending([
             "appdb".to_string(),
             "other".to_string(),
             "appdb".to_string(),
         ]);
-        s.hold(["other".to_string(), "third".to_string()]);
-        assert_eq!(s.held, ["appdb", "other", "third"]);
-        s.must_reset(["b".to_string(), "a".to_string(), "b".to_string()]);
-        assert_eq!(s.unreset, ["b", "a"]);
+        s.mark_resume_pending(["other".to_string(), "third".to_string()]);
+        assert_eq!(s.resume_pending, ["appdb", "other", "third"]);
+        s.mark_kill_pending(["b".to_string(), "a".to_string(), "b".to_string()]);
+        assert_eq!(s.kill_pending, ["b", "a"]);
     }
 
     #[tokio::test]
@@ -371,8 +391,8 @@ mod tests {
         f.update(|s| {
             s.raise(Some(7312345678901234567), 3);
             s.raise(None, 2);
-            s.held = vec!["appdb".into(), "App-DB".into()];
-            s.must_reset([
+            s.resume_pending = vec!["appdb".into(), "App-DB".into()];
+            s.mark_kill_pending([
                 "appdb".to_string(),
                 "appdb".to_string(),
                 "other".to_string(),
@@ -383,7 +403,7 @@ mod tests {
         assert_eq!(f.write_error(), None);
         let again = StateFile::load(&path).unwrap();
         assert_eq!(again.state(), f.state());
-        assert_eq!(again.state().unreset, ["appdb", "other"]);
+        assert_eq!(again.state().kill_pending, ["appdb", "other"]);
         assert_eq!(
             fs::read_dir(d.path()).unwrap().count(),
             1,
@@ -396,9 +416,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("missing-dir/rebouncer.state");
         let mut f = StateFile::load(&path).unwrap();
-        let e = f.update(|s| s.held.push("appdb".into())).await.unwrap_err();
+        let e = f
+            .update(|s| s.resume_pending.push("appdb".into()))
+            .await
+            .unwrap_err();
         assert!(e.to_string().starts_with("cannot write state file"), "{e}");
-        assert_eq!(f.state().held, vec!["appdb".to_string()]);
+        assert_eq!(f.state().resume_pending, vec!["appdb".to_string()]);
         assert_eq!(f.write_error(), Some(e.to_string().as_str()));
     }
 
@@ -416,11 +439,11 @@ mod tests {
         let path = d.path().join("missing-dir/rebouncer.state");
         let mut f = StateFile::load(&path).unwrap();
         assert!(
-            f.update_or_undo(|s| s.hold(["appdb".to_string()]))
+            f.update_or_undo(|s| s.mark_resume_pending(["appdb".to_string()]))
                 .await
                 .is_err()
         );
-        assert!(f.state().held.is_empty());
+        assert!(f.state().resume_pending.is_empty());
         assert!(f.write_error().is_some());
         fs::create_dir(d.path().join("missing-dir")).unwrap();
         f.rewrite().await.unwrap();
@@ -479,6 +502,58 @@ mod tests {
                 .highest(Some(1)),
             Some(2)
         );
+    }
+
+    /// A file written by the previous version (`held`, `reset`) reads into the two lists,
+    /// and is written back line for line.
+    #[test]
+    fn a_file_with_the_old_words_round_trips() {
+        let text = "# rebouncer state file: what rebouncer remembers across restarts.\n\
+                    # Written by rebouncer; read the README (\"The state file\") before editing it.\n\
+                    timeline system=7312345678901234567 highest=3\n\
+                    held appdb\n\
+                    held other\n\
+                    reset appdb\n";
+        let s = State::parse(Path::new("x"), text).unwrap();
+        assert_eq!(s.resume_pending, ["appdb", "other"]);
+        assert_eq!(s.kill_pending, ["appdb"]);
+        assert_eq!(s.timelines.highest(Some(7312345678901234567)), Some(3));
+        assert_eq!(s.render(), text);
+    }
+
+    /// The newer words are read too, and written as the old ones: an earlier version,
+    /// which refuses any line it does not know, can still read what this one wrote.
+    #[test]
+    fn a_file_with_the_new_words_is_read_and_written_with_the_old_ones() {
+        let text = "timeline system=unknown highest=2\n\
+                    resume_pending appdb\n\
+                    kill_pending appdb\n\
+                    kill_pending other\n\
+                    held third\n\
+                    reset other\n";
+        let s = State::parse(Path::new("x"), text).unwrap();
+        assert_eq!(s.resume_pending, ["appdb", "third"]);
+        assert_eq!(s.kill_pending, ["appdb", "other"]);
+        let out = s.render();
+        assert!(
+            out.contains("held appdb\nheld third\nreset appdb\nreset other\n"),
+            "{out}"
+        );
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                ["timeline ", "held ", "reset "]
+                    .iter()
+                    .any(|w| line.starts_with(w)),
+                "an earlier rebouncer would refuse the line {line:?}"
+            );
+        }
+        assert_eq!(State::parse(Path::new("x"), &out).unwrap(), s);
+    }
+
+    #[test]
+    fn a_word_must_be_followed_by_a_database() {
+        let e = State::parse(Path::new("x"), "kill_pendingappdb\n").unwrap_err();
+        assert!(e.to_string().contains("x:1: unknown entry"), "{e}");
     }
 
     #[test]

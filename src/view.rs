@@ -285,10 +285,10 @@ pub struct Snapshot {
     /// Databases PgBouncer showed as paused at the last check of its routes.
     pub paused: Vec<PausedDatabase>,
     /// Databases a switch killed whose `RESUME` has not gone through yet (retried every
-    /// round): the state file's `held` list.
+    /// round): the state file's `resume_pending` list.
     pub resume_pending: Vec<String>,
     /// Databases a switch moved whose `KILL` has not gone through: session clients may
-    /// still be on the old server (retried every round). The state file's `unreset` list.
+    /// still be on the old server (retried every round). The state file's `kill_pending` list.
     pub kill_pending: Vec<String>,
     /// The failover pause rebouncer holds now, or the last one (with `ended` set).
     pub failover_pause: Option<FailoverPause>,

@@ -401,8 +401,9 @@ fn bench_status_pages_wrk() {
     }
     let mut d = cmd.start();
     if other.is_some() {
-        // The Go tool never gets past PgBouncer's admin console with a current lib/pq (see
-        // SPEC.md), so it never polls and never says OK; its pages are served all the same
+        // The Go tool never gets past PgBouncer's admin console with a current lib/pq (its
+        // connection check is a query the console refuses), so it never polls and never
+        // says OK; its pages are served all the same
         // (its /nodes is then empty: compare the request rates, not the bytes).
         d.wait_for(
             Duration::from_secs(20),
@@ -767,7 +768,8 @@ fn ledger_failover(pause: bool, loss: Loss) -> Option<LedgerRun> {
     Some(r)
 }
 
-/// Issue 9: failed transactions through a failover, pausing off and on, side by side.
+/// Failed transactions through a failover, pausing off and on, side by side: what
+/// `pause_on_failover` buys.
 #[test]
 #[ignore]
 fn bench_pause_through_failover() {

@@ -1,11 +1,10 @@
-//! Safety under partial, overlapping failures (issue 8, "Done when" (1), (2), (3), (7)):
-//! a stale primary (an old primary that came back on its old timeline) must never get a
+//! Safety under partial, overlapping failures: a stale primary (an old primary that came back on its old timeline) must never get a
 //! write, whatever else is down or refusing logins; PgBouncer changed by hand is put back;
 //! a server that refuses the monitoring login is not hammered at the fast-round rate.
 //! Real PostgreSQL 15 primary + streaming standbys, real PgBouncer, clients writing
 //! through PgBouncer.
 //!
-//! Texts these tests expect from the daemon (the lead's safety work must match them):
+//! Texts these tests expect from the daemon (operators and their alerting read them):
 //! - log: a line naming the stale node (`pg1`), containing `stale primary` and a form of
 //!   "refuse" (`refuse`/`refused`/`refusing`);
 //! - `/nagios`: starts with `CRITICAL` and contains `stale primary` while the stale
@@ -91,12 +90,13 @@ fn failover_then_old_primary_back() -> (Cluster, Daemon, common::RouteSampler) {
     c.start_node(1);
     assert_eq!(c.in_recovery(1), Ok(false), "pg1 is back as a master");
     assert_eq!(tli(1), "00000001", "pg1 is back on the old timeline");
-    // The daemon has seen it (split brain today, stale primary once timelines count).
+    // The daemon has seen it (as a master on an old timeline: a stale primary).
     d.wait_for(SHORT, "/nodes showing pg1 up again", pg1_seen_up);
     (c, d, sampler)
 }
 
-/// /nodes shows pg1 up again (as `master` today; any state but `down`).
+/// /nodes shows pg1 up again: any state but `down`, since what the returning old primary
+/// is called on /nodes is not what these tests are about.
 fn pg1_seen_up(d: &Daemon) -> bool {
     nodes(d)
         .lines()
@@ -104,8 +104,9 @@ fn pg1_seen_up(d: &Daemon) -> bool {
         .is_some_and(|l| l.starts_with("pg1: ") && !l.ends_with("down"))
 }
 
-/// Issue 8 (1): stale primary, new primary hung. Today: "split brain (pg1, pg2) is
-/// over" once pg2 hangs, PgBouncer is switched to pg1 and hundreds of writes land there.
+/// Stale primary, new primary hung. The hazard: once pg2 hangs it counts as down, pg1 looks
+/// like the only master, and a daemon that forgot pg1 is on an old timeline switches
+/// PgBouncer to it, so that every write of the next seconds lands on the stale primary.
 #[test]
 fn stale_primary_never_gets_writes_while_the_new_primary_hangs() {
     let (c, mut d, sampler) = failover_then_old_primary_back();
@@ -176,8 +177,8 @@ fn stale_primary_never_gets_writes_while_the_new_primary_hangs() {
     );
 }
 
-/// Issue 8 (2): split brain where the true primary refuses new logins. Today the fresh
-/// re-check of pg2 fails, pg2 counts as down, PgBouncer goes to the stale pg1.
+/// Split brain where the true primary refuses new logins. The hazard: the fresh re-check
+/// of pg2 fails, pg2 counts as down, and PgBouncer goes to the stale pg1.
 #[test]
 fn stale_primary_never_gets_writes_while_the_new_primary_refuses_logins() {
     let (c, d, sampler) = failover_then_old_primary_back();
@@ -225,8 +226,9 @@ fn stale_primary_never_gets_writes_while_the_new_primary_refuses_logins() {
     assert_log_refuses_stale_pg1(&d);
 }
 
-/// Issue 8 (3): the symlink pointed at a standby's file by hand and PgBouncer reloaded.
-/// Today nothing notices: PgBouncer stays on the standby and /nagios says OK.
+/// The symlink pointed at a standby's file by hand and PgBouncer reloaded. Unless the
+/// daemon compares PgBouncer's routes with the master's file, PgBouncer stays on the
+/// standby (every write fails) while /nagios says OK.
 #[test]
 fn pgbouncer_changed_by_hand_is_put_back_on_the_master() {
     let c = Cluster::start(Opts::default().standbys(2));
@@ -276,9 +278,10 @@ fn pgbouncer_changed_by_hand_is_put_back_on_the_master() {
     );
 }
 
-/// Issue 8 (7): no master for 20 s while a standby's pg_hba.conf rejects the monitoring
-/// login. Today the fast rounds (every 0.1 s) try that standby about 190 times in 20 s,
-/// and the log blames TLS.
+/// No master for 20 s while a standby's pg_hba.conf rejects the monitoring login. Without
+/// back-off the fast rounds (every 0.1 s) would try that standby about 190 times in 20 s,
+/// filling its log, and a hint chosen from the wrong cause would send the operator after
+/// TLS.
 #[test]
 fn a_refusing_server_is_not_hammered_while_there_is_no_master() {
     let c = Cluster::start(Opts::default().standbys(1));
@@ -315,8 +318,8 @@ fn a_refusing_server_is_not_hammered_while_there_is_no_master() {
     assert!(rejected > 0, "the log counting works: pg2 was tried at all");
     // With back-off doubling from fast_interval (0.1 s) up to interval (2 s):
     // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 = 3.1 s for the first 5 tries, then one every 2 s:
-    // about 5 + 17/2 = 14 in 20 s (a few more when other servers change state). Today
-    // about 190 (one per fast round of 0.1 s).
+    // about 5 + 17/2 = 14 in 20 s (a few more when other servers change state), against
+    // about 190 without back-off (one per fast round of 0.1 s).
     assert!(
         rejected < 40,
         "pg2 refused {rejected} monitoring logins in 20 s (expected ~14 with back-off)"
@@ -415,12 +418,12 @@ fn an_unprivileged_monitoring_role_follows_a_failover() {
     assert!(d.nagios().starts_with("CRITICAL"), "{}", d.nagios());
 }
 
-/// Beyond the issue's list, the rule "remembered across restarts": after the failover
+/// The rule "remembered across restarts": after the failover
 /// the daemon is restarted while the new primary pg2 is down and the old one, pg1, is
 /// back on the old timeline as the only master. A daemon that forgot timeline 2 would
 /// see a single master and switch to it. (The fixture's daemon runs with
 /// `STATE_DIRECTORY=<cluster dir>`, as systemd's `StateDirectory=` would set it, so the
-/// state file survives the restart.) Fails on today's code, which switches to pg1.
+/// state file survives the restart.) A daemon without that memory switches to pg1.
 #[test]
 fn stale_primary_is_refused_after_a_daemon_restart_while_the_new_primary_is_down() {
     let c = Cluster::start(Opts::default().standbys(2));

@@ -103,7 +103,7 @@ impl<C: Console> Daemon<C> {
     }
 
     pub(super) fn note_paused(&mut self, databases: &[Database]) {
-        let held = &self.state.state().held;
+        let held = &self.state.state().resume_pending;
         let paused: Vec<PausedDatabase> = databases
             .iter()
             .filter(|d| d.paused)
@@ -183,12 +183,12 @@ impl<C: Console> Daemon<C> {
                     .attempted(to, started.into_std(), pacing::Outcome::Done);
                 self.not_taken = None;
                 let ms = started.elapsed().as_millis();
-                let reset = if done.resets.reset.is_empty() {
+                let reset = if done.kills.killed.is_empty() {
                     String::new()
                 } else {
                     format!(
                         "; connections to the old server dropped for database(s) {}",
-                        done.resets.reset.join(", ")
+                        done.kills.killed.join(", ")
                     )
                 };
                 info!(
@@ -206,20 +206,20 @@ impl<C: Console> Daemon<C> {
                         step: started.elapsed(),
                     },
                 );
-                for w in done.link_warning.iter().chain(&done.resets.warnings) {
+                for w in done.link_warning.iter().chain(&done.kills.warnings) {
                     warn!("{w}");
                 }
-                if !done.resets.resumed.is_empty() && self.hold.is_none() {
+                if !done.kills.resumed.is_empty() && self.hold.is_none() {
                     info!(
                         "resumed database(s) {}, left paused by an earlier attempt",
-                        done.resets.resumed.join(", ")
+                        done.kills.resumed.join(", ")
                     );
                 }
                 self.last_confirmed = Some(done.confirmed);
                 self.loss_handled = false;
                 if let Some(h) = self.hold.take() {
                     let outcome = format!("switched to {name}");
-                    if done.resets.still_held.is_empty() {
+                    if done.kills.resume_pending.is_empty() {
                         self.log_hold_end(h, &outcome, waiting);
                     } else {
                         // The warning above says which RESUME failed; the round retries it.

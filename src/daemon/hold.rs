@@ -11,7 +11,7 @@ const PAUSE_BOUND: Duration = Duration::from_secs(2);
 
 /// Clients held in PgBouncer while the active master is gone (`pause_on_failover`).
 pub(super) struct Hold {
-    /// Paused by rebouncer, listed in the state file's `held`.
+    /// Paused by rebouncer, listed in the state file's `resume_pending`.
     pub(super) databases: Vec<String>,
     /// The master whose loss started it.
     pub(super) lost: NodeId,
@@ -36,18 +36,18 @@ impl<C: Console> Daemon<C> {
     /// Databases a previous run killed and did not resume (it was killed in between)
     /// wait for a `RESUME` that nobody else will send. Only what the state file lists: a
     /// pause an operator made is theirs to end.
-    pub(super) async fn resume_held_from_last_run(&mut self) {
-        let unreset = &self.state.state().unreset;
-        if !unreset.is_empty() {
+    pub(super) async fn finish_what_the_last_run_left(&mut self) {
+        let kill_pending = &self.state.state().kill_pending;
+        if !kill_pending.is_empty() {
             warn!(
                 "the state file lists database(s) {} as moved to a new server but not yet KILLed: a rebouncer stopped \
                  between its RELOAD and its KILL may have left their clients on the old server; sending KILL and RESUME now",
-                unreset.join(", ")
+                kill_pending.join(", ")
             );
-            self.reset_not_reset().await;
+            self.retry_kill_pending().await;
         }
-        if !self.state.state().held.is_empty() {
-            self.resume_held(
+        if !self.state.state().resume_pending.is_empty() {
+            self.resume_pending(
                 "left paused by a rebouncer stopped between its PAUSE or KILL and the RESUME",
             )
             .await;
@@ -85,8 +85,8 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    pub(super) async fn resume_held(&mut self, why: &str) {
-        match switch::resume_held(&self.console, &mut self.state).await {
+    pub(super) async fn resume_pending(&mut self, why: &str) {
+        match switch::resume_pending(&self.console, &mut self.state).await {
             Ok(done) => {
                 if !done.resumed.is_empty() {
                     info!(
@@ -102,16 +102,16 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    /// `KILL` (and `RESUME`) the databases the state file lists as moved but not reset:
+    /// `KILL` (and `RESUME`) the databases the state file lists as kill pending:
     /// their clients may still be on the old server. Retried every round until it works.
-    pub(super) async fn reset_not_reset(&mut self) {
-        let listed = self.state.state().unreset.join(", ");
-        match switch::reset(&self.console, &mut self.state).await {
+    pub(super) async fn retry_kill_pending(&mut self) {
+        let listed = self.state.state().kill_pending.join(", ");
+        match switch::retry_kill_pending(&self.console, &mut self.state).await {
             Ok(r) => {
-                if !r.reset.is_empty() {
+                if !r.killed.is_empty() {
                     info!(
                         "connections to the old server dropped for database(s) {} (KILL retried)",
-                        r.reset.join(", ")
+                        r.killed.join(", ")
                     );
                 }
                 for w in &r.warnings {
@@ -190,7 +190,7 @@ impl<C: Console> Daemon<C> {
             Ok(d) => d,
             Err(e) => return skip(&e),
         };
-        let held = self.state.state().held.clone();
+        let held = self.state.state().resume_pending.clone();
         // A database already paused is someone else's (an operator's maintenance PAUSE)
         // unless rebouncer holds it: resuming it later would end their pause.
         let databases: Vec<String> = node
@@ -208,7 +208,10 @@ impl<C: Console> Daemon<C> {
         let add = databases.clone();
         // Kept in memory only if on disk: a record that stayed in memory without its PAUSE
         // would be "resumed" at the next round, a RESUME of something never paused.
-        let recorded = self.state.update_or_undo(|s| s.hold(add)).await;
+        let recorded = self
+            .state
+            .update_or_undo(|s| s.mark_resume_pending(add))
+            .await;
         if let Err(e) = recorded {
             // Unrecorded, a rebouncer killed during the pause would leave them paused.
             return skip(&e);
@@ -276,7 +279,7 @@ impl<C: Console> Daemon<C> {
     /// RESUME on a new session, then check with `SHOW DATABASES` that none stays paused;
     /// what does stays listed in the state file and is retried every round.
     pub(super) async fn resume_and_verify(&mut self, databases: &[String]) {
-        self.resume_held("after a PAUSE that did not complete")
+        self.resume_pending("after a PAUSE that did not complete")
             .await;
         let still: Vec<String> = match self.console.session().await {
             Ok(s) => match admin::databases(&s).await {
@@ -291,7 +294,7 @@ impl<C: Console> Daemon<C> {
         };
         if !still.is_empty() {
             let again = still.clone();
-            let _ = self.state.update(|s| s.hold(again)).await;
+            let _ = self.state.update(|s| s.mark_resume_pending(again)).await;
             warn!(
                 "database(s) {} still paused in PgBouncer after RESUME; retrying every round (by hand: RESUME <db> on the admin console)",
                 still.join(", ")
@@ -313,13 +316,13 @@ impl<C: Console> Daemon<C> {
                     .map(|done| done.warning.into_iter().collect::<Vec<_>>())
                     .map_err(|e| e.to_string())
             }
-            // Held clients are waiting for a server that is gone; after RESUME PgBouncer
+            // KillPlan clients are waiting for a server that is gone; after RESUME PgBouncer
             // fails new clients at once ("server login has been failing") and the held
             // ones at query_wait_timeout. KILL would fail the held ones now, but the pool
             // it leaves has no cached server parameters, so every new client would then
             // wait for a server login instead of failing: worse for all later clients.
             Ending::GiveUp | Ending::Shutdown => {
-                switch::resume_held(&self.console, &mut self.state)
+                switch::resume_pending(&self.console, &mut self.state)
                     .await
                     .map(|done| done.warning.into_iter().collect())
                     .map_err(|e| e.to_string())

@@ -466,8 +466,8 @@ async fn a_failover_is_counted_and_kept_in_the_event_history() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stale_primary_is_never_switched_to_while_the_new_primary_hangs() {
-    // Issue 8 case 1: pg1 fails over to pg2; pg1 comes back unchanged (timeline 1);
-    // then pg2 hangs for 15 s.
+    // The old primary returns, then the new one hangs: pg1 fails over to pg2; pg1 comes
+    // back unchanged (timeline 1); then pg2 hangs for 15 s.
     let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
     w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
     w.set(1, Down);
@@ -595,7 +595,7 @@ async fn the_remembered_timeline_protects_after_a_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn a_split_brain_master_refusing_new_logins_does_not_make_the_other_a_target() {
-    // Issue 8 case 2 without timelines to help: both masters on timeline 2; pg2, the
+    // A split brain without timelines to help: both masters on timeline 2; pg2, the
     // true primary PgBouncer is on, refuses new logins. Nothing may move.
     let w = world(&[Standby(2), Master(2), Standby(2)], 2, State::default()).await;
     w.until(S(2), |w| w.routed() == Some(2), "pg2").await;
@@ -632,7 +632,7 @@ async fn a_split_brain_master_refusing_new_logins_does_not_make_the_other_a_targ
 
 #[tokio::test(start_paused = true)]
 async fn a_refusing_server_is_asked_less_and_less_often() {
-    // Issue 8 case 7: no master for 20 s and a standby whose pg_hba.conf rejects the
+    // No master for 20 s and a standby whose pg_hba.conf rejects the
     // monitoring login. Fast rounds (0.1 s) would try it 200 times.
     let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
     w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
@@ -660,7 +660,7 @@ async fn a_refusing_server_is_asked_less_and_less_often() {
 
 #[tokio::test(start_paused = true)]
 async fn a_symlink_changed_by_hand_is_switched_back() {
-    // Issue 8 case 3.
+    // PgBouncer moved to a standby by hand (the link changed and a RELOAD sent).
     let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
     w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
         .await;
@@ -708,7 +708,7 @@ async fn routes_changed_behind_the_symlink_are_found_after_a_pgbouncer_restart()
 #[tokio::test(start_paused = true)]
 async fn databases_a_killed_rebouncer_left_paused_are_resumed_at_start_and_no_others() {
     let state = State {
-        held: vec!["appdb".into()],
+        resume_pending: vec!["appdb".into()],
         ..State::default()
     };
     let w = world(&[Master(1), Standby(1)], 1, state).await;
@@ -717,7 +717,7 @@ async fn databases_a_killed_rebouncer_left_paused_are_resumed_at_start_and_no_ot
     w.until(S(2), |w| w.bouncer.paused().is_empty(), "appdb resumed")
         .await;
     let file = StateFile::load(&w.root.join("rebouncer.state")).unwrap();
-    assert!(file.state().held.is_empty(), "{:?}", file.state());
+    assert!(file.state().resume_pending.is_empty(), "{:?}", file.state());
     // An operator's own pause is left alone, and shown.
     w.bouncer.pause_by_hand("appdb");
     w.until(S(10), |w| !w.snapshot().paused.is_empty(), "pause shown")
@@ -739,8 +739,8 @@ async fn databases_a_killed_rebouncer_moved_but_did_not_kill_are_killed_at_start
     // already routes to the new master, but session clients may still be on the old
     // server. The next rebouncer KILLs (and RESUMEs) them once, and only them.
     let state = State {
-        held: vec!["appdb".into()],
-        unreset: vec!["appdb".into()],
+        resume_pending: vec!["appdb".into()],
+        kill_pending: vec!["appdb".into()],
         ..State::default()
     };
     let w = world(&[Master(1), Standby(1)], 1, state).await;
@@ -754,8 +754,8 @@ async fn databases_a_killed_rebouncer_moved_but_did_not_kill_are_killed_at_start
     let k = log.iter().position(|c| c == "KILL appdb").unwrap();
     assert_eq!(log[k + 1], "RESUME appdb", "{log:?}");
     let file = StateFile::load(&w.root.join("rebouncer.state")).unwrap();
-    assert!(file.state().unreset.is_empty(), "{:?}", file.state());
-    assert!(file.state().held.is_empty(), "{:?}", file.state());
+    assert!(file.state().kill_pending.is_empty(), "{:?}", file.state());
+    assert!(file.state().resume_pending.is_empty(), "{:?}", file.state());
     sleep(S(10)).await;
     assert_eq!(w.bouncer.count("KILL"), 1, "{:?}", w.bouncer.log());
     assert!(w.nagios().starts_with("OK"), "{}", w.nagios());
@@ -776,7 +776,7 @@ async fn a_kill_that_fails_is_shown_kept_on_disk_and_retried_until_it_works() {
         S(3),
         |w| {
             w.nagios()
-                .starts_with("WARNING: database(s) appdb moved to pg2 but KILL failing")
+                .starts_with("WARNING: database(s) appdb moved to pg2, KILL pending")
         },
         "the failed KILL on /nagios",
     )
@@ -788,7 +788,7 @@ async fn a_kill_that_fails_is_shown_kept_on_disk_and_retried_until_it_works() {
             .clone()
     };
     assert_eq!(
-        file().unreset,
+        file().kill_pending,
         ["appdb"],
         "a restarted rebouncer would KILL it"
     );
@@ -798,11 +798,11 @@ async fn a_kill_that_fails_is_shown_kept_on_disk_and_retried_until_it_works() {
     w.bouncer.fail("KILL", None);
     w.until(
         S(5),
-        |w| !w.nagios().contains("KILL failing"),
+        |w| !w.nagios().contains("KILL pending"),
         "the KILL through, /nagios back to the cluster's state",
     )
     .await;
-    assert!(file().unreset.is_empty(), "{:?}", file());
+    assert!(file().kill_pending.is_empty(), "{:?}", file());
     assert!(w.bouncer.paused().is_empty());
     w.stop().await;
 }
@@ -826,8 +826,8 @@ async fn a_kill_still_failing_does_not_end_a_pause() {
     w.set(3, Standby(2));
     w.until(
         S(3),
-        |w| w.routed() == Some(2) && w.nagios().contains("KILL failing"),
-        "switched to pg2 with its KILL failing",
+        |w| w.routed() == Some(2) && w.nagios().contains("KILL pending"),
+        "switched to pg2 with its KILL pending",
     )
     .await;
     // pg2 is lost in turn: clients are held, and the failing KILL's retry must not
@@ -851,7 +851,7 @@ async fn a_kill_still_failing_does_not_end_a_pause() {
     .await;
     w.until(
         S(5),
-        |w| !w.nagios().contains("KILL failing"),
+        |w| !w.nagios().contains("KILL pending"),
         "the old KILL through once the pause is over",
     )
     .await;
@@ -862,7 +862,7 @@ fn held_in_file(w: &World) -> Vec<String> {
     StateFile::load(&w.root.join("rebouncer.state"))
         .unwrap()
         .state()
-        .held
+        .resume_pending
         .clone()
 }
 
@@ -1099,7 +1099,7 @@ async fn shutting_down_while_paused_resumes_first() {
     assert!(bouncer.paused().is_empty(), "{:?}", bouncer.log());
     let file = StateFile::load(&root.join("rebouncer.state")).unwrap();
     assert!(
-        file.state().held.is_empty(),
+        file.state().resume_pending.is_empty(),
         "{:?} in {}",
         file.state(),
         dir.display()

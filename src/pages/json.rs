@@ -83,10 +83,12 @@ struct Conditions<'a> {
     refusal: Option<&'a str>,
     drift: Option<&'a Drift>,
     paused: &'a [PausedDatabase],
-    /// The state file's word for databases whose `RESUME` is pending.
-    held: &'a [String],
-    /// The state file's word for databases whose `KILL` is pending.
-    unreset: &'a [String],
+    /// Databases whose `RESUME` is pending; the key is `held`, the name monitoring reads.
+    #[serde(rename = "held")]
+    resume_pending: &'a [String],
+    /// Databases whose `KILL` is pending; the key is `unreset`, the name monitoring reads.
+    #[serde(rename = "unreset")]
+    kill_pending: &'a [String],
     refusing_new_connections: Vec<&'a str>,
     state_file_error: Option<&'a str>,
 }
@@ -115,8 +117,8 @@ pub fn root(s: &Snapshot, now: SystemTime) -> String {
         refusal: s.refusal(),
         drift: s.drift.as_ref(),
         paused: &s.paused,
-        held: &s.resume_pending,
-        unreset: &s.kill_pending,
+        resume_pending: &s.resume_pending,
+        kill_pending: &s.kill_pending,
         refusing_new_connections: s
             .nodes
             .iter()

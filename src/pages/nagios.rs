@@ -203,7 +203,7 @@ pub fn health(s: &Snapshot, now: SystemTime) -> Health {
         return Health::new(
             Level::Warning,
             format!(
-                "database(s) {} moved to {master} but KILL failing: their session clients may still be on the old server; retried every round",
+                "database(s) {} moved to {master}, KILL pending: their session clients may still be on the old server; KILL retried every round",
                 s.kill_pending.join(", ")
             ),
         );
@@ -212,7 +212,7 @@ pub fn health(s: &Snapshot, now: SystemTime) -> Health {
         return Health::new(
             Level::Warning,
             format!(
-                "database(s) {} still held by rebouncer's switch in PgBouncer, RESUME failing; retried every round",
+                "database(s) {} paused by rebouncer's switch in PgBouncer, RESUME pending; RESUME retried every round",
                 s.resume_pending.join(", ")
             ),
         );

@@ -123,14 +123,14 @@ pub fn root(s: &Snapshot, now: SystemTime) -> String {
     if !s.kill_pending.is_empty() {
         let _ = writeln!(
             out,
-            "Moved but not yet KILLed (session clients may still be on the old server; retried every round): {}",
+            "KILL pending (moved, but session clients may still be on the old server; retried every round): {}",
             s.kill_pending.join(", ")
         );
     }
     if !s.resume_pending.is_empty() && s.pausing().is_none() {
         let _ = writeln!(
             out,
-            "Held by rebouncer, RESUME failing (retried every round): {}",
+            "RESUME pending (paused by rebouncer; retried every round): {}",
             s.resume_pending.join(", ")
         );
     }

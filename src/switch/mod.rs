@@ -9,7 +9,7 @@
 //!
 //! The parts: `link` swaps the symlink, `console` holds the admin-console steps that take
 //! more than one command, `records` keeps in the state file what a killed rebouncer would
-//! leave unfinished and finishes it ([`reset`], [`resume_held`]). This file runs a switch
+//! leave unfinished and finishes it ([`retry_kill_pending`], [`resume_pending`]). This file runs a switch
 //! through them in order.
 
 mod console;
@@ -32,11 +32,13 @@ pub use link::{
     LinkState, Replaced, link_target, points_at, remove_stale_temp_links, replace_symlink,
     same_file, try_link_beside,
 };
-pub use records::{Resets, ResumeError, Resumed, reset, resume_held, resume_paused};
+pub use records::{
+    KillsAndResumes, ResumeError, Resumed, resume_paused, resume_pending, retry_kill_pending,
+};
 
 use hooks::Holds;
 use link::{SyncDir, replace_symlink_with, sync_dir};
-use records::{Held, kill_and_resume, paused_by_us, record_before_reload};
+use records::{KillPlan, kill_and_resume, paused_by_us, record_before_reload};
 
 /// What to switch to, and what PgBouncer was known to use before.
 #[derive(Clone, Copy, Debug)]
@@ -129,15 +131,15 @@ pub struct Switched {
     /// the old link back); the switch went on. One line for the log.
     pub link_warning: Option<String>,
     /// The `KILL`s and `RESUME`s.
-    pub resets: Resets,
+    pub kills: KillsAndResumes,
 }
 
 /// Make PgBouncer use `plan.node_file`. Order matters: the node file is checked and the
 /// admin console must answer before the link is touched, so a switch that cannot complete
 /// leaves PgBouncer's config as it was. After a confirmed `RELOAD` the databases that moved
-/// are `KILL`ed and `RESUME`d, and so is every database `state` still lists as held. The
-/// databases about to move are recorded in `state` before the `RELOAD`, both as to be
-/// reset and as held, so that a rebouncer killed anywhere between the `RELOAD` and the
+/// are `KILL`ed and `RESUME`d, and so is every database `state` still lists as resume
+/// pending. The databases about to move are recorded in `state` before the `RELOAD`, both
+/// as kill pending and as resume pending, so that a rebouncer killed anywhere between the `RELOAD` and the
 /// `RESUME` leaves the next one enough to finish: `KILL` what may still have clients on the
 /// old server, `RESUME` what may still be paused.
 ///
@@ -200,8 +202,8 @@ async fn run_with<C: Console>(
     // What moves is known before the RELOAD: `before` is PgBouncer's routes until then.
     let mut moved = moved(&node, last_confirmed, &before);
     moved.retain(|db| !paused.contains(db));
-    let held_before = state.state().held.clone();
-    let ours = paused_by_us(&moved, &held_before, &before);
+    let pending_before = state.state().resume_pending.clone();
+    let ours = paused_by_us(&moved, &pending_before, &before);
     let record_warning = record_before_reload(state, &moved, &ours).await;
 
     let mut link_warning = None;
@@ -279,12 +281,12 @@ async fn run_with<C: Console>(
     // resume at once. A session-mode client would otherwise stay on the old primary until
     // it disconnects, and PgBouncer would keep delaying new logins after the failed ones
     // to the old primary (server_login_retry) although the new one is up.
-    let mut resets = kill_and_resume(
+    let mut kills = kill_and_resume(
         console,
         Some(check),
         state,
-        Held {
-            before: &held_before,
+        KillPlan {
+            before: &pending_before,
             moved: &moved,
             now: &after,
             paused,
@@ -292,12 +294,12 @@ async fn run_with<C: Console>(
         holds,
     )
     .await;
-    resets.warnings.splice(0..0, record_warning);
+    kills.warnings.splice(0..0, record_warning);
     Ok(Switched {
         relinked: !already,
         confirmed: after,
         link_warning,
-        resets,
+        kills,
     })
 }
 
@@ -392,13 +394,13 @@ mod tests {
         // PgBouncer already routes to 5433; the last confirmed route still says 5432.
         let done = t.switch(&db2, Some(&last)).await.unwrap();
         assert!(!done.relinked);
-        assert_eq!(done.resets.reset, names(&["appdb", "other"]));
+        assert_eq!(done.kills.killed, names(&["appdb", "other"]));
         assert_eq!(t.fake.count("KILL"), 2);
         assert!(t.fake.paused().is_empty());
 
         // Without a confirmed route only SHOW DATABASES before the RELOAD is known.
         let done = t.switch(&db2, None).await.unwrap();
-        assert!(done.resets.reset.is_empty());
+        assert!(done.kills.killed.is_empty());
     }
 
     #[tokio::test]
@@ -411,7 +413,7 @@ mod tests {
         let by_hand = FakeBouncer::new(t.link.clone());
         t.fake = by_hand;
         let done = t.switch(&db2, Some(&confirmed_on_db2)).await.unwrap();
-        assert_eq!(done.resets.reset, names(&["appdb", "other"]));
+        assert_eq!(done.kills.killed, names(&["appdb", "other"]));
     }
 
     #[tokio::test]

@@ -4,10 +4,11 @@
 //! `KILL` leaves a database paused until `RESUME`, and the pause outlives the admin session
 //! that made it (docs/pgbouncer.md): a rebouncer that dies between the two would hold
 //! those clients forever. So before the `RELOAD` every database about to move is listed
-//! as to be reset (`reset` lines: its clients may still be on the old server) and, unless
-//! someone else paused it, as held (`held` lines: rebouncer must `RESUME` it). A database
-//! leaves `reset` once its `KILL` went through and `held` once its `RESUME` did. [`reset`]
-//! and [`resume_held`] finish what an earlier attempt or an earlier rebouncer left listed.
+//! as kill pending (its clients may still be on the old server) and, unless someone else
+//! paused it, as resume pending (rebouncer must `RESUME` it). A database leaves the first
+//! list once its `KILL` went through and the second once its `RESUME` did.
+//! [`retry_kill_pending`] and [`resume_pending`] finish what an earlier attempt or an
+//! earlier rebouncer left listed.
 //! Only rebouncer's own: a database someone else paused (an operator's maintenance
 //! `PAUSE`) is never resumed.
 
@@ -20,19 +21,19 @@ use crate::state::StateFile;
 use super::console::{Conn, is_resumed, resume_gated};
 use super::hooks::Holds;
 
-/// What the `KILL`s and `RESUME`s of a switch (or of [`reset`]) did.
+/// What the `KILL`s and `RESUME`s of a switch (or of [`retry_kill_pending`]) did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Resets {
+pub struct KillsAndResumes {
     /// Databases whose client and server connections were dropped (`KILL` went through).
-    pub reset: Vec<String>,
+    pub killed: Vec<String>,
     /// Databases that moved but whose `KILL` failed: their clients may stay on the old
-    /// server. The state file lists them (`unreset`) until [`reset`] gets them through.
-    pub not_reset: Vec<String>,
-    /// Databases an earlier attempt or an earlier rebouncer left held, resumed now.
+    /// server. The state file lists them (`kill_pending`) until [`retry_kill_pending`] gets them through.
+    pub kill_pending: Vec<String>,
+    /// Databases an earlier attempt or an earlier rebouncer left resume pending, resumed now.
     pub resumed: Vec<String>,
     /// Databases still paused by rebouncer because `RESUME` failed; the state file lists
-    /// them, and [`resume_held`] at the next rounds resumes them.
-    pub still_held: Vec<String>,
+    /// them, and [`resume_pending`] at the next rounds resumes them.
+    pub resume_pending: Vec<String>,
     /// Databases someone else had paused: `KILL`ed so that their clients leave the old
     /// server, but left paused for whoever paused them.
     pub left_paused: Vec<String>,
@@ -41,8 +42,8 @@ pub struct Resets {
     pub warnings: Vec<String>,
 }
 
-/// Before the `RELOAD`: list the databases about to move as to be reset, and those whose
-/// pause after the `KILL` will be rebouncer's to end (`ours`) as held, so that a rebouncer
+/// Before the `RELOAD`: list the databases about to move as kill pending, and those whose
+/// pause after the `KILL` will be rebouncer's to end (`ours`) as resume pending, so that a rebouncer
 /// killed anywhere between the `RELOAD` and the `RESUME` leaves the next one enough to
 /// finish. A warning for the log when the state file cannot be written; the switch goes on.
 pub async fn record_before_reload(
@@ -56,8 +57,8 @@ pub async fn record_before_reload(
     let (m, o) = (moved.to_vec(), ours.to_vec());
     let e = state
         .update(|s| {
-            s.must_reset(m);
-            s.hold(o);
+            s.mark_kill_pending(m);
+            s.mark_resume_pending(o);
         })
         .await
         .err()?;
@@ -68,24 +69,27 @@ pub async fn record_before_reload(
     ))
 }
 
-/// `KILL` (and then `RESUME`) the databases the state file lists as to be reset: their
+/// `KILL` (and then `RESUME`) the databases the state file lists as kill pending: their
 /// clients may still be on the old server, because a switch's `KILL` failed or because a
 /// rebouncer died between its `RELOAD` and its `KILL`. Also resumes whatever the state file
-/// lists as held. Databases PgBouncer no longer has are dropped from the list. `Err` only
+/// lists as resume pending. Databases PgBouncer no longer has are dropped from the list. `Err` only
 /// when the admin console does not answer; nothing was sent then.
-pub async fn reset<C: Console>(console: &C, state: &mut StateFile) -> Result<Resets, AdminError> {
-    let listed = state.state().unreset.clone();
+pub async fn retry_kill_pending<C: Console>(
+    console: &C,
+    state: &mut StateFile,
+) -> Result<KillsAndResumes, AdminError> {
+    let listed = state.state().kill_pending.clone();
     let session = console.session().await?;
     let now = admin::databases(&session).await?;
     let (present, gone): (Vec<String>, Vec<String>) = listed
         .into_iter()
         .partition(|db| now.iter().any(|d| d.name == *db));
-    let held = state.state().held.clone();
+    let held = state.state().resume_pending.clone();
     let mut r = kill_and_resume(
         console,
         Some(session),
         state,
-        Held {
+        KillPlan {
             before: &held,
             moved: &present,
             now: &now,
@@ -96,7 +100,7 @@ pub async fn reset<C: Console>(console: &C, state: &mut StateFile) -> Result<Res
     .await;
     if !gone.is_empty()
         && let Err(e) = state
-            .update(|s| s.unreset.retain(|d| !gone.contains(d)))
+            .update(|s| s.kill_pending.retain(|d| !gone.contains(d)))
             .await
     {
         r.warnings.push(e.to_string());
@@ -104,7 +108,7 @@ pub async fn reset<C: Console>(console: &C, state: &mut StateFile) -> Result<Res
     Ok(r)
 }
 
-/// What [`resume_held`] resumed.
+/// What [`resume_pending`] resumed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Resumed {
     /// Databases resumed (or found not paused: PgBouncer restarted, or RESUMEd by hand).
@@ -119,7 +123,7 @@ pub struct ResumeError {
     /// Resumed before the failure.
     pub resumed: Vec<String>,
     /// Still paused, still listed in the state file.
-    pub still_held: Vec<String>,
+    pub resume_pending: Vec<String>,
     pub state_file: PathBuf,
     pub error: AdminError,
 }
@@ -133,7 +137,7 @@ impl fmt::Display for ResumeError {
             f,
             "database(s) {} stay paused by rebouncer's KILL (listed in {}): RESUME failed: {}; \
              their new clients wait until it succeeds (retried every round; by hand: RESUME <db> on the admin console)",
-            self.still_held.join(", "),
+            self.resume_pending.join(", "),
             self.state_file.display(),
             self.error
         )
@@ -142,33 +146,33 @@ impl fmt::Display for ResumeError {
 
 impl std::error::Error for ResumeError {}
 
-/// `RESUME` every database the state file lists as held: left by a rebouncer that died
+/// `RESUME` every database the state file lists as resume pending: left by a rebouncer that died
 /// between `KILL` and `RESUME`, or by a `RESUME` that failed. Call at start-up once the
 /// admin console answers, and at every round while the state lists any. Nothing else is
 /// resumed: a database someone else paused stays paused.
-pub async fn resume_held<C: Console>(
+pub async fn resume_pending<C: Console>(
     console: &C,
     state: &mut StateFile,
 ) -> Result<Resumed, ResumeError> {
-    resume_held_with(console, state, &[]).await
+    resume_pending_with(console, state, &[]).await
 }
 
-/// [`resume_held`], for a hold whose `PAUSE` of `paused` completed and whose master is
+/// [`resume_pending`], for a hold whose `PAUSE` of `paused` completed and whose master is
 /// back: PgBouncer's cached login failure is cleared first (see `lift_login_retry` in `console.rs`).
 pub async fn resume_paused<C: Console>(
     console: &C,
     state: &mut StateFile,
     paused: &[String],
 ) -> Result<Resumed, ResumeError> {
-    resume_held_with(console, state, paused).await
+    resume_pending_with(console, state, paused).await
 }
 
-async fn resume_held_with<C: Console>(
+async fn resume_pending_with<C: Console>(
     console: &C,
     state: &mut StateFile,
     paused: &[String],
 ) -> Result<Resumed, ResumeError> {
-    let held = state.state().held.clone();
+    let held = state.state().resume_pending.clone();
     if held.is_empty() {
         return Ok(Resumed::default());
     }
@@ -185,7 +189,7 @@ async fn resume_held_with<C: Console>(
     match error {
         Some(error) if !left.is_empty() => Err(ResumeError {
             resumed: done,
-            still_held: left,
+            resume_pending: left,
             state_file: state.path().to_path_buf(),
             error,
         }),
@@ -197,8 +201,8 @@ async fn resume_held_with<C: Console>(
 }
 
 /// What [`kill_and_resume`] works on.
-pub struct Held<'a> {
-    /// The databases the state file listed as held before this switch began: what an
+pub struct KillPlan<'a> {
+    /// The databases the state file listed as resume pending before this switch began: what an
     /// earlier attempt or an earlier rebouncer left paused.
     pub before: &'a [String],
     /// The databases to `KILL`.
@@ -211,7 +215,7 @@ pub struct Held<'a> {
 }
 
 /// The databases of `moved` whose pause after the `KILL` is rebouncer's to end: all but
-/// those someone else had paused already (paused, and not listed as held by rebouncer).
+/// those someone else had paused already (paused, and not listed as resume pending).
 pub fn paused_by_us(moved: &[String], held: &[String], now: &[Database]) -> Vec<String> {
     moved
         .iter()
@@ -224,17 +228,17 @@ pub async fn kill_and_resume<C: Console>(
     console: &C,
     session: Option<C::Session>,
     state: &mut StateFile,
-    held: Held<'_>,
+    plan: KillPlan<'_>,
     holds: Holds,
-) -> Resets {
-    let Held {
-        before: held_before,
+) -> KillsAndResumes {
+    let KillPlan {
+        before: pending_before,
         moved,
         now,
         paused,
-    } = held;
-    let mut r = Resets::default();
-    let ours = paused_by_us(moved, held_before, now);
+    } = plan;
+    let mut r = KillsAndResumes::default();
+    let ours = paused_by_us(moved, pending_before, now);
     let theirs: Vec<String> = moved
         .iter()
         .filter(|db| !ours.contains(db))
@@ -242,12 +246,12 @@ pub async fn kill_and_resume<C: Console>(
         .collect();
     let unrecorded: Vec<String> = ours
         .iter()
-        .filter(|db| !state.state().held.contains(db))
+        .filter(|db| !state.state().resume_pending.contains(db))
         .cloned()
         .collect();
     if !unrecorded.is_empty() {
         let add = unrecorded.clone();
-        let recorded = state.update(|s| s.hold(add)).await;
+        let recorded = state.update(|s| s.mark_resume_pending(add)).await;
         if let Err(e) = recorded {
             // Clients must leave the old primary whether or not the record is on disk.
             r.warnings.push(format!(
@@ -283,7 +287,7 @@ pub async fn kill_and_resume<C: Console>(
         };
         match killed {
             Ok(()) => {
-                r.reset.push(db.clone());
+                r.killed.push(db.clone());
                 if theirs.contains(db) {
                     r.left_paused.push(db.clone());
                     r.warnings.push(format!(
@@ -293,7 +297,7 @@ pub async fn kill_and_resume<C: Console>(
                 }
             }
             Err(e) => {
-                r.not_reset.push(db.clone());
+                r.kill_pending.push(db.clone());
                 r.warnings.push(format!(
                     "KILL of database {db} failed: {e}; its clients may stay on the old server, and new logins may \
                      wait out PgBouncer's server_login_retry; retried every round"
@@ -306,7 +310,7 @@ pub async fn kill_and_resume<C: Console>(
     }
     // A failed KILL may still have gone through (a lost answer), so it is resumed too:
     // "is not paused" then says it did not.
-    let mut to_resume = held_before.to_vec();
+    let mut to_resume = pending_before.to_vec();
     for db in &ours {
         if !to_resume.contains(db) {
             to_resume.push(db.clone());
@@ -318,10 +322,10 @@ pub async fn kill_and_resume<C: Console>(
     done.extend(resumed_with_kill);
     r.resumed = done
         .iter()
-        .filter(|db| held_before.contains(db))
+        .filter(|db| pending_before.contains(db))
         .cloned()
         .collect();
-    r.warnings.extend(forget(state, &done, &r.reset).await);
+    r.warnings.extend(forget(state, &done, &r.killed).await);
     if let Some(e) = error.filter(|_| !left.is_empty()) {
         r.warnings.push(format!(
             "database(s) {} stay paused after KILL, RESUME failed: {e}; their new clients wait until it succeeds \
@@ -329,24 +333,24 @@ pub async fn kill_and_resume<C: Console>(
             left.join(", ")
         ));
     }
-    r.still_held = left;
+    r.resume_pending = left;
     r
 }
 
-/// Take resumed databases off the state file's `held` list and reset ones off its
-/// `unreset` list, in one write; a warning if it cannot be written.
+/// Take resumed databases off the state file's `resume_pending` list and killed ones off
+/// its `kill_pending` list, in one write; a warning if it cannot be written.
 async fn forget(state: &mut StateFile, resumed: &[String], reset: &[String]) -> Option<String> {
     let listed = state.state();
-    if !resumed.iter().any(|d| listed.held.contains(d))
-        && !reset.iter().any(|d| listed.unreset.contains(d))
+    if !resumed.iter().any(|d| listed.resume_pending.contains(d))
+        && !reset.iter().any(|d| listed.kill_pending.contains(d))
     {
         return None;
     }
     let (resumed_, reset_) = (resumed.to_vec(), reset.to_vec());
     match state
         .update(|s| {
-            s.held.retain(|d| !resumed_.contains(d));
-            s.unreset.retain(|d| !reset_.contains(d));
+            s.resume_pending.retain(|d| !resumed_.contains(d));
+            s.kill_pending.retain(|d| !reset_.contains(d));
         })
         .await
     {
@@ -377,12 +381,8 @@ mod tests {
         let done = t.switch(&db2, Some(&last)).await.unwrap();
 
         assert!(done.relinked);
-        assert_eq!(done.resets.reset, names(&["appdb", "other"]));
-        assert!(
-            done.resets.warnings.is_empty(),
-            "{:?}",
-            done.resets.warnings
-        );
+        assert_eq!(done.kills.killed, names(&["appdb", "other"]));
+        assert!(done.kills.warnings.is_empty(), "{:?}", done.kills.warnings);
         assert_eq!(done.confirmed.len(), 2);
         assert!(done.confirmed.iter().all(|d| d.route.port == 5433));
         // A crash at the KILL would have left both listed, so a restart resumes them.
@@ -392,7 +392,7 @@ mod tests {
             "{at_kill}"
         );
         assert!(t.fake.paused().is_empty());
-        assert!(t.state.state().held.is_empty());
+        assert!(t.state.state().resume_pending.is_empty());
         assert!(!t.state_on_disk().contains("held"), "{}", t.state_on_disk());
         // Each RESUME is sent right behind its KILL, before the KILL's answer.
         let log = t.fake.log();
@@ -408,9 +408,9 @@ mod tests {
         t.state = StateFile::load(&t.dir.path().join("missing/rebouncer.state")).unwrap();
         let db2 = t.db2.clone();
         let done = t.switch(&db2, None).await.unwrap();
-        assert_eq!(done.resets.reset, names(&["appdb", "other"]));
+        assert_eq!(done.kills.killed, names(&["appdb", "other"]));
         assert!(t.fake.paused().is_empty());
-        let w = done.resets.warnings.join("\n");
+        let w = done.kills.warnings.join("\n");
         assert!(
             w.contains("cannot write state file")
                 && w.contains("the switch of database(s) appdb, other goes ahead unrecorded"),
@@ -424,7 +424,7 @@ mod tests {
         t.fake.watch_file(t.state.path().to_path_buf());
         let db2 = t.db2.clone();
         let done = t.switch(&db2, None).await.unwrap();
-        assert_eq!(done.resets.reset, names(&["appdb", "other"]));
+        assert_eq!(done.kills.killed, names(&["appdb", "other"]));
         // A rebouncer killed after the RELOAD finds both: KILL what may still have
         // clients on the old server, RESUME what may still be paused.
         let at_reload = t.fake.file_at("RELOAD").unwrap_or_default();
@@ -454,7 +454,7 @@ mod tests {
         let db1 = t.db1.clone();
         t.fake.watch_file(t.state.path().to_path_buf());
         let done = t.switch(&db1, None).await.unwrap();
-        assert!(done.resets.reset.is_empty());
+        assert!(done.kills.killed.is_empty());
         assert_eq!(
             t.fake.file_at("RELOAD").as_deref(),
             Some(""),
@@ -466,13 +466,13 @@ mod tests {
     async fn reset_drops_databases_pgbouncer_no_longer_has() {
         let mut t = setup();
         t.state
-            .update(|s| s.must_reset(names(&["appdb", "dropped"])))
+            .update(|s| s.mark_kill_pending(names(&["appdb", "dropped"])))
             .await
             .unwrap();
-        let r = reset(&t.fake, &mut t.state).await.unwrap();
-        assert_eq!(r.reset, names(&["appdb"]));
+        let r = retry_kill_pending(&t.fake, &mut t.state).await.unwrap();
+        assert_eq!(r.killed, names(&["appdb"]));
         assert_eq!(t.fake.count("KILL"), 1);
-        assert!(t.state.state().unreset.is_empty());
+        assert!(t.state.state().kill_pending.is_empty());
         assert!(t.fake.paused().is_empty());
     }
 
@@ -480,16 +480,16 @@ mod tests {
     async fn reset_sends_nothing_when_the_console_does_not_answer() {
         let mut t = setup();
         t.state
-            .update(|s| s.must_reset(names(&["appdb"])))
+            .update(|s| s.mark_kill_pending(names(&["appdb"])))
             .await
             .unwrap();
         t.fake.set_up(false);
-        let e = reset(&t.fake, &mut t.state).await.unwrap_err();
+        let e = retry_kill_pending(&t.fake, &mut t.state).await.unwrap_err();
         assert!(e.to_string().contains("connection refused"), "{e}");
         assert_eq!(t.fake.count("KILL"), 0);
-        assert!(t.state.state().held.is_empty());
+        assert!(t.state.state().resume_pending.is_empty());
         assert_eq!(
-            t.state.state().unreset,
+            t.state.state().kill_pending,
             names(&["appdb"]),
             "kept for the next try"
         );
@@ -501,18 +501,18 @@ mod tests {
         t.fake.fail_after("KILL appdb", "admin access needed", 0, 1);
         let db2 = t.db2.clone();
         let done = t.switch(&db2, None).await.unwrap();
-        assert_eq!(done.resets.reset, names(&["other"]));
-        assert_eq!(done.resets.not_reset, names(&["appdb"]));
+        assert_eq!(done.kills.killed, names(&["other"]));
+        assert_eq!(done.kills.kill_pending, names(&["appdb"]));
         assert!(
-            done.resets
+            done.kills
                 .warnings
                 .iter()
                 .any(|w| w.starts_with("KILL of database appdb failed: ")),
             "{:?}",
-            done.resets.warnings
+            done.kills.warnings
         );
         // Its RESUME was tried anyway ("not paused": the KILL did not get through).
-        assert!(t.state.state().held.is_empty());
+        assert!(t.state.state().resume_pending.is_empty());
         assert!(t.fake.paused().is_empty());
         // A restarted rebouncer would know too.
         assert!(
@@ -526,13 +526,13 @@ mod tests {
             t.state_on_disk()
         );
 
-        let again = reset(&t.fake, &mut t.state).await.unwrap();
-        assert_eq!(again.reset, names(&["appdb"]));
-        assert!(again.not_reset.is_empty());
+        let again = retry_kill_pending(&t.fake, &mut t.state).await.unwrap();
+        assert_eq!(again.killed, names(&["appdb"]));
+        assert!(again.kill_pending.is_empty());
         assert_eq!(t.fake.count("KILL appdb"), 2);
         assert!(t.fake.paused().is_empty());
-        assert!(t.state.state().held.is_empty());
-        assert!(t.state.state().unreset.is_empty());
+        assert!(t.state.state().resume_pending.is_empty());
+        assert!(t.state.state().kill_pending.is_empty());
         assert!(
             !t.state_on_disk().contains("reset "),
             "{}",
@@ -546,21 +546,21 @@ mod tests {
         t.fake.fail("RESUME", Some("timeout"));
         let db2 = t.db2.clone();
         let done = t.switch(&db2, None).await.unwrap();
-        assert_eq!(done.resets.still_held, names(&["appdb", "other"]));
+        assert_eq!(done.kills.resume_pending, names(&["appdb", "other"]));
         assert!(
-            done.resets
+            done.kills
                 .warnings
                 .iter()
                 .any(|w| w
                     .starts_with("database(s) appdb, other stay paused after KILL, RESUME failed")),
             "{:?}",
-            done.resets.warnings
+            done.kills.warnings
         );
         assert_eq!(t.fake.paused(), names(&["appdb", "other"]));
         assert!(t.state_on_disk().contains("held appdb\nheld other\n"));
 
-        let e = resume_held(&t.fake, &mut t.state).await.unwrap_err();
-        assert_eq!(e.still_held, names(&["appdb", "other"]));
+        let e = resume_pending(&t.fake, &mut t.state).await.unwrap_err();
+        assert_eq!(e.resume_pending, names(&["appdb", "other"]));
         assert!(
             e.to_string().starts_with(
                 "database(s) appdb, other stay paused by rebouncer's KILL (listed in "
@@ -568,14 +568,14 @@ mod tests {
             "{e}"
         );
         t.fake.fail("RESUME", None);
-        let ok = resume_held(&t.fake, &mut t.state).await.unwrap();
+        let ok = resume_pending(&t.fake, &mut t.state).await.unwrap();
         assert_eq!(ok.resumed, names(&["appdb", "other"]));
         assert!(t.fake.paused().is_empty());
         assert!(!t.state_on_disk().contains("held"));
         // Nothing held: not even a login.
         let logins = t.fake.count("LOGIN");
         assert_eq!(
-            resume_held(&t.fake, &mut t.state).await.unwrap(),
+            resume_pending(&t.fake, &mut t.state).await.unwrap(),
             Resumed::default()
         );
         assert_eq!(t.fake.count("LOGIN"), logins);
@@ -588,26 +588,29 @@ mod tests {
         t.fake.pause_by_hand("appdb");
         t.fake.pause_by_hand("other");
         t.state
-            .update(|s| s.held = names(&["appdb"]))
+            .update(|s| s.resume_pending = names(&["appdb"]))
             .await
             .unwrap();
         let again = StateFile::load(t.state.path()).unwrap();
         let mut t2_state = again;
-        let done = resume_held(&t.fake, &mut t2_state).await.unwrap();
+        let done = resume_pending(&t.fake, &mut t2_state).await.unwrap();
         assert_eq!(done.resumed, names(&["appdb"]));
         assert_eq!(t.fake.paused(), names(&["other"]));
         assert_eq!(t.fake.count("RESUME"), 1);
-        assert!(t2_state.state().held.is_empty());
+        assert!(t2_state.state().resume_pending.is_empty());
         assert!(!t.state_on_disk().contains("held"));
     }
 
     #[tokio::test]
     async fn a_held_database_gone_from_pgbouncer_is_forgotten() {
         let mut t = setup();
-        t.state.update(|s| s.held = names(&["gone"])).await.unwrap();
-        let done = resume_held(&t.fake, &mut t.state).await.unwrap();
+        t.state
+            .update(|s| s.resume_pending = names(&["gone"]))
+            .await
+            .unwrap();
+        let done = resume_pending(&t.fake, &mut t.state).await.unwrap();
         assert_eq!(done.resumed, names(&["gone"]));
-        assert!(t.state.state().held.is_empty());
+        assert!(t.state.state().resume_pending.is_empty());
     }
 
     #[tokio::test]
@@ -615,16 +618,16 @@ mod tests {
         let mut t = setup();
         t.fake.pause_by_hand("appdb");
         t.state
-            .update(|s| s.held = names(&["appdb"]))
+            .update(|s| s.resume_pending = names(&["appdb"]))
             .await
             .unwrap();
         // Nothing moves (the link already points at db1), but appdb is ours to resume.
         let db1 = t.db1.clone();
         let done = t.switch(&db1, None).await.unwrap();
-        assert!(done.resets.reset.is_empty());
-        assert_eq!(done.resets.resumed, names(&["appdb"]));
+        assert!(done.kills.killed.is_empty());
+        assert_eq!(done.kills.resumed, names(&["appdb"]));
         assert!(t.fake.paused().is_empty());
-        assert!(t.state.state().held.is_empty());
+        assert!(t.state.state().resume_pending.is_empty());
     }
 
     #[tokio::test]
@@ -634,18 +637,18 @@ mod tests {
         t.fake.pause_by_hand("other");
         let db2 = t.db2.clone();
         let done = t.switch(&db2, None).await.unwrap();
-        assert_eq!(done.resets.reset, names(&["appdb", "other"]));
-        assert_eq!(done.resets.left_paused, names(&["other"]));
+        assert_eq!(done.kills.killed, names(&["appdb", "other"]));
+        assert_eq!(done.kills.left_paused, names(&["other"]));
         assert_eq!(t.fake.paused(), names(&["other"]));
         assert_eq!(t.fake.count("RESUME other"), 0);
         assert!(
-            done.resets.warnings[0].starts_with("database other was paused by someone else"),
+            done.kills.warnings[0].starts_with("database other was paused by someone else"),
             "{:?}",
-            done.resets.warnings
+            done.kills.warnings
         );
         // Not ours to resume, so not recorded: a restarted rebouncer must leave it paused.
         assert_eq!(t.fake.file_at("KILL").unwrap().matches("held ").count(), 1);
         assert!(t.fake.file_at("KILL").unwrap().contains("held appdb\n"));
-        assert!(t.state.state().held.is_empty());
+        assert!(t.state.state().resume_pending.is_empty());
     }
 }
