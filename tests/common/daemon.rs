@@ -135,9 +135,23 @@ impl Daemon {
         self.child.as_ref().expect("daemon already reaped").id()
     }
     /// Contents of `-logfile` (or of stdout when started without one).
+    /// The log as written so far. The daemon writes its log from a thread of its own, so
+    /// a line can reach the file a moment after what it reports is visible elsewhere (a
+    /// status page, PgBouncer, a notify message): read until two reads 20 ms apart agree
+    /// (at most 1 s), so a test reads what the daemon has logged, not a part of it.
     pub fn log(&self) -> String {
         let p = self.cmd.logfile.as_ref().unwrap_or(&self.cmd.out);
-        fs::read_to_string(p).unwrap_or_default()
+        let read = || fs::read_to_string(p).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut last = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = read();
+            if now == last || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
     }
     pub fn stdout(&self) -> String {
         fs::read_to_string(&self.cmd.out).unwrap_or_default()
