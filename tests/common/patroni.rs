@@ -412,11 +412,16 @@ impl Patroni {
         c
     }
 
-    fn run_patronictl(&self, args: &[&str]) {
+    /// Runs patronictl and returns what it printed.
+    fn run_patronictl(&self, args: &[&str]) -> String {
         let mut c = self.patronictl();
         c.args(args);
         match run_timeout(&mut c, Duration::from_secs(90)) {
-            Ok(o) if o.status.success() => {}
+            Ok(o) if o.status.success() => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Ok(o) => panic!(
                 "patronictl {} failed ({}):\n{}{}\n{}",
                 args.join(" "),
@@ -433,13 +438,42 @@ impl Patroni {
     /// hand-over (the leader shuts down cleanly, then `to` is promoted).
     pub fn switchover(&self, from: usize, to: usize) {
         let (f, t) = (self.name(from), self.name(to));
-        self.run_patronictl(&["switchover", "--leader", &f, "--candidate", &t, "--force"]);
+        self.until_accepted(&["switchover", "--leader", &f, "--candidate", &t, "--force"]);
     }
 
     /// `patronictl failover --candidate <to> --force`.
     pub fn failover(&self, to: usize) {
         let t = self.name(to);
-        self.run_patronictl(&["failover", "--candidate", &t, "--force"]);
+        self.until_accepted(&["failover", "--candidate", &t, "--force"]);
+    }
+
+    /// patronictl exits 0 also when the leader refuses the request ("Switchover failed,
+    /// details: 503 ..."), as it does while it does not yet count the candidate as
+    /// healthy (a busy machine right after bootstrap or a previous switchover): ask
+    /// again, a few seconds apart, until the leader key moves.
+    fn until_accepted(&self, args: &[&str]) {
+        let before = self.leader();
+        let mut said = Vec::new();
+        for _ in 0..6 {
+            let out = self.run_patronictl(args);
+            let moved = poll_until(Duration::from_secs(20), || {
+                self.leader().is_some_and(|l| Some(l) != before)
+            });
+            if moved {
+                return;
+            }
+            eprintln!(
+                "[fixture] patronictl {}: the leader key did not move within 20 s; asking again. It said:\n{out}",
+                args[0]
+            );
+            said.push(out);
+        }
+        panic!(
+            "patronictl {}: the leader key never moved:\n{}\n{}",
+            args.join(" "),
+            said.join("\n"),
+            self.diagnostics()
+        );
     }
 
     // --- PgBouncer ------------------------------------------------------------------
