@@ -139,6 +139,19 @@ mod tests {
     }
 
     #[test]
+    fn the_wait_is_shown_only_once_it_is_longer_than_one_round_and_still_ahead() {
+        let t0 = Instant::now();
+        let mut b = Backoff::new(t0);
+        // One failure: asked again at the next fast round, nothing worth showing.
+        b.checked(true, t0, MS(250), MS(2000));
+        assert_eq!(b.shown_wait(t0), None);
+        // Two: backing off; shown until the moment it is due, not at it.
+        b.checked(true, t0, MS(250), MS(2000));
+        assert_eq!(b.shown_wait(t0), Some(MS(500)));
+        assert_eq!(b.shown_wait(t0 + MS(500)), None);
+    }
+
+    #[test]
     fn a_change_elsewhere_asks_a_backing_off_server_now() {
         let t0 = Instant::now();
         let mut b = Backoff::new(t0);

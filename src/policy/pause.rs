@@ -224,6 +224,20 @@ mod tests {
     }
 
     #[test]
+    fn an_active_master_that_still_answers_as_master_is_no_loss() {
+        let same = verdict(Cluster::OneMaster(0), Action::Nothing);
+        assert_eq!(on_loss(Pausing::On, false, on(0), &same, &[M, S]), None);
+    }
+
+    #[test]
+    fn each_loss_says_how_the_master_was_lost() {
+        // These words end the log line that says why clients are held.
+        assert_eq!(Loss::Down.why(), "it is down");
+        assert_eq!(Loss::Standby.why(), "it answers as a standby");
+        assert_eq!(Loss::Stale.why(), "it turned out to be a stale primary");
+    }
+
+    #[test]
     fn no_pause_is_made_that_the_state_file_cannot_record() {
         assert_eq!(Pausing::new(true, false), Pausing::NeedsStateFile);
         assert_eq!(Pausing::new(false, false), Pausing::Off);
