@@ -225,6 +225,20 @@ mod tests {
             "{:?}",
             p.changes
         );
+        assert!(
+            p.changes
+                .contains(&"every monitor restarted (timeout or keep_connections)".to_string()),
+            "{:?}",
+            p.changes
+        );
+    }
+
+    #[test]
+    fn a_removal_alone_is_not_called_a_reorder() {
+        let d = tempfile::tempdir().unwrap();
+        let old = load(d.path(), "", &[("pg1", 5431), ("pg2", 5432), ("pg3", 5433)]);
+        let new = load(d.path(), "", &[("pg1", 5431), ("pg2", 5432)]);
+        assert_eq!(plan(&old, new).changes, ["server(s) pg3 removed"]);
     }
 
     #[test]
