@@ -472,6 +472,23 @@ pub fn record_switch(status: &watch::Sender<Snapshot>, d: SwitchDone<'_>) {
 
 #[cfg(test)]
 impl Snapshot {
+    /// The pages' test view: these servers checked just now in these states, PgBouncer
+    /// confirmed on `active`, and the verdict `decide` reaches on them.
+    pub fn checked_now(states: &[(&str, Option<NodeState>)], active: Option<&str>) -> Snapshot {
+        let now = SystemTime::now();
+        let names: Vec<String> = states.iter().map(|(n, _)| n.to_string()).collect();
+        let mut s = Snapshot::new(&names, Duration::from_secs(30), "127.0.0.1:6432".into());
+        for (node, (_, st)) in s.nodes.iter_mut().zip(states) {
+            node.state = *st;
+            node.last_check = st.map(|_| now);
+            node.since = st.map(|_| now);
+        }
+        s.active = active.map(str::to_string);
+        s.confirmed = active.is_some();
+        s.decide(None);
+        s
+    }
+
     /// What the daemon would publish after a round on these states, for the pages'
     /// tests: the verdict `decide` reaches on the nodes' states and timelines, with
     /// `highest` as the remembered timeline.

@@ -310,18 +310,7 @@ mod tests {
     use std::time::Duration;
 
     fn snap(states: &[(&str, Option<NodeState>)], active: Option<&str>) -> Snapshot {
-        let now = SystemTime::now();
-        let names: Vec<String> = states.iter().map(|(n, _)| n.to_string()).collect();
-        let mut s = Snapshot::new(&names, Duration::from_secs(30), "127.0.0.1:6432".into());
-        for (node, (_, st)) in s.nodes.iter_mut().zip(states) {
-            node.state = *st;
-            node.last_check = st.map(|_| now);
-            node.since = st.map(|_| now);
-        }
-        s.active = active.map(str::to_string);
-        s.confirmed = active.is_some();
-        s.decide(None);
-        s
+        Snapshot::checked_now(states, active)
     }
 
     #[test]
