@@ -520,30 +520,7 @@ impl Patroni {
     }
 
     fn bouncer_ini(&self, port: Option<u16>) -> String {
-        let r = self.root.display();
-        let dbs = match port {
-            Some(p) => format!(
-                "postgres = host=127.0.0.1 port={p} dbname=postgres\nappdb = host=127.0.0.1 port={p} dbname=appdb\n"
-            ),
-            None => "; no databases: initial dummy config\n".into(),
-        };
-        format!(
-            "[databases]\n{dbs}\n[pgbouncer]\n\
-             listen_addr = 127.0.0.1\n\
-             listen_port = {bp}\n\
-             unix_socket_dir = {r}\n\
-             auth_type = trust\n\
-             auth_file = {r}/userlist.txt\n\
-             admin_users = postgres\n\
-             pool_mode = session\n\
-             logfile = {r}/pgbouncer.log\n\
-             pidfile = {r}/pgbouncer.pid\n\
-             max_client_conn = 500\n\
-             default_pool_size = 20\n\
-             server_connect_timeout = 3\n\
-             query_wait_timeout = 8\n",
-            bp = self.bouncer_port,
-        )
+        super::pgbouncer::bouncer_ini(&self.root, self.bouncer_port, "session", port)
     }
 
     fn start_bouncer(&mut self) {

@@ -113,31 +113,7 @@ impl Cluster {
     }
 
     pub fn bouncer_ini(&self, port: Option<u16>) -> String {
-        let r = self.root.display();
-        let dbs = match port {
-            Some(p) => format!(
-                "postgres = host=127.0.0.1 port={p} dbname=postgres\nappdb = host=127.0.0.1 port={p} dbname=appdb\n"
-            ),
-            None => "; no databases: initial dummy config\n".into(),
-        };
-        format!(
-            "[databases]\n{dbs}\n[pgbouncer]\n\
-             listen_addr = 127.0.0.1\n\
-             listen_port = {bp}\n\
-             unix_socket_dir = {r}\n\
-             auth_type = trust\n\
-             auth_file = {r}/userlist.txt\n\
-             admin_users = postgres\n\
-             pool_mode = {pm}\n\
-             logfile = {r}/pgbouncer.log\n\
-             pidfile = {r}/pgbouncer.pid\n\
-             max_client_conn = 500\n\
-             default_pool_size = 20\n\
-             server_connect_timeout = 3\n\
-             query_wait_timeout = 8\n",
-            bp = self.bouncer_port,
-            pm = self.opts.pool_mode,
-        )
+        bouncer_ini(&self.root, self.bouncer_port, self.opts.pool_mode, port)
     }
 
     pub fn write_bouncer_files(&self) {
@@ -264,4 +240,32 @@ impl Cluster {
         let pid = self.bouncer_pid().ok_or("pgbouncer not running")?;
         signal(&pid.to_string(), sig)
     }
+}
+
+/// A PgBouncer node file under `root` listening on `bouncer_port`: `postgres` and `appdb`
+/// routed to the server on `port`, or no database at all (the initial dummy config).
+pub fn bouncer_ini(root: &Path, bouncer_port: u16, pool_mode: &str, port: Option<u16>) -> String {
+    let r = root.display();
+    let dbs = match port {
+        Some(p) => format!(
+            "postgres = host=127.0.0.1 port={p} dbname=postgres\nappdb = host=127.0.0.1 port={p} dbname=appdb\n"
+        ),
+        None => "; no databases: initial dummy config\n".into(),
+    };
+    format!(
+        "[databases]\n{dbs}\n[pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {bouncer_port}\n\
+         unix_socket_dir = {r}\n\
+         auth_type = trust\n\
+         auth_file = {r}/userlist.txt\n\
+         admin_users = postgres\n\
+         pool_mode = {pool_mode}\n\
+         logfile = {r}/pgbouncer.log\n\
+         pidfile = {r}/pgbouncer.pid\n\
+         max_client_conn = 500\n\
+         default_pool_size = 20\n\
+         server_connect_timeout = 3\n\
+         query_wait_timeout = 8\n"
+    )
 }
