@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::clients::{QUERY_TIMEOUT, psql_conninfo, tcp_conninfo};
 use super::cluster::Cluster;
-use super::process::{command_as, pgbouncer_bin, server_user, signal};
+use super::process::{command_as, pgbouncer_bin, pgbouncer_fast_exit_signal, server_user, signal};
 
 impl Cluster {
     /// The managed symlink `<tmp>/pgbouncer.ini` (PgBouncer's config file).
@@ -207,13 +207,15 @@ impl Cluster {
         ))
     }
 
-    /// Stops PgBouncer: SIGTERM (immediate shutdown), SIGKILL after 5 s; returns when it
-    /// has exited (its port is closed then).
+    /// Stops PgBouncer: its immediate shutdown (SIGTERM up to 1.22, SIGQUIT from 1.23, see
+    /// [`pgbouncer_fast_exit_signal`]), SIGKILL after 5 s; returns when it has exited (its
+    /// port is closed then).
     pub fn bouncer_stop(&self) {
+        let sig = pgbouncer_fast_exit_signal();
         let mut g = self.bouncer.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut ch) = g.take() {
             if matches!(ch.try_wait(), Ok(None)) {
-                let _ = signal(&ch.id().to_string(), "TERM");
+                let _ = signal(&ch.id().to_string(), sig);
                 let t = Instant::now();
                 while t.elapsed() < Duration::from_secs(5) && matches!(ch.try_wait(), Ok(None)) {
                     std::thread::sleep(Duration::from_millis(20));
