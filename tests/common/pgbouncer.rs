@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::clients::{QUERY_TIMEOUT, psql_conninfo, tcp_conninfo};
+use super::clients::{QUERY_TIMEOUT, psql_conninfo, psql_rows, tcp_conninfo};
 use super::cluster::Cluster;
 use super::process::{command_as, pgbouncer_bin, pgbouncer_fast_exit_signal, server_user, signal};
 
@@ -84,14 +84,14 @@ impl Cluster {
     /// The `paused` column of `SHOW DATABASES` for `db` ("1" or "0"; "" when PgBouncer
     /// does not answer or has no such database).
     pub fn paused(&self, db: &str) -> String {
-        let Ok(rows) = self.admin("SHOW DATABASES") else {
+        let Ok(rows) = psql_rows(&self.pgbouncer_conninfo(), "SHOW DATABASES", QUERY_TIMEOUT)
+        else {
             return String::new();
         };
-        rows.lines()
-            .find(|l| l.split('|').next() == Some(db))
-            .and_then(|row| row.split('|').nth(11))
+        rows.iter()
+            .find(|r| r.get("name").map(String::as_str) == Some(db))
+            .and_then(|r| r.get("paused").cloned())
             .unwrap_or_default()
-            .to_string()
     }
 
     /// Node PgBouncer currently sends `postgres` to, per `SHOW DATABASES`.
