@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# rebouncer demo: builds rebouncer, sets up a throw-away PostgreSQL 15 primary + 2
+# rebouncer demo: builds rebouncer, sets up a throw-away PostgreSQL primary + 2
 # streaming standbys + PgBouncer on loopback ports of their own, and walks through a
 # failover and an old primary coming back, narrating each step. Then it stops and removes everything.
 #
@@ -24,11 +24,20 @@ if [ "$(id -u)" -ne 0 ]; then
     sudo=(sudo)
 fi
 
-pg_bin=/usr/lib/postgresql/15/bin
+# Other builds: REBOUNCER_PG_BIN (a PostgreSQL bin directory) and REBOUNCER_PGBOUNCER (a
+# pgbouncer binary), as for the tests; the packages are installed only for the defaults.
+pg_bin=${REBOUNCER_PG_BIN:-/usr/lib/postgresql/15/bin}
+pgbouncer=${REBOUNCER_PGBOUNCER:-/usr/sbin/pgbouncer}
 need=()
-[ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
-[ -x "$pg_bin/postgres" ] || need+=(postgresql-15)
-[ -x "$pg_bin/psql" ] || need+=(postgresql-client-15)
+for prog in "$pg_bin/postgres" "$pg_bin/psql" "$pgbouncer"; do
+    [ -x "$prog" ] && continue
+    case $prog in
+    /usr/lib/postgresql/15/bin/postgres) need+=(postgresql-15) ;;
+    /usr/lib/postgresql/15/bin/psql) need+=(postgresql-client-15) ;;
+    /usr/sbin/pgbouncer) need+=(pgbouncer) ;;
+    *) die "$prog is missing or not executable (REBOUNCER_PG_BIN=$pg_bin, REBOUNCER_PGBOUNCER=$pgbouncer)" ;;
+    esac
+done
 dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q "install ok installed" || need+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)

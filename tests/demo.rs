@@ -121,7 +121,10 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 fn demo() {
     let n = Narrator { t0: Instant::now() };
     println!();
-    n.say("rebouncer demo: a real PostgreSQL 15 cluster and a real PgBouncer on this machine.");
+    n.say(&format!(
+        "rebouncer demo: a real PostgreSQL cluster and a real PgBouncer on this machine:\n{}.",
+        common::versions_under_test()
+    ));
 
     // --- 1. the cluster ---------------------------------------------------------------
     n.step("1. Creating the cluster");

@@ -131,16 +131,6 @@ impl Drop for ReadOnlyDir {
     }
 }
 
-/// `paused` of one database in `SHOW DATABASES` (PgBouncer 1.18: 12th column).
-fn paused(c: &Cluster, db: &str) -> String {
-    let rows = c.admin("SHOW DATABASES").unwrap();
-    let row = rows
-        .lines()
-        .find(|l| l.split('|').next() == Some(db))
-        .unwrap_or_else(|| panic!("no {db} in SHOW DATABASES: {rows}"));
-    row.split('|').nth(11).unwrap_or_default().to_string()
-}
-
 /// A switch `KILL`s the databases that moved, and PgBouncer then holds every new client
 /// of them until `RESUME` (it shows them as paused). When that `RESUME` fails the daemon
 /// retries it every round through `switch::resume`: it must un-pause the database, and
@@ -155,7 +145,7 @@ fn a_killed_database_is_resumed_and_resuming_twice_is_harmless() {
     let c = Cluster::start(Opts::default().standbys(1).link(common::Link::Node(1)));
     c.bouncer_query("appdb", "SELECT 1").unwrap();
     c.admin("KILL appdb").unwrap();
-    assert_eq!(paused(&c, "appdb"), "1", "KILL should leave appdb paused");
+    assert_eq!(c.paused("appdb"), "1", "KILL should leave appdb paused");
 
     let target = Target::parse(&c.pgbouncer_conninfo(), &Env::from_process()).unwrap();
     let bouncer = Bouncer::new(target, Duration::from_secs(3));
@@ -167,7 +157,7 @@ fn a_killed_database_is_resumed_and_resuming_twice_is_harmless() {
     for attempt in ["first", "second"] {
         rt.block_on(switch::resume(&bouncer, &dbs))
             .unwrap_or_else(|(left, e)| panic!("{attempt} resume: {left:?}: {e}"));
-        assert_eq!(paused(&c, "appdb"), "0", "after the {attempt} resume");
+        assert_eq!(c.paused("appdb"), "0", "after the {attempt} resume");
     }
     assert_eq!(c.bouncer_query("appdb", "SELECT 1").unwrap().trim(), "1");
 }

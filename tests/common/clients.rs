@@ -17,11 +17,38 @@ use super::process::{pg_bin, run_timeout};
 /// in the server log), the whole run killed after `timeout`. Ok(stdout without the
 /// trailing newline; rows on lines, columns separated by `|`), Err(stderr or timeout).
 pub fn psql_conninfo(conninfo: &str, sql: &str, timeout: Duration) -> Result<String, String> {
+    psql_run(conninfo, sql, timeout, "-t")
+}
+
+/// [`psql_conninfo`] with the column names: one map per row, column name to value. For
+/// the admin console's `SHOW` commands, whose columns move between PgBouncer versions
+/// (docs/versions.md), so that a test reads a column by its name, not its position.
+pub fn psql_rows(
+    conninfo: &str,
+    sql: &str,
+    timeout: Duration,
+) -> Result<Vec<std::collections::HashMap<String, String>>, String> {
+    let out = psql_run(conninfo, sql, timeout, "--pset=footer=off")?;
+    let mut lines = out.lines();
+    let names: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+    Ok(lines
+        .map(|l| {
+            names
+                .iter()
+                .zip(l.split('|'))
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect())
+}
+
+/// `form`: `-t` (rows only) or `--pset=footer=off` (a header line, no row count).
+fn psql_run(conninfo: &str, sql: &str, timeout: Duration, form: &str) -> Result<String, String> {
     let mut cmd = Command::new(pg_bin("psql"));
     cmd.args([
         "-X",
         "-A",
-        "-t",
+        form,
         "-q",
         "-v",
         "ON_ERROR_STOP=1",

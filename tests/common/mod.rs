@@ -1,7 +1,7 @@
 //! Integration-test fixture: the one place that owns external processes.
 //!
 //! A [`Cluster`] is a fresh temporary directory holding
-//! - a PostgreSQL 15 primary (`pg1`) and N streaming standbys (`pg2`, `pg3`, ...),
+//! - a PostgreSQL primary (`pg1`) and N streaming standbys (`pg2`, `pg3`, ...),
 //!   each on its own loopback port, with `log_connections=on`;
 //! - a real PgBouncer whose config file is the MANAGED SYMLINK
 //!   `<tmp>/pgbouncer.ini -> <tmp>/nodes/<node>.ini`, one precooked node file per
@@ -16,8 +16,9 @@
 //! when it is a tmpfs with >= 1 GiB free (4x faster start-up than ext4 here), else
 //! `$TMPDIR`/`/tmp`; `REBOUNCER_TEST_TMPDIR` overrides.
 //!
-//! Environment overrides: `REBOUNCER_PG_BIN` (default `/usr/lib/postgresql/15/bin`),
-//! `REBOUNCER_PGBOUNCER` (default `/usr/sbin/pgbouncer`), `REBOUNCER_BIN` (daemon binary
+//! Environment overrides: `REBOUNCER_PG_BIN` (the PostgreSQL bin directory, default
+//! `/usr/lib/postgresql/15/bin`), `REBOUNCER_PGBOUNCER` (the PgBouncer binary, default
+//! `/usr/sbin/pgbouncer`; both read in one place, `process.rs`), `REBOUNCER_BIN` (daemon binary
 //! when not built by cargo as an integration test), `REBOUNCER_KEEP_TMP=1`,
 //! `REBOUNCER_TEST_TMPDIR`, `REBOUNCER_FIXTURE_TRACE=1` (print start-up phase timings).
 //!

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::clients::{QUERY_TIMEOUT, psql_conninfo, tcp_conninfo};
+use super::clients::{QUERY_TIMEOUT, psql_conninfo, psql_rows, tcp_conninfo};
 use super::cluster::Cluster;
-use super::process::{command_as, pgbouncer_bin, server_user, signal};
+use super::process::{command_as, pgbouncer_bin, pgbouncer_fast_exit_signal, server_user, signal};
 
 impl Cluster {
     /// The managed symlink `<tmp>/pgbouncer.ini` (PgBouncer's config file).
@@ -84,14 +84,14 @@ impl Cluster {
     /// The `paused` column of `SHOW DATABASES` for `db` ("1" or "0"; "" when PgBouncer
     /// does not answer or has no such database).
     pub fn paused(&self, db: &str) -> String {
-        let Ok(rows) = self.admin("SHOW DATABASES") else {
+        let Ok(rows) = psql_rows(&self.pgbouncer_conninfo(), "SHOW DATABASES", QUERY_TIMEOUT)
+        else {
             return String::new();
         };
-        rows.lines()
-            .find(|l| l.split('|').next() == Some(db))
-            .and_then(|row| row.split('|').nth(11))
+        rows.iter()
+            .find(|r| r.get("name").map(String::as_str) == Some(db))
+            .and_then(|r| r.get("paused").cloned())
             .unwrap_or_default()
-            .to_string()
     }
 
     /// Node PgBouncer currently sends `postgres` to, per `SHOW DATABASES`.
@@ -207,13 +207,15 @@ impl Cluster {
         ))
     }
 
-    /// Stops PgBouncer: SIGTERM (immediate shutdown), SIGKILL after 5 s; returns when it
-    /// has exited (its port is closed then).
+    /// Stops PgBouncer: its immediate shutdown (SIGTERM up to 1.22, SIGQUIT from 1.23, see
+    /// [`pgbouncer_fast_exit_signal`]), SIGKILL after 5 s; returns when it has exited (its
+    /// port is closed then).
     pub fn bouncer_stop(&self) {
+        let sig = pgbouncer_fast_exit_signal();
         let mut g = self.bouncer.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut ch) = g.take() {
             if matches!(ch.try_wait(), Ok(None)) {
-                let _ = signal(&ch.id().to_string(), "TERM");
+                let _ = signal(&ch.id().to_string(), sig);
                 let t = Instant::now();
                 while t.elapsed() < Duration::from_secs(5) && matches!(ch.try_wait(), Ok(None)) {
                     std::thread::sleep(Duration::from_millis(20));

@@ -301,15 +301,98 @@ pub fn chown_server_recursive(path: &Path) {
     }
 }
 
+/// The PostgreSQL bin directory under test: `$REBOUNCER_PG_BIN`, else Debian 12's
+/// PostgreSQL 15. Every PostgreSQL program the fixture runs (also Patroni's `bin_dir` and
+/// psql) comes from here, so one variable switches the whole suite to another build.
+pub const PG_BIN_ENV: &str = "REBOUNCER_PG_BIN";
+pub const PG_BIN_DEFAULT: &str = "/usr/lib/postgresql/15/bin";
+/// The PgBouncer binary under test: `$REBOUNCER_PGBOUNCER`, else Debian 12's 1.18.
+pub const PGBOUNCER_ENV: &str = "REBOUNCER_PGBOUNCER";
+pub const PGBOUNCER_DEFAULT: &str = "/usr/sbin/pgbouncer";
+
+fn env_or(name: &str, default: &str) -> PathBuf {
+    match std::env::var_os(name) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from(default),
+    }
+}
+
 pub fn pg_bin(prog: &str) -> PathBuf {
-    let dir =
-        std::env::var("REBOUNCER_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
-    Path::new(&dir).join(prog)
+    env_or(PG_BIN_ENV, PG_BIN_DEFAULT).join(prog)
 }
 
 pub fn pgbouncer_bin() -> PathBuf {
-    PathBuf::from(
-        std::env::var("REBOUNCER_PGBOUNCER").unwrap_or_else(|_| "/usr/sbin/pgbouncer".into()),
+    env_or(PGBOUNCER_ENV, PGBOUNCER_DEFAULT)
+}
+
+/// The version of the PgBouncer under test as (major, minor, patch), from the first line
+/// of `pgbouncer --version` ("PgBouncer 1.24.1"); asked once per test process. Panics
+/// when the binary cannot be run: nothing else in a test could work then either.
+pub fn pgbouncer_version() -> (u32, u32, u32) {
+    static V: OnceLock<Result<(u32, u32, u32), String>> = OnceLock::new();
+    let v = V.get_or_init(|| {
+        let bin = pgbouncer_bin();
+        let o = run_timeout(Command::new(&bin).arg("--version"), Duration::from_secs(10))?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        parse_pgbouncer_version(&text).ok_or_else(|| {
+            format!(
+                "{} --version said {:?} ({}), not \"PgBouncer <major>.<minor>.<patch>\": is {PGBOUNCER_ENV} a PgBouncer?",
+                bin.display(),
+                text.trim(),
+                o.status
+            )
+        })
+    });
+    match v {
+        Ok(v) => *v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn parse_pgbouncer_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.lines().next()?.strip_prefix("PgBouncer ")?.trim();
+    let mut n = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((n.next()??, n.next()??, n.next().flatten().unwrap_or(0)))
+}
+
+/// The signal that makes PgBouncer exit at once, dropping its clients: SIGTERM up to 1.22;
+/// from 1.23 SIGTERM waits until every client (an admin session too) has disconnected,
+/// and SIGQUIT is the immediate one. 1.18 ignores SIGQUIT (docs/versions.md).
+pub fn pgbouncer_fast_exit_signal() -> &'static str {
+    if pgbouncer_version() >= (1, 23, 0) {
+        "QUIT"
+    } else {
+        "TERM"
+    }
+}
+
+/// "PostgreSQL 15.14 (/usr/lib/postgresql/15/bin), PgBouncer 1.18.0 (/usr/sbin/pgbouncer)":
+/// what the suite runs against, from the programs' own `--version`, for narration and
+/// failure messages.
+pub fn versions_under_test() -> String {
+    fn first_line(prog: &Path) -> String {
+        match run_timeout(Command::new(prog).arg("--version"), Duration::from_secs(10)) {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+            Ok(o) => format!("{} --version failed ({})", prog.display(), o.status),
+            Err(e) => e,
+        }
+    }
+    // "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)" -> "PostgreSQL 15.14"
+    let pg = first_line(&pg_bin("postgres"));
+    let pg = match pg.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["postgres", "(PostgreSQL)", v, ..] => format!("PostgreSQL {v}"),
+        _ => pg,
+    };
+    format!(
+        "{pg} ({}), {} ({})",
+        pg_bin("").display(),
+        first_line(&pgbouncer_bin()),
+        pgbouncer_bin().display()
     )
 }
 
