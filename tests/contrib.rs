@@ -362,6 +362,7 @@ fn shell_scripts_pass_shellcheck() {
             "contrib/demo.sh",
             ".ci/run",
             "contrib/package-test.sh",
+            "contrib/ci/build-versions.sh",
             "contrib/debian/postinst",
             "contrib/debian/postrm",
             "contrib/rpm/post_install.sh",
