@@ -17,6 +17,8 @@
 
 pub mod checks;
 pub mod drift;
+pub mod machine;
+pub mod messages;
 pub mod pacing;
 pub mod pause;
 pub mod persist;
