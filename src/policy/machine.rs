@@ -517,9 +517,12 @@ impl Policy {
     ) {
         if behind != self.believed.active {
             self.drift(behind, target, None, out);
-        } else if self.drift_cadence.round(session_closed) {
+        } else if let Some(node) = behind
+            && self.drift_cadence.round(session_closed)
+        {
             self.wait(Stage::Routes);
             out.push(Command::CompareRoutes {
+                node,
                 restarted: session_closed,
             });
             return;
@@ -537,6 +540,7 @@ impl Policy {
         out: &mut Vec<Command>,
     ) {
         out.push(Command::Drifted {
+            was: self.believed.active,
             behind,
             target,
             routes,

@@ -199,10 +199,12 @@ pub enum Command {
     CheckLink,
     /// Compare PgBouncer's routes with the active node's file; answer with
     /// [`Input::Routes`]. `restarted`: PgBouncer closed the admin session.
-    CompareRoutes { restarted: bool },
+    CompareRoutes { node: NodeId, restarted: bool },
     /// PgBouncer is not where rebouncer put it: say so (the symlink now names `behind`'s
     /// file, or `target`, or the routes differ as `routes` says).
     Drifted {
+        /// Where rebouncer had put it.
+        was: Option<NodeId>,
         behind: Option<NodeId>,
         target: Option<PathBuf>,
         routes: Option<String>,

@@ -325,6 +325,7 @@ fn drift_unconfirms_the_active_node_and_the_switch_back_says_drift() {
     assert_eq!(
         cmds[0],
         Command::Drifted {
+            was: Some(0),
             behind: Some(1),
             target: None,
             routes: None
@@ -367,7 +368,10 @@ fn routes_are_compared_every_few_rounds_and_at_once_after_a_pgbouncer_restart() 
     r.round(&healthy);
     assert_eq!(
         r.tell(link(true)),
-        [Command::CompareRoutes { restarted: true }]
+        [Command::CompareRoutes {
+            node: 0,
+            restarted: true
+        }]
     );
     let cmds = r.tell(Input::Routes(Routes::Differ(
         "appdb routes elsewhere".into(),
