@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::counters::SwitchReason;
 use crate::decide::{self, Action, Believed, Decision, Memory, NodeId, NodeState, Seen, Timelines};
-use crate::policy::checks::{self, Backoff};
+use crate::policy::checks;
 use crate::policy::drift::DriftCadence;
-use crate::policy::messages::{
-    Answer, Carry, Command, Hold, Input, Paused, Release, Routes, Settings, Switched,
-};
+use crate::policy::messages::{Command, Hold, Input, Paused, Release, Routes, Settings, Switched};
 use crate::policy::pacing::{self, SwitchPacing};
 use crate::policy::pause::{self, Pausing, Start};
 use crate::policy::persist::Persist;
@@ -31,54 +29,6 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Checks are waited for this much beyond `timeout`: a monitor's own deadline is
 /// `timeout`, and its report must still get through.
 const COLLECT_GRACE: Duration = Duration::from_millis(250);
-
-/// What the policy knows of one server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Known {
-    /// What it answered last; `None` before its first answer.
-    pub state: Option<NodeState>,
-    /// Its last check timed out.
-    pub hung: bool,
-    /// A check of it is under way.
-    pub busy: bool,
-    /// The last timeline it reported while up.
-    pub timeline: Option<decide::Timeline>,
-    /// Set by a check on a new connection that failed while the kept session answers;
-    /// cleared by one that succeeds, or when the server's state changes.
-    pub refuses_new: Option<String>,
-    /// When it was last asked on a new connection before a verdict.
-    pub rechecked: Option<Instant>,
-    /// A new connection to it worked since it last changed state.
-    pub accepted_new: bool,
-    pub backoff: Backoff,
-}
-
-impl Known {
-    fn new(now: Instant) -> Known {
-        Known {
-            state: None,
-            hung: false,
-            busy: false,
-            timeline: None,
-            refuses_new: None,
-            rechecked: None,
-            accepted_new: false,
-            backoff: Backoff::new(now),
-        }
-    }
-
-    /// What the verdict sees of it.
-    fn seen(&self) -> Seen {
-        Seen {
-            state: self.state.unwrap_or(NodeState::Down),
-            timeline: self
-                .timeline
-                .filter(|_| self.state != Some(NodeState::Down)),
-            refuses_new: self.refuses_new.is_some(),
-            silent: self.state.is_none() || (self.state == Some(NodeState::Down) && self.hung),
-        }
-    }
-}
 
 /// What ends a pass of the rules, for the round timer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,50 +337,6 @@ impl Policy {
     fn verdict(&self) -> Decision {
         let observed: Vec<Seen> = self.nodes.iter().map(Known::seen).collect();
         decide::decide(self.believed, &observed, &self.memory)
-    }
-
-    fn retry_failing_now(&mut self, now: Instant) {
-        for n in self.nodes.iter_mut() {
-            n.backoff.retry_now(now);
-        }
-    }
-
-    /// Record one answer; true if the server's state changed.
-    fn record(&mut self, node: NodeId, answer: Answer, now: Instant) -> bool {
-        let (fast, interval) = (self.settings.fast_interval, self.settings.interval);
-        let Some(n) = self.nodes.get_mut(node) else {
-            return false;
-        };
-        n.busy = false;
-        n.hung = answer.hung;
-        let changed = n.state != Some(answer.state);
-        if changed {
-            n.state = Some(answer.state);
-            n.refuses_new = None;
-            n.accepted_new = false;
-        }
-        if answer.state != NodeState::Down {
-            n.timeline = answer.timeline.or(n.timeline);
-        }
-        match answer.fresh {
-            Some(Err(e)) => n.refuses_new = Some(e),
-            Some(Ok(())) => {
-                n.accepted_new = true;
-                n.refuses_new = None;
-            }
-            None => {}
-        }
-        n.backoff
-            .checked(answer.state == NodeState::Down, now, fast, interval);
-        if changed {
-            // Something changed, and the others may be part of it.
-            for (id, other) in self.nodes.iter_mut().enumerate() {
-                if id != node {
-                    other.backoff.retry_now(now);
-                }
-            }
-        }
-        changed
     }
 
     fn until(&self, now: Instant) -> Instant {
@@ -821,98 +727,12 @@ impl Policy {
             self.next_round = self.next_round.min(now + self.settings.fast_interval);
         }
     }
-
-    /// A reload was applied: carry what is known over to the new list of nodes.
-    #[allow(clippy::too_many_arguments)]
-    fn reloaded(
-        &mut self,
-        from: &[Carry],
-        old_count: usize,
-        settings: Settings,
-        console_changed: bool,
-        changed: bool,
-        now: Instant,
-        out: &mut Vec<Command>,
-    ) {
-        let mut old: Vec<Option<Known>> = std::mem::take(&mut self.nodes)
-            .into_iter()
-            .map(Some)
-            .collect();
-        old.resize(old_count.max(old.len()), None);
-        let mut moved: Vec<Option<NodeId>> = vec![None; old.len()];
-        for (i, carry) in from.iter().enumerate() {
-            let known = match *carry {
-                Carry::Kept(p) => {
-                    moved[p] = Some(i);
-                    old[p].take().unwrap_or_else(|| Known::new(now))
-                }
-                Carry::Restarted(p) => {
-                    moved[p] = Some(i);
-                    match old[p].take() {
-                        // What it was stays known until the new monitor says otherwise.
-                        Some(k) => Known {
-                            busy: false,
-                            hung: false,
-                            backoff: Backoff {
-                                next_try: now,
-                                ..k.backoff
-                            },
-                            ..k
-                        },
-                        None => Known::new(now),
-                    }
-                }
-                Carry::Replaced(p) => {
-                    moved[p] = Some(i);
-                    Known::new(now)
-                }
-                Carry::New => Known::new(now),
-            };
-            self.nodes.push(known);
-        }
-        let remap = |id: NodeId| moved.get(id).copied().flatten();
-        let active_removed = self.believed.active.is_some_and(|a| remap(a).is_none());
-        self.believed.active = self.believed.active.and_then(remap);
-        self.memory.contested = self
-            .memory
-            .contested
-            .iter()
-            .filter_map(|c| remap(*c))
-            .collect();
-        self.memory.unheard_link = self.memory.unheard_link.and_then(remap);
-        self.pacing.remap(remap);
-        if let Some(h) = &mut self.hold {
-            // Not removed: that hold ended at `Reloading`.
-            h.lost = remap(h.lost).unwrap_or(h.lost);
-        }
-        // Its node ids are the old ones: unless every server kept its place, the next
-        // round decides again.
-        let same_places = moved.len() == self.nodes.len()
-            && moved.iter().enumerate().all(|(old, new)| *new == Some(old));
-        if !same_places {
-            self.last_decision = None;
-        }
-        if console_changed {
-            // Routes are checked through the new console at the next round.
-            self.drift_cadence.soon();
-        }
-        self.settings = settings;
-        if let Some(h) = &mut self.hold {
-            // A pause under way is measured against the new limit from when it began:
-            // an operator who shortens pause_timeout during an outage means now.
-            h.deadline = h.started + settings.pause_timeout;
-        }
-        if changed {
-            // Added or changed servers are checked at once, and the new settings decide
-            // from there.
-            self.next_round = now;
-        }
-        if active_removed {
-            // The switch goes through the normal, confirmed path at the next round.
-            out.push(Command::FindLinked);
-        }
-    }
 }
+
+mod known;
+mod reload;
+
+pub use known::Known;
 
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::decide::{Cluster, Timeline};
+use crate::policy::messages::{Answer, Carry};
 use crate::policy::pause::{HoldEnd, Loss};
 use std::time::SystemTime;
 
