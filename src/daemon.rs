@@ -293,6 +293,7 @@ impl<C: Console> Daemon<C> {
             return;
         }
         self.finish_what_the_last_run_left().await;
+        self.state_file_written();
         self.check_pause_settings().await;
         self.policy.start_polling(Instant::now().into_std());
         loop {
