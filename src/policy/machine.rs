@@ -44,6 +44,8 @@ enum End {
 /// Where a pass stopped to wait for the executor, and what it goes on with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Stage {
+    /// Deciding, waiting for nothing yet (a pass that began with news, not a round).
+    Deciding,
     /// The round's checks.
     Checks,
     /// Where the symlink points.
@@ -198,7 +200,7 @@ impl Policy {
                 if self.pass.is_none() {
                     self.pass = Some(Pass {
                         end: End::Timers,
-                        stage: Stage::Checks,
+                        stage: Stage::Deciding,
                     });
                     self.decide(now, &mut out);
                 }
@@ -209,7 +211,7 @@ impl Policy {
                     if changed {
                         self.pass = Some(Pass {
                             end: End::Report,
-                            stage: Stage::Checks,
+                            stage: Stage::Deciding,
                         });
                         self.decide(now, &mut out);
                     } else {
