@@ -25,7 +25,7 @@ use crate::policy::machine::Policy;
 use crate::policy::messages::{
     Answer, Carry, Command, Hold, Input, Paused, Release, Routes, Settings, Switched,
 };
-use crate::policy::pause::{HoldEnd, NoHold};
+use crate::policy::pause::{self, HoldEnd, NoHold};
 use crate::policy::persist::Said;
 use crate::policy::reload_plan::{self, ReloadPlan};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};

@@ -187,18 +187,8 @@ impl<C: Console> Daemon<C> {
             Ok(d) => d,
             Err(e) => return skip(&e),
         };
-        let held = self.state.state().resume_pending.clone();
-        // A database already paused is someone else's (an operator's maintenance PAUSE)
-        // unless rebouncer holds it: resuming it later would end their pause.
-        let databases: Vec<String> = node
-            .databases
-            .iter()
-            .map(|d| d.name.clone())
-            .filter(|db| {
-                now.iter()
-                    .any(|d| d.name == *db && (!d.paused || held.contains(db)))
-            })
-            .collect();
+        let wanted: Vec<String> = node.databases.iter().map(|d| d.name.clone()).collect();
+        let databases = pause::databases_to_hold(&wanted, &now, &self.state.state().resume_pending);
         if databases.is_empty() {
             return skip(&"none of its databases is there to pause");
         }
