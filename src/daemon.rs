@@ -1,13 +1,15 @@
-//! The main loop, the executor of the rules: rounds of checks, the decision, and the
-//! snapshot the status pages read. What to do is decided by [`crate::decide`] and the
-//! pure rules in [`crate::policy`]; this performs it and feeds the results back. Each
-//! server has its own monitor task behind the [`Probe`] seam, and PgBouncer sits behind
-//! the [`Console`] seam, so the loop's behaviour over time is unit-tested with a fake
-//! cluster on tokio's paused clock (`daemon/tests.rs`); the integration tests drive the
-//! real processes. The monitor tasks are in `daemon/monitor.rs`, PgBouncer's side
-//! (switch, drift) in `daemon/bouncer.rs`, the pause in `daemon/hold.rs`, reloads in
+//! The main loop, the executor of the rules. Every decision is made by the
+//! [`Policy`](crate::policy::machine::Policy): this feeds it what happened (answers,
+//! timers, closed connections, the results of switches and pauses) and performs the
+//! [`Command`]s it answers with, feeding each result back. Each server has its own
+//! monitor task behind the [`Probe`] seam, and PgBouncer sits behind the [`Console`]
+//! seam, so the loop's behaviour over time is also unit-tested with a fake cluster on
+//! tokio's paused clock (`daemon/tests.rs`); the integration tests drive the real
+//! processes. The monitor tasks are in `daemon/monitor.rs`, PgBouncer's side (switch,
+//! drift) in `daemon/bouncer.rs`, the pause in `daemon/hold.rs`, reloads in
 //! `daemon/reload.rs`, the log lines in `daemon/say.rs`.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -17,16 +19,14 @@ use tracing::{error, info, warn};
 use crate::admin::{self, Bouncer, Console, Database, Session};
 use crate::config::{self, Config, ConfigError, Server};
 use crate::counters::{self, SwitchReason};
-use crate::decide::{
-    self, Action, Believed, Cluster, Decision, Memory, NodeId, NodeState, Refusal, Seen, Stale,
-    Timeline,
-};
+use crate::decide::{Cluster, Decision, NodeId, NodeState, Refusal, Stale, Timeline};
 use crate::events::Kind;
-use crate::policy::checks::{self, Backoff};
-use crate::policy::drift::DriftCadence;
-use crate::policy::pacing::{self, SwitchPacing};
-use crate::policy::pause::{self, HoldEnd, NoHold, Pausing, Start};
-use crate::policy::persist::{Persist, Said};
+use crate::policy::machine::Policy;
+use crate::policy::messages::{
+    Answer, Carry, Command, Hold, Input, Paused, Release, Routes, Settings, Switched,
+};
+use crate::policy::pause::{self, HoldEnd, NoHold};
+use crate::policy::persist::Said;
 use crate::policy::reload_plan::{self, ReloadPlan};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
@@ -37,24 +37,22 @@ use crate::view::{
     ReloadStatus, RoundStats, Snapshot, SwitchFailure, Verdict,
 };
 
+// The loop's tests on the paused clock name the switch pacing's bounds.
+#[cfg(test)]
+use crate::policy::pacing;
+
 mod bouncer;
 mod hold;
 mod monitor;
 mod reload;
 mod say;
 
-use hold::{Ending, Hold};
 use monitor::{Report, Request, run_monitor};
 
 /// How often PgBouncer's admin console is tried at start-up until it answers.
 const PGBOUNCER_RETRY: Duration = Duration::from_secs(5);
 /// How often a lasting condition is logged again.
 const REMINDER_EVERY: Duration = Duration::from_secs(60);
-/// With kept connections and an `interval` longer than this, the active master is also
-/// asked this often between rounds, on its kept connection (one query, no new backend):
-/// a primary that hangs closes no connection, and would otherwise be noticed only at the
-/// next round, up to `interval` later.
-const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Names one monitor task for as long as it runs: the index of its node in the first
 /// configuration, then increasing for every monitor a reload starts. Reports and news of
@@ -75,27 +73,16 @@ pub struct Reload {
 type Spawner =
     Box<dyn FnMut(MonitorKey, &Server, &Config) -> mpsc::UnboundedSender<Request> + Send + Sync>;
 
-/// What the loop knows of one server.
+/// What the executor keeps of one server: its monitor, and what the pages show beyond
+/// what the policy knows ([`crate::policy::machine::Known`]).
 struct Node {
     name: String,
     key: MonitorKey,
-    state: Option<NodeState>,
     error: Option<String>,
-    hung: bool,
-    busy: bool,
     last_check: Option<SystemTime>,
     since: Option<SystemTime>,
     took: Option<Duration>,
-    timeline: Option<Timeline>,
     timeline_note: Option<String>,
-    /// Set by a check on a new connection that failed while the kept session answers;
-    /// cleared by one that succeeds, or when the server's state changes.
-    refuses_new: Option<String>,
-    /// When it was last asked on a new connection before a verdict.
-    rechecked: Option<Instant>,
-    /// A new connection to it worked since it last changed state.
-    accepted_new: bool,
-    backoff: Backoff,
     requests: mpsc::UnboundedSender<Request>,
 }
 
@@ -104,19 +91,11 @@ impl Node {
         Node {
             name,
             key,
-            state: None,
             error: None,
-            hung: false,
-            busy: false,
             last_check: None,
             since: None,
             took: None,
-            timeline: None,
             timeline_note: None,
-            refuses_new: None,
-            rechecked: None,
-            accepted_new: false,
-            backoff: Backoff::new(Instant::now().into_std()),
             requests,
         }
     }
@@ -142,36 +121,26 @@ pub struct Daemon<C: Console> {
     reloads: Option<mpsc::UnboundedReceiver<Reload>>,
     reports: mpsc::UnboundedReceiver<Report>,
     lost: mpsc::UnboundedReceiver<ConnectionLost>,
-    believed: Believed,
-    memory: Memory,
+    /// Every decision, and all it remembers.
+    policy: Policy,
     state: StateFile,
-    /// Set by a round that switched, failed to switch or found no single usable master:
-    /// the next round comes after `fast_interval` instead of `interval`.
-    unsettled: bool,
     last_switch: Option<SystemTime>,
     switch_failure: Option<SwitchFailure>,
-    pacing: SwitchPacing,
     /// What PgBouncer runs while it does not take the file the symlink names.
     not_taken: Option<NotTaken>,
-    persist: Persist,
     conditions: Throttle<Condition>,
     stale_log: Throttle<Vec<String>>,
     refusal_log: Throttle<String>,
     switch_errors: Throttle<String>,
     last_round: Option<RoundStats>,
-    last_decision: Option<Decision>,
     /// A kept admin session: when PgBouncer closes it (a restart), its routes are checked
     /// at once.
     watch_session: Option<C::Session>,
-    drift_cadence: DriftCadence,
+    /// The drift shown on the pages, until a switch ends it.
     drift: Option<Drift>,
     paused: Vec<PausedDatabase>,
     /// The routes PgBouncer was last confirmed to use.
     last_confirmed: Option<Vec<Database>>,
-    hold: Option<Hold>,
-    /// The loss of the active master already had its pause (it ended or could not be
-    /// made): no second one until that master answers again or another is switched to.
-    loss_handled: bool,
     last_hold: Option<FailoverPause>,
 }
 
@@ -227,7 +196,12 @@ impl<C: Console> Daemon<C> {
             .collect();
         let mut state = state;
         state.bound_writes(cfg.timeout);
-        let memory = Memory::at_start(state.state().timelines.clone(), None);
+        let policy = Policy::new(
+            Settings::of(&cfg),
+            nodes.len(),
+            state.state().timelines.clone(),
+            Instant::now().into_std(),
+        );
         Daemon {
             console,
             status,
@@ -238,28 +212,20 @@ impl<C: Console> Daemon<C> {
             reloads: None,
             reports,
             lost,
-            believed: Believed::default(),
-            memory,
+            policy,
             state,
-            unsettled: true,
             last_switch: None,
             switch_failure: None,
-            pacing: SwitchPacing::default(),
             not_taken: None,
-            persist: Persist::default(),
             conditions: Throttle::new(REMINDER_EVERY),
             stale_log: Throttle::new(REMINDER_EVERY),
             refusal_log: Throttle::new(REMINDER_EVERY),
             switch_errors: Throttle::new(REMINDER_EVERY),
             last_round: None,
-            last_decision: None,
             watch_session: None,
-            drift_cadence: DriftCadence::default(),
             drift: None,
             paused: Vec::new(),
             last_confirmed: None,
-            hold: None,
-            loss_handled: false,
             last_hold: None,
             cfg,
         }
@@ -288,9 +254,9 @@ impl<C: Console> Daemon<C> {
                 stale.display()
             );
         }
-        self.believed.active = self.node_behind_symlink().await;
-        self.memory = Memory::at_start(self.memory.timelines.clone(), self.believed.active);
-        match self.believed.active {
+        let linked = self.node_behind_symlink().await;
+        self.policy.start(linked);
+        match linked {
             Some(n) => info!(
                 "PgBouncer's config {} points at node {}; it will be confirmed after the first round",
                 self.cfg.symlink.display(),
@@ -302,7 +268,8 @@ impl<C: Console> Daemon<C> {
             ),
         }
         let remembered: Vec<String> = self
-            .memory
+            .policy
+            .memory()
             .timelines
             .iter()
             .map(|h| format!("timeline {}", h.timeline))
@@ -318,86 +285,189 @@ impl<C: Console> Daemon<C> {
             // A pause must be on disk before it is made: find out now whether it can be,
             // not at the first failover.
             let _ = self.state.rewrite().await;
-            self.say_state_file();
+            let error = self.state_error();
+            self.feed(Input::Written { error }).await;
         }
         self.publish();
         if !self.wait_for_pgbouncer().await {
             return;
         }
         self.finish_what_the_last_run_left().await;
+        self.state_file_written();
         self.check_pause_settings().await;
-        let mut next_round = Instant::now();
-        let mut next_beat = Instant::now() + HEARTBEAT;
+        self.policy.start_polling(Instant::now().into_std());
         loop {
-            let hold_deadline = self.hold.as_ref().map(|h| h.deadline);
+            let next_round = Instant::from_std(self.policy.next_round());
+            let next_beat = Instant::from_std(self.policy.next_heartbeat());
+            let hold_deadline = self.policy.hold_deadline().map(Instant::from_std);
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
                 _ = async { sleep_until(hold_deadline.unwrap_or_else(Instant::now)).await }, if hold_deadline.is_some() => {
-                    self.decide_and_act().await;
-                    continue;
+                    self.feed(Input::HoldDeadline).await;
                 }
-                Some(reload) = next_reload(&mut self.reloads) => {
-                    if self.reload(reload).await && !self.shutting_down() {
-                        // Added or changed servers are checked at once, and the new
-                        // settings decide from there.
-                        next_round = Instant::now();
-                    }
-                    continue;
-                }
+                Some(reload) = next_reload(&mut self.reloads) => self.reload(reload).await,
                 Some(lost) = self.lost.recv() => {
-                    let Some(i) = self.index_of(lost.node) else {
+                    let Some(node) = self.index_of(lost.node) else {
                         // A monitor a reload stopped.
                         continue;
                     };
-                    let n = &self.nodes[i];
                     info!(
                         "{}: monitoring connection closed by the server (was {}); checking all servers now",
-                        n.name,
-                        n.state.map_or("unchecked", NodeState::as_str)
+                        self.nodes[node].name,
+                        self.policy.nodes()[node].state.map_or("unchecked", NodeState::as_str)
                     );
-                    self.unsettled = true;
-                    self.retry_failing_now();
-                    self.round().await;
+                    self.feed(Input::ConnectionClosed { node }).await;
                 }
                 Some(report) = self.reports.recv() => {
                     // A heartbeat, or a check that outlived its round (a hung server).
-                    // Act on news at once; if it unsettled the cluster, poll fast from now.
-                    if self.apply(report) {
-                        self.decide_and_act().await;
-                    }
-                    if self.unsettled && !self.shutting_down() {
-                        next_round = next_round.min(Instant::now() + self.cfg.fast_interval);
-                    }
-                    continue;
+                    let next = self.apply(report);
+                    self.perform_all(next).await;
                 }
-                _ = sleep_until(next_beat) => {
-                    self.heartbeat();
-                    next_beat = Instant::now() + HEARTBEAT;
-                    continue;
-                }
-                _ = sleep_until(next_round) => self.round().await,
+                _ = sleep_until(next_beat) => self.feed(Input::HeartbeatDue).await,
+                _ = sleep_until(next_round) => self.feed(Input::RoundDue).await,
             }
             if self.shutting_down() {
                 break;
             }
-            let pause = if self.unsettled {
-                self.cfg.fast_interval
-            } else {
-                self.cfg.interval
-            };
-            next_round = Instant::now() + pause;
         }
-        if self.hold.is_some() {
-            // PgBouncer keeps a pause after its admin session is gone: nobody else would
-            // ever resume these clients.
-            self.end_hold("rebouncer is shutting down", Ending::Shutdown)
-                .await;
-        }
+        self.feed(Input::Shutdown).await;
         info!(
             "shutting down; PgBouncer stays pointed at {}",
             self.active_name()
         );
+    }
+
+    /// Tell the policy what happened, now.
+    fn tell(&mut self, input: Input) -> Vec<Command> {
+        self.policy.handle(input, Instant::now().into_std())
+    }
+
+    /// Tell the policy what happened and perform what it asks, to the end.
+    async fn feed(&mut self, input: Input) {
+        let commands = self.tell(input);
+        self.perform_all(commands).await;
+    }
+
+    /// Perform commands in order; what one's result makes the policy ask comes before
+    /// the commands after it.
+    async fn perform_all(&mut self, commands: Vec<Command>) {
+        let mut queue: VecDeque<Command> = commands.into();
+        while let Some(command) = queue.pop_front() {
+            let next = self.perform(command).await;
+            for c in next.into_iter().rev() {
+                queue.push_front(c);
+            }
+        }
+    }
+
+    /// Perform one command; the policy's answer to its result.
+    async fn perform(&mut self, command: Command) -> Vec<Command> {
+        match command {
+            Command::Check {
+                nodes,
+                fresh,
+                wait_for,
+                until,
+                round,
+            } => return self.check(nodes, fresh, wait_for, until, round).await,
+            Command::CheckLink => {
+                let (behind, target) = self.read_symlink().await;
+                let session_closed = self.watch_session.as_ref().is_some_and(|s| s.is_closed());
+                return self.tell(Input::Link {
+                    behind,
+                    target,
+                    session_closed,
+                });
+            }
+            Command::CompareRoutes { node, restarted } => {
+                let routes = self.compare_routes(node, restarted).await;
+                return self.tell(Input::Routes(routes));
+            }
+            Command::Drifted {
+                was,
+                behind,
+                target,
+                routes,
+            } => self.drifted(was, behind, target, routes),
+            Command::FindLinked => {
+                let behind = self.node_behind_symlink().await;
+                return self.tell(Input::Linked { behind });
+            }
+            Command::WriteTimelines(timelines) => {
+                // The error is said by the policy's answer, throttled.
+                let _ = self.state.update(|s| s.timelines = timelines).await;
+                let error = self.state_error();
+                return self.tell(Input::Written { error });
+            }
+            Command::SayStateFile(said) => self.say_state_file(said),
+            Command::LogDecision(decision) => self.log_decision(&decision),
+            Command::CannotHold(loss) => warn!(
+                "{} stopped being master ({}), but its clients are not held in PgBouncer: pause_on_failover is off \
+                 until the state file can be written; they get errors until a new master is switched to",
+                self.active_name(),
+                loss.why()
+            ),
+            Command::Pause { lost, why } => {
+                let paused = self.start_hold(lost, why.why()).await;
+                self.state_file_written();
+                return self.tell(Input::Paused(paused));
+            }
+            Command::Switch {
+                to,
+                from,
+                reason,
+                held,
+            } => {
+                let switched = self.switch(to, from, reason, held).await;
+                self.state_file_written();
+                return self.tell(Input::Switched(switched));
+            }
+            Command::EndHold { hold, release } => {
+                let (why, how) = self.release_text(&hold, &release);
+                self.end_hold(hold, &why, how).await;
+                self.state_file_written();
+            }
+            Command::HoldSwitched {
+                hold,
+                to,
+                waiting,
+                resume_failed,
+            } => {
+                let outcome = format!("switched to {}", self.nodes[to].name);
+                if resume_failed {
+                    // The switch's warning says which RESUME failed; the round retries it.
+                    self.log_hold_end(hold, &format!("{outcome}, but RESUME failed"), waiting);
+                } else {
+                    self.log_hold_end(hold, &outcome, waiting);
+                }
+            }
+            Command::FinishPending => {
+                if !self.state.state().kill_pending.is_empty() {
+                    self.retry_kill_pending().await;
+                }
+                if !self.state.state().resume_pending.is_empty() {
+                    self.resume_pending("left paused by an earlier RESUME that failed")
+                        .await;
+                }
+                self.state_file_written();
+            }
+            Command::Publish => self.publish(),
+            Command::RoundDone => self.status.send_modify(|s| s.counters.rounds += 1),
+        }
+        Vec::new()
+    }
+
+    fn state_error(&self) -> Option<String> {
+        self.state.write_error().map(str::to_string)
+    }
+
+    /// A step that may have written the state file is over: the policy learns how the
+    /// file stands.
+    fn state_file_written(&mut self) {
+        let error = self.state_error();
+        // Only recorded: it asks nothing.
+        let _ = self.tell(Input::StateFile { error });
     }
 
     /// Make sure PgBouncer's admin console answers before anything else is done, retrying
@@ -434,96 +504,75 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    /// Ask every server that is due, wait for the answers, then decide. A server that
-    /// hung at its last check is asked again but not waited for, so it cannot slow down
-    /// the rounds that have to notice a newly promoted standby; one that keeps failing is
-    /// asked less and less often (see [`Node::next_try`]).
-    async fn round(&mut self) {
+    /// Ask these servers; with `until`, apply every report until those in `wait_for`
+    /// answered or the deadline passed, then tell the policy the checks are over.
+    async fn check(
+        &mut self,
+        nodes: Vec<NodeId>,
+        fresh: bool,
+        wait_for: Vec<NodeId>,
+        until: Option<std::time::Instant>,
+        round: bool,
+    ) -> Vec<Command> {
         let started = Instant::now();
-        let deadline = started + self.cfg.timeout + Duration::from_millis(250);
-        let mut awaited = Vec::new();
-        for n in self.nodes.iter_mut() {
-            if n.busy || !n.backoff.due(started.into_std()) {
-                continue;
-            }
-            if n.requests.send(Request::Check).is_ok() {
-                n.busy = true;
-                if !n.hung {
-                    awaited.push(n.key);
-                }
-            }
-        }
-        let asked = awaited.len();
-        self.collect(&mut awaited, deadline).await;
-        self.last_round = Some(RoundStats {
-            asked,
-            answered: asked - awaited.len(),
-            took: started.elapsed(),
-        });
-        self.check_drift().await;
-        self.decide_and_act().await;
-        self.status.send_modify(|s| s.counters.rounds += 1);
-    }
-
-    /// Between rounds of a settled cluster, ask the active master again on its kept
-    /// connection. Its answer arrives like any late report; a timeout marks it down and
-    /// starts fast rounds.
-    fn heartbeat(&mut self) {
-        if !self.cfg.keep_connections || self.cfg.interval <= HEARTBEAT || self.unsettled {
-            return;
-        }
-        let Some(active) = self.believed.active.filter(|_| self.believed.confirmed) else {
-            return;
+        let request = if fresh {
+            Request::Fresh
+        } else {
+            Request::Check
         };
-        let n = &mut self.nodes[active];
-        if n.state == Some(NodeState::Master) && !n.busy && n.requests.send(Request::Check).is_ok()
-        {
-            n.busy = true;
+        let mut next = Vec::new();
+        let mut awaited = Vec::new();
+        for node in nodes {
+            if self.nodes[node].requests.send(request).is_ok() {
+                if wait_for.contains(&node) {
+                    awaited.push(self.nodes[node].key);
+                }
+            } else {
+                next.extend(self.tell(Input::NotAsked { node }));
+            }
         }
-    }
-
-    /// Apply reports until every awaited monitor answered or the deadline passed.
-    async fn collect(&mut self, awaited: &mut Vec<MonitorKey>, deadline: Instant) {
+        let Some(until) = until else {
+            return next;
+        };
+        let deadline = Instant::from_std(until);
+        let asked = awaited.len();
         while !awaited.is_empty() {
             tokio::select! {
                 Some(report) = self.reports.recv() => {
                     let key = report.key;
-                    self.apply(report);
+                    next.extend(self.apply(report));
                     awaited.retain(|k| *k != key);
                 }
                 _ = sleep_until(deadline) => break,
             }
         }
-    }
-
-    /// A server that was backing off is asked at the next round: something changed, and
-    /// it may be part of it.
-    fn retry_failing_now(&mut self) {
-        let now = Instant::now().into_std();
-        for n in self.nodes.iter_mut() {
-            n.backoff.retry_now(now);
+        if round {
+            self.last_round = Some(RoundStats {
+                asked,
+                answered: asked - awaited.len(),
+                took: started.elapsed(),
+            });
         }
+        next.extend(self.tell(Input::ChecksOver));
+        next
     }
 
-    /// Record one answer; true if the node's state changed. An answer from a monitor a
-    /// reload stopped is dropped.
-    fn apply(&mut self, report: Report) -> bool {
+    /// Record one answer for the pages and the log, and tell the policy. An answer from a
+    /// monitor a reload stopped is dropped.
+    fn apply(&mut self, report: Report) -> Vec<Command> {
         let Some(index) = self.index_of(report.key) else {
-            return false;
+            return Vec::new();
         };
         let now = SystemTime::now();
-        let fast = self.cfg.fast_interval;
-        let interval = self.cfg.interval;
+        let known = self.policy.nodes()[index].clone();
         let n = &mut self.nodes[index];
         let obs = report.obs;
-        n.busy = false;
         n.last_check = Some(now);
-        n.hung = obs.hung;
         n.took = Some(report.took);
-        let changed = n.state != Some(obs.state);
+        let changed = known.state != Some(obs.state);
         let ok = obs.state != NodeState::Down;
         if changed {
-            let text = match (&obs.error, n.state) {
+            let text = match (&obs.error, known.state) {
                 (Some(e), _) => format!("{}: now down: {e}", n.name),
                 (None, None) => format!("{}: {}{}", n.name, obs.state, on_timeline(obs.timeline)),
                 (None, Some(old)) => format!(
@@ -539,11 +588,8 @@ impl<C: Console> Daemon<C> {
                 warn!("{text}");
             }
             view::record_event(&self.status, Kind::State, Some(&n.name), text);
-            n.state = Some(obs.state);
             n.since = Some(now);
-            n.refuses_new = None;
-            n.accepted_new = false;
-        } else if let (Some(new), Some(old)) = (obs.timeline, n.timeline)
+        } else if let (Some(new), Some(old)) = (obs.timeline, known.timeline)
             && new.timeline != old.timeline
         {
             info!(
@@ -557,208 +603,33 @@ impl<C: Console> Daemon<C> {
             }
             n.timeline_note = obs.timeline_note;
         }
-        if obs.state != NodeState::Down {
-            n.timeline = obs.timeline.or(n.timeline);
+        // A change of state forgets what new connections found before it.
+        let refused_before = known.refuses_new.is_some() && !changed;
+        match &obs.fresh {
+            Some(Err(e)) if !refused_before => warn!(
+                "{}: answers as {} on rebouncer's kept session, but a new connection failed: {e}",
+                n.name, obs.state
+            ),
+            Some(Ok(())) if refused_before => info!("{}: accepts new connections again", n.name),
+            _ => {}
         }
-        match obs.fresh {
-            Some(Err(e)) => {
-                if n.refuses_new.is_none() {
-                    warn!(
-                        "{}: answers as {} on rebouncer's kept session, but a new connection failed: {e}",
-                        n.name, obs.state
-                    );
-                }
-                n.refuses_new = Some(e);
-            }
-            Some(Ok(())) => {
-                n.accepted_new = true;
-                if n.refuses_new.take().is_some() {
-                    info!("{}: accepts new connections again", n.name);
-                }
-            }
-            None => {}
-        }
-        let at = Instant::now().into_std();
-        n.backoff
-            .checked(obs.state == NodeState::Down, at, fast, interval);
         n.error = obs.error;
-        if changed {
-            let this = index;
-            for (id, other) in self.nodes.iter_mut().enumerate() {
-                if id != this {
-                    other.backoff.retry_now(at);
-                }
-            }
-        }
         // Counted at once; the state itself is published with the decision on it.
         self.status
             .send_modify(|s| s.nodes[index].counters.record(report.took, ok, now));
-        changed
-    }
-
-    fn observed(&self) -> Vec<Seen> {
-        self.nodes
-            .iter()
-            .map(|n| Seen {
-                state: n.state.unwrap_or(NodeState::Down),
-                timeline: n.timeline.filter(|_| n.state != Some(NodeState::Down)),
-                refuses_new: n.refuses_new.is_some(),
-                silent: n.state.is_none() || (n.state == Some(NodeState::Down) && n.hung),
-            })
-            .collect()
-    }
-
-    /// What each node answered last, in node order.
-    fn states(&self) -> Vec<Option<NodeState>> {
-        self.nodes.iter().map(|n| n.state).collect()
-    }
-
-    fn pausing(&self) -> Pausing {
-        Pausing::new(
-            self.cfg.pause_on_failover,
-            self.state.write_error().is_none(),
-        )
-    }
-
-    async fn decide_and_act(&mut self) {
-        let mut decision = decide::decide(self.believed, &self.observed(), &self.memory);
-        let recheck = checks::masters_to_recheck(&decision);
-        if !recheck.is_empty()
-            && self.cfg.keep_connections
-            && self.recheck_fresh(recheck, false).await
-        {
-            // Kept sessions can outlive a postmaster that refuses everyone else; what a new
-            // connection finds may only make the verdict more cautious (see decide).
-            decision = decide::decide(self.believed, &self.observed(), &self.memory);
-        }
-        if let Action::Switch(to) = decision.action
-            && self.needs_fresh_check(to)
-            && self.recheck_fresh(vec![to], true).await
-        {
-            decision = decide::decide(self.believed, &self.observed(), &self.memory);
-        }
-        // Kept before acting: what the steps below publish shows this decision.
-        self.last_decision = Some(decision.clone());
-        self.remember(&decision).await;
-        self.log_decision(&decision);
-        let states = self.states();
-        if pause::master_back(self.believed.active, &decision, &states) {
-            self.loss_handled = false;
-        }
-        if self.hold.is_none() {
-            let start = pause::on_loss(
-                self.pausing(),
-                self.loss_handled,
-                self.believed,
-                &decision,
-                &states,
-            );
-            match start {
-                Some(Start::Hold(loss)) => self.start_hold(loss.why()).await,
-                Some(Start::CannotRecord(loss)) => {
-                    self.loss_handled = true;
-                    warn!(
-                        "{} stopped being master ({}), but its clients are not held in PgBouncer: pause_on_failover is off \
-                         until the state file can be written; they get errors until a new master is switched to",
-                        self.active_name(),
-                        loss.why()
-                    );
-                }
-                None => {}
-            }
-        }
-
-        self.unsettled = checks::fast_rounds(&decision, self.hold.is_some());
-        let now = Instant::now().into_std();
-        if let Action::Switch(to) = decision.action {
-            // A target still unproven on a new connection (its check is under way or did
-            // not answer in time) is not switched to: its report decides again.
-            if !self.needs_fresh_check(to) && self.pacing.may_switch(to, now, self.cfg.interval) {
-                self.switch(to).await;
-            }
-            if self.hold.as_ref().is_some_and(|h| {
-                pause::switch_outlasted_hold(h.deadline.into_std(), Instant::now().into_std())
-            }) {
-                // The switch keeps failing: clients get errors rather than wait longer.
-                self.end_hold(
-                    &format!(
-                        "no switch to {} succeeded within pause_timeout ({} s)",
-                        self.nodes[to].name,
-                        self.cfg.pause_timeout.as_secs()
-                    ),
-                    Ending::GiveUp,
-                )
-                .await;
-            }
-        } else {
-            let over = self.hold.as_ref().and_then(|h| {
-                pause::hold_over(h.lost, h.deadline.into_std(), now, &decision, &states)
-            });
-            if let Some(end) = over {
-                let (why, how) = self.hold_end_text(end);
-                self.end_hold(&why, how).await;
-            }
-            // Not while clients are held: the retry RESUMEs what the state file lists as
-            // resume pending, which would end the pause; the KILL waits for the pause to end.
-            if self.hold.is_none() && !self.state.state().kill_pending.is_empty() {
-                self.retry_kill_pending().await;
-            }
-            if self.hold.is_none() && !self.state.state().resume_pending.is_empty() {
-                self.resume_pending("left paused by an earlier RESUME that failed")
-                    .await;
-            }
-        }
-        self.last_decision = Some(decision);
-        self.publish();
-    }
-
-    /// Whether the node about to receive PgBouncer must first be asked on a new
-    /// connection (see [`checks::target_needs_fresh_check`]).
-    fn needs_fresh_check(&self, to: NodeId) -> bool {
-        checks::target_needs_fresh_check(self.cfg.keep_connections, self.nodes[to].accepted_new)
-    }
-
-    /// Keep the decision's memory; write the state file when the timelines rose or the
-    /// last write failed (retried every time until it works).
-    async fn remember(&mut self, decision: &Decision) {
-        let rose = decision.memory.timelines != self.memory.timelines;
-        self.memory = decision.memory.clone();
-        if Persist::must_write(rose, self.state.write_error().is_some()) {
-            let timelines = self.memory.timelines.clone();
-            // The error is said below, throttled.
-            let _ = self.state.update(|s| s.timelines = timelines).await;
-        }
-        self.say_state_file();
-    }
-
-    /// Ask these masters on a new connection, each at most every
-    /// [`checks::RECHECK_EVERY`] unless `always`; true if any was asked.
-    async fn recheck_fresh(&mut self, masters: Vec<NodeId>, always: bool) -> bool {
-        let deadline = Instant::now() + self.cfg.timeout + Duration::from_millis(250);
-        let mut awaited = Vec::new();
-        for id in masters {
-            let n = &mut self.nodes[id];
-            if !always
-                && !checks::recheck_due(
-                    n.rechecked.map(Instant::into_std),
-                    Instant::now().into_std(),
-                )
-            {
-                continue;
-            }
-            if !n.busy && n.requests.send(Request::Fresh).is_ok() {
-                n.busy = true;
-                n.rechecked = Some(Instant::now());
-                awaited.push(n.key);
-            }
-        }
-        let asked = !awaited.is_empty();
-        self.collect(&mut awaited, deadline).await;
-        asked
+        self.tell(Input::Answer {
+            node: index,
+            answer: Answer {
+                state: obs.state,
+                timeline: obs.timeline,
+                hung: obs.hung,
+                fresh: obs.fresh,
+            },
+        })
     }
 
     fn active_name(&self) -> String {
-        match self.believed.active {
+        match self.policy.believed().active {
             Some(n) => self.nodes[n].name.clone(),
             None => "no node's config".to_string(),
         }
@@ -768,35 +639,38 @@ impl<C: Console> Daemon<C> {
     /// decision (and by the steps that act on one), never between a round's answers and
     /// its decision, so no page shows states the verdict has not seen.
     fn publish(&self) {
-        let active = self.believed.active.map(|n| self.nodes[n].name.clone());
-        let verdict = self.last_decision.as_ref().map(|d| Verdict {
+        let believed = self.policy.believed();
+        let active = believed.active.map(|n| self.nodes[n].name.clone());
+        let verdict = self.policy.decision().map(|d| Verdict {
             decision: d.clone(),
             refusal: d.refusal.as_ref().map(|r| self.refusal_text(r)),
         });
-        let now = Instant::now();
+        let now = Instant::now().into_std();
+        let known = self.policy.nodes();
+        let hold = self.policy.hold();
         self.status.send_modify(|s| {
-            for (dst, src) in s.nodes.iter_mut().zip(&self.nodes) {
-                dst.state = src.state;
+            for ((dst, src), k) in s.nodes.iter_mut().zip(&self.nodes).zip(known) {
+                dst.state = k.state;
                 dst.last_check = src.last_check;
                 dst.since = src.since;
                 dst.error = src.error.clone();
                 dst.took = src.took;
-                dst.timeline = src.timeline.map(|t| t.timeline);
+                dst.timeline = k.timeline.map(|t| t.timeline);
                 dst.timeline_note = src.timeline_note.clone();
-                dst.refuses_new = src.refuses_new.clone();
-                dst.next_try = src.backoff.shown_wait(now.into_std());
+                dst.refuses_new = k.refuses_new.clone();
+                dst.next_try = k.backoff.shown_wait(now);
             }
             s.verdict = verdict;
             s.last_round = self.last_round;
             s.active = active;
-            s.confirmed = self.believed.confirmed;
+            s.confirmed = believed.confirmed;
             s.last_switch = self.last_switch;
             s.switch_failure = self.switch_failure.clone();
             s.drift = self.drift.clone();
             s.paused = self.paused.clone();
             s.resume_pending = self.state.state().resume_pending.clone();
             s.kill_pending = self.state.state().kill_pending.clone();
-            s.failover_pause = match &self.hold {
+            s.failover_pause = match hold {
                 Some(h) => Some(FailoverPause {
                     databases: h.databases.clone(),
                     lost: self.nodes[h.lost].name.clone(),

@@ -5,37 +5,9 @@ use super::*;
 use crate::policy::drift;
 
 impl<C: Console> Daemon<C> {
-    /// PgBouncer must be where rebouncer put it. The symlink is read every round; the
-    /// routes PgBouncer uses are compared with the active node's file every few rounds,
-    /// and at once when PgBouncer closed the admin session (a restart). Any difference
-    /// unconfirms the active node, and the decision then switches back through the
-    /// normal, confirmed switch.
-    pub(super) async fn check_drift(&mut self) {
-        let Some(active) = self.believed.active.filter(|_| self.believed.confirmed) else {
-            return;
-        };
-        let (behind, target) = self.read_symlink().await;
-        if behind != Some(active) {
-            let now_at = match behind {
-                Some(n) => format!("{}'s config", self.nodes[n].name),
-                None => match target {
-                    Some(t) => format!("{}, no node's config", t.display()),
-                    None => "nothing (it is missing or not a symlink)".to_string(),
-                },
-            };
-            let what = format!(
-                "the symlink {} now points at {now_at}, not at {}'s config where rebouncer put it",
-                self.cfg.symlink.display(),
-                self.nodes[active].name
-            );
-            self.drifted(what, behind);
-            return;
-        }
-
-        let restarted = self.watch_session.as_ref().is_some_and(|s| s.is_closed());
-        if !self.drift_cadence.round(restarted) {
-            return;
-        }
+    /// Compare the routes PgBouncer uses with `node`'s file. The admin session is kept:
+    /// when PgBouncer closes it (`restarted`), it was restarted and may run another file.
+    pub(super) async fn compare_routes(&mut self, node: NodeId, restarted: bool) -> Routes {
         if restarted {
             info!(
                 "PgBouncer closed rebouncer's admin session (restarted?); checking where it routes now"
@@ -47,41 +19,65 @@ impl<C: Console> Daemon<C> {
                 Ok(s) => self.watch_session = Some(s),
                 Err(e) => {
                     warn!("cannot check where PgBouncer routes: {e}");
-                    return;
+                    return Routes::Unknown;
                 }
             }
         }
         let Some(session) = &self.watch_session else {
-            return;
+            return Routes::Unknown;
         };
         let databases = match admin::databases(session).await {
             Ok(d) => d,
             Err(e) => {
                 warn!("cannot check where PgBouncer routes: {e}");
                 self.watch_session = None;
-                return;
+                return Routes::Unknown;
             }
         };
         self.note_paused(&databases);
-        let node_file = self.cfg.servers[active].node_file.clone();
-        let node =
+        let node_file = self.cfg.servers[node].node_file.clone();
+        let file =
             match tokio::task::spawn_blocking(move || config::read_node_file(&node_file)).await {
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => {
                     warn!("cannot check where PgBouncer routes: {e}");
-                    return;
+                    return Routes::Unknown;
                 }
-                Err(_) => return,
+                Err(_) => return Routes::Unknown,
             };
-        if let Some(what) = drift::routes_differ(&node, &databases) {
-            self.drifted(what, behind);
-            return;
+        if let Some(what) = drift::routes_differ(&file, &databases) {
+            return Routes::Differ(what);
         }
         self.last_confirmed = Some(databases);
+        Routes::Same
     }
 
-    pub(super) fn drifted(&mut self, what: String, behind: Option<NodeId>) {
-        let active = self.active_name();
+    /// Say that PgBouncer is not where rebouncer put it (`was`): the symlink names
+    /// `behind`'s file or `target`, or the routes differ as `routes` says.
+    pub(super) fn drifted(
+        &mut self,
+        was: Option<NodeId>,
+        behind: Option<NodeId>,
+        target: Option<std::path::PathBuf>,
+        routes: Option<String>,
+    ) {
+        let active = match was {
+            Some(n) => self.nodes[n].name.clone(),
+            None => "no node's config".to_string(),
+        };
+        let what = routes.unwrap_or_else(|| {
+            let now_at = match behind {
+                Some(n) => format!("{}'s config", self.nodes[n].name),
+                None => match target {
+                    Some(t) => format!("{}, no node's config", t.display()),
+                    None => "nothing (it is missing or not a symlink)".to_string(),
+                },
+            };
+            format!(
+                "the symlink {} now points at {now_at}, not at {active}'s config where rebouncer put it",
+                self.cfg.symlink.display(),
+            )
+        });
         view::record_event(
             &self.status,
             Kind::Drift,
@@ -95,11 +91,6 @@ impl<C: Console> Daemon<C> {
             what,
             since: SystemTime::now(),
         });
-        self.believed = Believed {
-            active: behind,
-            confirmed: false,
-        };
-        self.unsettled = true;
     }
 
     pub(super) fn note_paused(&mut self, databases: &[Database]) {
@@ -134,10 +125,17 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    pub(super) async fn switch(&mut self, to: NodeId) {
+    /// Point PgBouncer at `to` and confirm it; `held`: the databases of the pause under
+    /// way, resumed by the switch.
+    pub(super) async fn switch(
+        &mut self,
+        to: NodeId,
+        from: Option<NodeId>,
+        reason: SwitchReason,
+        held: Option<Vec<String>>,
+    ) -> Switched {
         let name = self.nodes[to].name.clone();
         let node_file = self.cfg.servers[to].node_file.clone();
-        let from = self.believed.active;
         match from {
             Some(f) if f == to => info!(
                 "master is {name}, and PgBouncer's config already points at it; reloading PgBouncer to confirm"
@@ -148,12 +146,6 @@ impl<C: Console> Daemon<C> {
             ),
             None => info!("master is {name}; pointing PgBouncer at it"),
         }
-        let reason = match from {
-            _ if self.drift.is_some() => SwitchReason::Drift,
-            None => SwitchReason::Initial,
-            Some(f) if f == to => SwitchReason::Confirm,
-            Some(_) => SwitchReason::Failover,
-        };
         // The need arose when the new master was first seen as one, or the drift found.
         let needed_since = self
             .drift
@@ -161,15 +153,11 @@ impl<C: Console> Daemon<C> {
             .map(|d| d.since)
             .or(self.nodes[to].since);
         let started = Instant::now();
-        let waiting = match &self.hold {
-            Some(h) => self.waiting_clients(&h.databases).await,
+        let waiting = match &held {
+            Some(databases) => self.waiting_clients(databases).await,
             None => None,
         };
-        let held_paused = self
-            .hold
-            .as_ref()
-            .map(|h| h.databases.clone())
-            .unwrap_or_default();
+        let held_paused = held.clone().unwrap_or_default();
         let plan = SwitchPlan {
             symlink: &self.cfg.symlink,
             node_file: &node_file,
@@ -179,8 +167,6 @@ impl<C: Console> Daemon<C> {
         let result = switch::run(&self.console, &mut self.state, plan).await;
         match result {
             Ok(done) => {
-                self.pacing
-                    .attempted(to, started.into_std(), pacing::Outcome::Done);
                 self.not_taken = None;
                 let ms = started.elapsed().as_millis();
                 let reset = if done.kills.killed.is_empty() {
@@ -209,33 +195,16 @@ impl<C: Console> Daemon<C> {
                 for w in done.link_warning.iter().chain(&done.kills.warnings) {
                     warn!("{w}");
                 }
-                if !done.kills.resumed.is_empty() && self.hold.is_none() {
+                if !done.kills.resumed.is_empty() && held.is_none() {
                     info!(
                         "resumed database(s) {}, left paused by an earlier attempt",
                         done.kills.resumed.join(", ")
                     );
                 }
                 self.last_confirmed = Some(done.confirmed);
-                self.loss_handled = false;
-                if let Some(h) = self.hold.take() {
-                    let outcome = format!("switched to {name}");
-                    if done.kills.resume_pending.is_empty() {
-                        self.log_hold_end(h, &outcome, waiting);
-                    } else {
-                        // The warning above says which RESUME failed; the round retries it.
-                        self.log_hold_end(h, &format!("{outcome}, but RESUME failed"), waiting);
-                    }
-                }
-                self.believed = Believed {
-                    active: Some(to),
-                    confirmed: true,
-                };
                 if let Some(d) = self.drift.take() {
                     info!("PgBouncer is back on {name} after drifting ({})", d.what);
                 }
-                // Check the routes at the next round: that also opens the admin session
-                // whose closing tells of a PgBouncer restart.
-                self.drift_cadence.soon();
                 self.last_switch = done.relinked.then(SystemTime::now).or(self.last_switch);
                 self.switch_failure = None;
                 for say in self.switch_errors.observe(None, Instant::now().into_std()) {
@@ -246,15 +215,15 @@ impl<C: Console> Daemon<C> {
                         );
                     }
                 }
+                Switched::Done {
+                    to,
+                    started: started.into_std(),
+                    waiting,
+                    resume_failed: !done.kills.resume_pending.is_empty(),
+                }
             }
             Err(e) => {
                 let not_taken = matches!(e, switch::SwitchError::NotApplied { .. });
-                let outcome = if not_taken {
-                    pacing::Outcome::NotTaken
-                } else {
-                    pacing::Outcome::Failed
-                };
-                self.pacing.attempted(to, started.into_std(), outcome);
                 // Shown only while it is what the last attempt found.
                 self.not_taken = match not_taken {
                     true => Some(self.what_pgbouncer_runs().await),
@@ -265,9 +234,10 @@ impl<C: Console> Daemon<C> {
                 self.status
                     .send_modify(|s| s.counters.switch_failed(reason));
                 // The link may or may not have moved; believe only what it says now.
-                self.believed = Believed {
-                    active: self.node_behind_symlink().await,
-                    confirmed: false,
+                let behind = self.node_behind_symlink().await;
+                let linked = match behind {
+                    Some(n) => self.nodes[n].name.clone(),
+                    None => "no node's config".to_string(),
                 };
                 let since = self
                     .switch_failure
@@ -294,8 +264,7 @@ impl<C: Console> Daemon<C> {
                                     self.cfg.interval.as_secs()
                                 ),
                                 None => format!(
-                                    "switch to {name} failed: {error}; the symlink points at {}; retrying every round",
-                                    self.active_name()
+                                    "switch to {name} failed: {error}; the symlink points at {linked}; retrying every round"
                                 ),
                             };
                             error!("{text}");
@@ -307,6 +276,12 @@ impl<C: Console> Daemon<C> {
                         ),
                         Say::Ended { .. } => {}
                     }
+                }
+                Switched::Failed {
+                    to,
+                    started: started.into_std(),
+                    not_taken,
+                    behind,
                 }
             }
         }

@@ -9,17 +9,6 @@ use super::*;
 /// whichever is shorter).
 const PAUSE_BOUND: Duration = Duration::from_secs(2);
 
-/// Clients held in PgBouncer while the active master is gone (`pause_on_failover`).
-pub(super) struct Hold {
-    /// Paused by rebouncer, listed in the state file's `resume_pending`.
-    pub(super) databases: Vec<String>,
-    /// The master whose loss started it.
-    pub(super) lost: NodeId,
-    pub(super) started: Instant,
-    pub(super) since: SystemTime,
-    pub(super) deadline: Instant,
-}
-
 /// How a hold ends when no switch ends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Ending {
@@ -123,23 +112,33 @@ impl<C: Console> Daemon<C> {
     }
 
     /// What to say and do when a hold ends without a switch.
-    pub(super) fn hold_end_text(&self, end: HoldEnd) -> (String, Ending) {
-        match end {
-            HoldEnd::MasterBack => {
-                let lost = self.hold.as_ref().map_or(0, |h| h.lost);
-                (
-                    format!("{} answers as master again", self.nodes[lost].name),
-                    Ending::MasterBack,
-                )
-            }
-            HoldEnd::Verdict(v) => (self.no_hold_text(&v), Ending::GiveUp),
-            HoldEnd::TimedOut => (
+    pub(super) fn release_text(&self, hold: &Hold, release: &Release) -> (String, Ending) {
+        let timeout = self.cfg.pause_timeout.as_secs();
+        match release {
+            Release::End(HoldEnd::MasterBack) => (
+                format!("{} answers as master again", self.nodes[hold.lost].name),
+                Ending::MasterBack,
+            ),
+            Release::End(HoldEnd::Verdict(v)) => (self.no_hold_text(v), Ending::GiveUp),
+            Release::End(HoldEnd::TimedOut) => (
+                format!("no master appeared within pause_timeout ({timeout} s)"),
+                Ending::GiveUp,
+            ),
+            Release::NoSwitch(to) => (
                 format!(
-                    "no master appeared within pause_timeout ({} s)",
-                    self.cfg.pause_timeout.as_secs()
+                    "no switch to {} succeeded within pause_timeout ({timeout} s)",
+                    self.nodes[*to].name
                 ),
                 Ending::GiveUp,
             ),
+            Release::Removed(lost) => (
+                format!(
+                    "{} was removed from the configuration",
+                    self.nodes[*lost].name
+                ),
+                Ending::GiveUp,
+            ),
+            Release::Shutdown => ("rebouncer is shutting down".to_string(), Ending::Shutdown),
         }
     }
 
@@ -162,18 +161,16 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    /// `PAUSE` the active node's databases, recorded in the state file first. Bounded:
-    /// a `PAUSE` that does not complete in time is given up and resumed at once.
-    pub(super) async fn start_hold(&mut self, why: &str) {
-        let Some(lost) = self.believed.active else {
-            return;
-        };
-        self.loss_handled = true;
+    /// `PAUSE` the lost master's databases, recorded in the state file first; the hold,
+    /// if it was made. Bounded: a `PAUSE` that does not complete in time is given up and
+    /// resumed at once.
+    pub(super) async fn start_hold(&mut self, lost: NodeId, why: &str) -> Option<Paused> {
         let name = self.nodes[lost].name.clone();
         let skip = |e: &dyn std::fmt::Display| {
             warn!(
                 "{name} stopped being master ({why}), but its clients are not held in PgBouncer: {e}; they get errors until a new master is switched to"
-            )
+            );
+            None
         };
         let node_file = self.cfg.servers[lost].node_file.clone();
         let node =
@@ -190,18 +187,8 @@ impl<C: Console> Daemon<C> {
             Ok(d) => d,
             Err(e) => return skip(&e),
         };
-        let held = self.state.state().resume_pending.clone();
-        // A database already paused is someone else's (an operator's maintenance PAUSE)
-        // unless rebouncer holds it: resuming it later would end their pause.
-        let databases: Vec<String> = node
-            .databases
-            .iter()
-            .map(|d| d.name.clone())
-            .filter(|db| {
-                now.iter()
-                    .any(|d| d.name == *db && (!d.paused || held.contains(db)))
-            })
-            .collect();
+        let wanted: Vec<String> = node.databases.iter().map(|d| d.name.clone()).collect();
+        let databases = pause::databases_to_hold(&wanted, &now, &self.state.state().resume_pending);
         if databases.is_empty() {
             return skip(&"none of its databases is there to pause");
         }
@@ -249,14 +236,11 @@ impl<C: Console> Daemon<C> {
                     started.elapsed().as_millis(),
                     self.cfg.pause_timeout.as_secs()
                 );
-                self.hold = Some(Hold {
+                Some(Paused {
                     databases,
-                    lost,
-                    started,
+                    started: started.into_std(),
                     since: SystemTime::now(),
-                    deadline: started + self.cfg.pause_timeout,
-                });
-                self.publish();
+                })
             }
             Ok(Err(e)) => {
                 warn!(
@@ -264,6 +248,7 @@ impl<C: Console> Daemon<C> {
                     databases.join(", ")
                 );
                 self.resume_and_verify(&databases).await;
+                None
             }
             Err(_) => {
                 warn!(
@@ -272,6 +257,7 @@ impl<C: Console> Daemon<C> {
                     bound.as_millis()
                 );
                 self.resume_and_verify(&databases).await;
+                None
             }
         }
     }
@@ -304,10 +290,7 @@ impl<C: Console> Daemon<C> {
     }
 
     /// End the hold without a switch.
-    pub(super) async fn end_hold(&mut self, why: &str, how: Ending) {
-        let Some(h) = self.hold.take() else {
-            return;
-        };
+    pub(super) async fn end_hold(&mut self, h: Hold, why: &str, how: Ending) {
         let waiting = self.waiting_clients(&h.databases).await;
         let result = match how {
             Ending::MasterBack => {
@@ -346,7 +329,9 @@ impl<C: Console> Daemon<C> {
     }
 
     pub(super) fn log_hold_end(&mut self, h: Hold, outcome: &str, waiting: Option<u64>) {
-        let lasted = h.started.elapsed();
+        let lasted = Instant::now()
+            .into_std()
+            .saturating_duration_since(h.started);
         // Shown until the next comparison of routes would notice.
         self.paused.retain(|p| !h.databases.contains(&p.name));
         let clients = waiting.map_or("an unknown number of".to_string(), |w| w.to_string());

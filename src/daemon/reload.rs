@@ -5,30 +5,22 @@
 use super::*;
 
 impl<C: Console> Daemon<C> {
-    /// Apply a configuration re-read on SIGHUP, or refuse it; true when something changed
-    /// (a round is then due at once). Everything is checked before anything is changed:
-    /// a reload applies whole or not at all.
-    pub(super) async fn reload(&mut self, r: Reload) -> bool {
-        let changed = match r.config {
-            Err(e) => {
-                self.reload_refused(e.to_string());
-                false
-            }
+    /// Apply a configuration re-read on SIGHUP, or refuse it. Everything is checked
+    /// before anything is changed: a reload applies whole or not at all.
+    pub(super) async fn reload(&mut self, r: Reload) {
+        match r.config {
+            Err(e) => self.reload_refused(e.to_string()),
             Ok(new) => {
                 let plan = reload_plan::plan(&self.cfg, new);
                 match node_files_readable(&plan.must_read, &self.cfg.configdir).await {
-                    Err(e) => {
-                        self.reload_refused(e);
-                        false
-                    }
+                    Err(e) => self.reload_refused(e),
                     Ok(()) => self.apply_reload(plan).await,
                 }
             }
-        };
+        }
         if let Some(done) = r.done {
             let _ = done.send(());
         }
-        changed
     }
 
     pub(super) fn reload_refused(&mut self, error: String) {
@@ -48,7 +40,7 @@ impl<C: Console> Daemon<C> {
         });
     }
 
-    pub(super) async fn apply_reload(&mut self, plan: ReloadPlan) -> bool {
+    pub(super) async fn apply_reload(&mut self, plan: ReloadPlan) {
         let ReloadPlan {
             new,
             changes,
@@ -61,22 +53,21 @@ impl<C: Console> Daemon<C> {
         // A hold waits for its lost master to come back; one that is no longer
         // configured never will: its clients are let go first (through the console they
         // were paused on).
-        if let Some(h) = &self.hold
-            && removed.contains(&self.nodes[h.lost].name)
-        {
-            let why = format!(
-                "{} was removed from the configuration",
-                self.nodes[h.lost].name
-            );
-            self.end_hold(&why, Ending::GiveUp).await;
-        }
+        let removed: Vec<NodeId> = removed
+            .iter()
+            .filter_map(|name| self.nodes.iter().position(|n| n.name == *name))
+            .collect();
+        self.feed(Input::Reloading { removed }).await;
 
         // The nodes in the new file order; `moved[old index]` is the new one.
+        let old_active = self.policy.believed().active;
         let mut old: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
             .into_iter()
             .map(Some)
             .collect();
+        let old_count = old.len();
         let mut moved: Vec<Option<NodeId>> = vec![None; old.len()];
+        let mut from = Vec::with_capacity(new.servers.len());
         let mut nodes = Vec::with_capacity(new.servers.len());
         for (i, server) in new.servers.iter().enumerate() {
             let prev = old
@@ -86,29 +77,29 @@ impl<C: Console> Daemon<C> {
             let node = match prev.and_then(|p| old[p].take().map(|n| (p, n))) {
                 Some((p, n)) if same_server && !restart_all => {
                     moved[p] = Some(i);
+                    from.push(Carry::Kept(p));
                     n
                 }
                 Some((p, n)) if same_server => {
                     // The same server with new monitor settings: what it was stays known
                     // until the new monitor says otherwise.
                     moved[p] = Some(i);
+                    from.push(Carry::Restarted(p));
                     let key = self.next_key;
                     self.next_key += 1;
                     Node {
                         key,
                         requests: (self.spawn)(key, server, &new),
-                        busy: false,
-                        hung: false,
-                        backoff: Backoff {
-                            next_try: Instant::now().into_std(),
-                            ..n.backoff
-                        },
                         ..n
                     }
                 }
                 other => {
-                    if let Some((p, _dropped)) = other {
-                        moved[p] = Some(i);
+                    match other {
+                        Some((p, _dropped)) => {
+                            moved[p] = Some(i);
+                            from.push(Carry::Replaced(p));
+                        }
+                        None => from.push(Carry::New),
                     }
                     let key = self.next_key;
                     self.next_key += 1;
@@ -122,34 +113,12 @@ impl<C: Console> Daemon<C> {
         drop(old);
         self.nodes = nodes;
 
-        let remap = |id: NodeId| moved.get(id).copied().flatten();
-        let active_removed = self.believed.active.is_some_and(|a| remap(a).is_none());
-        self.believed.active = self.believed.active.and_then(remap);
-        self.memory.contested = self
-            .memory
-            .contested
-            .iter()
-            .filter_map(|c| remap(*c))
-            .collect();
-        self.memory.unheard_link = self.memory.unheard_link.and_then(remap);
-        self.pacing.remap(remap);
-        if let Some(h) = &mut self.hold {
-            // Not removed: that hold ended above.
-            h.lost = remap(h.lost).unwrap_or(h.lost);
-        }
-        // Its node ids are the old ones: unless every server kept its place, the next
-        // round decides again.
-        let same_places = moved.len() == self.nodes.len()
-            && moved.iter().enumerate().all(|(old, new)| *new == Some(old));
-        if !same_places {
-            self.last_decision = None;
-        }
+        let active_removed = old_active.is_some_and(|a| moved[a].is_none());
 
         if new_console || restart_all {
             self.console = self.console.reconfigured(&new.pgbouncer, new.timeout);
             // Routes are checked through the new console at the next round.
             self.watch_session = None;
-            self.drift_cadence.soon();
         }
         let pause_changed = new.pause_on_failover != self.cfg.pause_on_failover
             || new.pause_timeout != self.cfg.pause_timeout;
@@ -163,18 +132,14 @@ impl<C: Console> Daemon<C> {
         }
         self.cfg = new;
         self.state.bound_writes(self.cfg.timeout);
-        if let Some(h) = &mut self.hold {
-            // A pause under way is measured against the new limit from when it began:
-            // an operator who shortens pause_timeout during an outage means now.
-            h.deadline = h.started + self.cfg.pause_timeout;
-        }
-        if active_removed {
-            // The switch goes through the normal, confirmed path at the next round.
-            self.believed = Believed {
-                active: self.node_behind_symlink().await,
-                confirmed: false,
-            };
-        }
+        self.feed(Input::Reloaded {
+            from,
+            old_count,
+            settings: Settings::of(&self.cfg),
+            console_changed: new_console || restart_all,
+            changed: !changes.is_empty(),
+        })
+        .await;
 
         let summary = if changes.is_empty() {
             "no changes".to_string()
@@ -202,7 +167,6 @@ impl<C: Console> Daemon<C> {
         let interval = self.cfg.interval;
         let endpoint = self.cfg.pgbouncer.endpoint.clone();
         let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        let any_change = !changes.is_empty();
         self.status.send_modify(|s| {
             let mut old = std::mem::take(&mut s.nodes);
             s.nodes = names
@@ -233,7 +197,6 @@ impl<C: Console> Daemon<C> {
         if pause_changed {
             self.check_pause_settings().await;
         }
-        any_change
     }
 }
 

@@ -134,7 +134,10 @@ impl<C: Console> Daemon<C> {
                     "{} is the only master but refuses new connections ({}); not pointing PgBouncer at it, \
                      which could not log in either; PgBouncer stays pointed at {active}",
                     n.name,
-                    n.refuses_new.as_deref().unwrap_or("new connection failed")
+                    self.policy.nodes()[*m]
+                        .refuses_new
+                        .as_deref()
+                        .unwrap_or("new connection failed")
                 )
             }
             Refusal::Unresolved {
@@ -223,11 +226,10 @@ impl<C: Console> Daemon<C> {
 
     /// Log how the state file stands: a failure once, then a reminder now and then, and
     /// once more when a write works again.
-    pub(super) fn say_state_file(&mut self) {
+    pub(super) fn say_state_file(&mut self, said: Vec<Said>) {
         let pausing = self.cfg.pause_on_failover;
         let path = self.state.path().display().to_string();
-        let now = Instant::now().into_std();
-        for said in self.persist.observe(self.state.write_error(), now) {
+        for said in said {
             match said {
                 Said::Failing(e) if pausing => warn!(
                     "{e}; pause_on_failover is off until the state file can be written (retried every round): \

@@ -165,6 +165,26 @@ pub fn master_back(
     })
 }
 
+/// Which of the lost master's databases (`wanted`, from its node file) a hold pauses,
+/// given what PgBouncer has (`now`) and what rebouncer already holds (`held`, the state
+/// file's resume pending). A database already paused is someone else's (an operator's
+/// maintenance `PAUSE`) unless rebouncer holds it: resuming it later would end their
+/// pause. One PgBouncer does not have is not there to pause.
+pub fn databases_to_hold(
+    wanted: &[String],
+    now: &[crate::admin::Database],
+    held: &[String],
+) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|db| {
+            now.iter()
+                .any(|d| d.name == **db && (!d.paused || held.contains(db)))
+        })
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -289,5 +309,25 @@ mod tests {
         );
         assert!(!switch_outlasted_hold(deadline, t0));
         assert!(switch_outlasted_hold(deadline, deadline));
+    }
+
+    #[test]
+    fn a_hold_pauses_only_databases_pgbouncer_has_and_no_one_elses_pause() {
+        use crate::admin::{Database, Route};
+        let db = |name: &str, paused: bool| Database {
+            name: name.to_string(),
+            route: Route {
+                host: None,
+                port: 5432,
+            },
+            paused,
+        };
+        let wanted: Vec<String> = ["appdb", "ops", "mine", "gone"].map(String::from).into();
+        let now = [db("appdb", false), db("ops", true), db("mine", true)];
+        assert_eq!(
+            databases_to_hold(&wanted, &now, &["mine".to_string()]),
+            ["appdb", "mine"]
+        );
+        assert!(databases_to_hold(&wanted, &[], &[]).is_empty());
     }
 }

@@ -1,0 +1,250 @@
+//! What the [`Policy`](super::machine::Policy) is told ([`Input`]) and what it asks its
+//! executor to do ([`Command`]). Both are plain values: a test feeds inputs and reads the
+//! commands, the daemon performs the commands and feeds back what came of them.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Config;
+use crate::counters::SwitchReason;
+use crate::decide::{Decision, NodeId, NodeState, Timeline, Timelines};
+use crate::policy::pause::{HoldEnd, Loss};
+use crate::policy::persist::Said;
+
+/// The settings the rules read; taken from the configuration at start and at each reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub keep_connections: bool,
+    pub interval: Duration,
+    pub fast_interval: Duration,
+    pub timeout: Duration,
+    pub pause_on_failover: bool,
+    pub pause_timeout: Duration,
+}
+
+impl Settings {
+    pub fn of(cfg: &Config) -> Settings {
+        Settings {
+            keep_connections: cfg.keep_connections,
+            interval: cfg.interval,
+            fast_interval: cfg.fast_interval,
+            timeout: cfg.timeout,
+            pause_on_failover: cfg.pause_on_failover,
+            pause_timeout: cfg.pause_timeout,
+        }
+    }
+}
+
+/// A server's answer to a check, as far as the rules care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub state: NodeState,
+    pub timeline: Option<Timeline>,
+    /// The check timed out (no answer at all), rather than being refused.
+    pub hung: bool,
+    /// What a check on a new connection found, when one was made.
+    pub fresh: Option<Result<(), String>>,
+}
+
+/// Clients held in PgBouncer while the active master is gone (`pause_on_failover`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Paused by rebouncer, listed in the state file's `resume_pending`.
+    pub databases: Vec<String>,
+    /// The master whose loss started it.
+    pub lost: NodeId,
+    pub started: Instant,
+    /// When it started, as the pages show it.
+    pub since: SystemTime,
+    pub deadline: Instant,
+}
+
+/// A `PAUSE` that went through: its databases and when it was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paused {
+    pub databases: Vec<String>,
+    pub started: Instant,
+    pub since: SystemTime,
+}
+
+/// How a switch ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Switched {
+    /// PgBouncer confirmed it routes to `to`.
+    Done {
+        to: NodeId,
+        started: Instant,
+        /// Clients waiting in a hold when the switch began, if counted.
+        waiting: Option<u64>,
+        /// The switch worked but the `RESUME` of the held databases did not.
+        resume_failed: bool,
+    },
+    Failed {
+        to: NodeId,
+        started: Instant,
+        /// PgBouncer reloaded but runs a file other than the symlink.
+        not_taken: bool,
+        /// The node whose file the symlink names now (the link may or may not have moved).
+        behind: Option<NodeId>,
+    },
+}
+
+/// What a comparison of PgBouncer's routes with the active node's file found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Routes {
+    Same,
+    /// How they differ.
+    Differ(String),
+    /// The comparison could not be made (the executor said why).
+    Unknown,
+}
+
+/// Where an old node went in a reload: `Kept` and `Restarted` carry what is known of it,
+/// `Replaced` (the same name, another server) and `New` start from nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carry {
+    Kept(NodeId),
+    /// The same server with new monitor settings: its monitor is new, what it was stays.
+    Restarted(NodeId),
+    Replaced(NodeId),
+    New,
+}
+
+/// What happened, told to the policy with the time it is told.
+///
+/// A new source of evidence about the cluster (Patroni's leader key in etcd, say) is one
+/// more variant here, `Leader(...)`, with its rules in the policy; the executor only
+/// plumbs it in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The round timer ([`Policy::next_round`](super::machine::Policy::next_round)) fired.
+    RoundDue,
+    /// The heartbeat timer fired.
+    HeartbeatDue,
+    /// A hold's `pause_timeout` passed.
+    HoldDeadline,
+    /// A server answered (or its check failed or timed out).
+    Answer { node: NodeId, answer: Answer },
+    /// A check asked for could not be sent (its monitor is gone).
+    NotAsked { node: NodeId },
+    /// The checks a [`Command::Check`] waits for have answered, or its deadline passed.
+    ChecksOver,
+    /// A kept monitoring connection was closed by the server.
+    ConnectionClosed { node: NodeId },
+    /// Where the symlink points now ([`Command::CheckLink`]), and whether PgBouncer closed
+    /// rebouncer's admin session (a restart) since the last look.
+    Link {
+        behind: Option<NodeId>,
+        target: Option<PathBuf>,
+        session_closed: bool,
+    },
+    /// The answer to [`Command::CompareRoutes`].
+    Routes(Routes),
+    /// The node the symlink names, the answer to [`Command::FindLinked`].
+    Linked { behind: Option<NodeId> },
+    /// A write of the state file ended: the answer to [`Command::WriteTimelines`], or at
+    /// start the first write.
+    Written { error: Option<String> },
+    /// The state file was written by another step (a pause, a switch, a resume): only
+    /// recorded, said at the next decision.
+    StateFile { error: Option<String> },
+    /// The answer to [`Command::Pause`]: the hold, or none (the executor said why).
+    Paused(Option<Paused>),
+    /// The answer to [`Command::Switch`].
+    Switched(Switched),
+    /// A reload is about to drop these nodes.
+    Reloading { removed: Vec<NodeId> },
+    /// A reload was applied: where each new node comes from (in the new order), how many
+    /// nodes there were, the new settings, whether PgBouncer's console changed, and
+    /// whether anything changed at all.
+    Reloaded {
+        from: Vec<Carry>,
+        old_count: usize,
+        settings: Settings,
+        console_changed: bool,
+        changed: bool,
+    },
+    /// rebouncer is asked to stop.
+    Shutdown,
+}
+
+/// Why a hold ends without a switch, and so how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// A verdict or the clock ended it ([`HoldEnd`]).
+    End(HoldEnd),
+    /// A switch to this node kept failing until `pause_timeout`.
+    NoSwitch(NodeId),
+    /// The lost master was removed from the configuration.
+    Removed(NodeId),
+    Shutdown,
+}
+
+/// What the executor is asked to do, in order. Those that say "answer with" wait for that
+/// input before the policy goes on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Ask these servers (on a new connection if `fresh`). With `until`, wait for the
+    /// answers of `wait_for` until then, feeding each as it comes, and answer with
+    /// [`Input::ChecksOver`]; without, the answers come whenever they do.
+    Check {
+        nodes: Vec<NodeId>,
+        fresh: bool,
+        wait_for: Vec<NodeId>,
+        until: Option<Instant>,
+        /// A round's checks: their figures are the round's.
+        round: bool,
+    },
+    /// Read where the symlink points; answer with [`Input::Link`].
+    CheckLink,
+    /// Compare PgBouncer's routes with the active node's file; answer with
+    /// [`Input::Routes`]. `restarted`: PgBouncer closed the admin session.
+    CompareRoutes { node: NodeId, restarted: bool },
+    /// PgBouncer is not where rebouncer put it: say so (the symlink now names `behind`'s
+    /// file, or `target`, or the routes differ as `routes` says).
+    Drifted {
+        /// Where rebouncer had put it.
+        was: Option<NodeId>,
+        behind: Option<NodeId>,
+        target: Option<PathBuf>,
+        routes: Option<String>,
+    },
+    /// Read which node's file the symlink names; answer with [`Input::Linked`].
+    FindLinked,
+    /// Write these timelines to the state file; answer with [`Input::Written`].
+    WriteTimelines(Timelines),
+    /// Log how the state file stands.
+    SayStateFile(Vec<Said>),
+    /// Log the verdict's lasting conditions (no master, split brain, stale, refusal).
+    LogDecision(Decision),
+    /// The active master was lost but pausing cannot be recorded: say that its clients
+    /// are not held.
+    CannotHold(Loss),
+    /// Hold the lost master's clients (record, then `PAUSE`); answer with
+    /// [`Input::Paused`].
+    Pause { lost: NodeId, why: Loss },
+    /// Point PgBouncer at `to` and confirm it; answer with [`Input::Switched`].
+    Switch {
+        to: NodeId,
+        from: Option<NodeId>,
+        reason: SwitchReason,
+        /// The databases held by the pause under way, if one is.
+        held: Option<Vec<String>>,
+    },
+    /// End this hold without a switch (`RESUME`), and say why.
+    EndHold { hold: Hold, release: Release },
+    /// A switch to `to` ended this hold: record how it ended.
+    HoldSwitched {
+        hold: Hold,
+        to: NodeId,
+        waiting: Option<u64>,
+        resume_failed: bool,
+    },
+    /// `KILL` what the state file lists as kill pending, then `RESUME` what it lists as
+    /// resume pending (each only if it lists any).
+    FinishPending,
+    /// Show the servers, the verdict and the hold as they stand now.
+    Publish,
+    /// A round ended.
+    RoundDone,
+}
