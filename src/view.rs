@@ -16,6 +16,7 @@ use crate::counters::{Counters, NodeCounters, SwitchReason};
 use crate::decide::{Cluster, Decision, NodeId, NodeState};
 use crate::events::{Event, Events, Kind, SwitchTiming};
 use crate::json_format;
+use crate::logging::{self, DropTally};
 
 /// One server as the pages show it.
 #[derive(Clone, Debug, Serialize)]
@@ -308,6 +309,9 @@ pub struct Snapshot {
     pub counters: Counters,
     /// What happened lately, for `/` and `/events`.
     pub events: Events,
+    /// Log lines the log's queue dropped: the log's own count, read when a page is
+    /// rendered rather than published with the rounds.
+    pub log_drops: DropTally,
 }
 
 impl Snapshot {
@@ -337,6 +341,7 @@ impl Snapshot {
             reload: None,
             counters: Counters::default(),
             events: Events::default(),
+            log_drops: logging::tally(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! The loop's rules where the real PostgreSQL or PgBouncer decides what happens: a
-//! promoted standby that refuses new logins (pg_hba.conf) is not given PgBouncer, and a
+//! promoted standby that refuses new logins (pg_hba.conf) is not given PgBouncer; a
 //! PgBouncer started with another file than the symlink is not sent a RELOAD at every
-//! round, and `/nagios` names both files. Real PostgreSQL 15 primary + standby, real
-//! PgBouncer 1.18.
+//! round, and `/nagios` names both files; a standby on a newer timeline than the primary
+//! fences it only while it reports that timeline. Real PostgreSQL 15 primary + standbys,
+//! real PgBouncer 1.18.
 
 mod common;
 
@@ -172,4 +173,100 @@ fn an_unwritable_state_file_turns_pausing_off_until_a_later_round_writes_it() {
     let log = d.log();
     assert_eq!(log.matches(off).count(), 1, "said once:\n{log}");
     assert!(log.contains("written again"), "{log}");
+}
+
+/// The highest timelines the state file of this cluster's daemon remembers, one per
+/// cluster identity (`STATE_DIRECTORY` is the cluster's directory).
+fn remembered_timelines(c: &Cluster) -> Vec<u32> {
+    std::fs::read_to_string(c.root().join("rebouncer.state"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("timeline "))
+        .filter_map(|l| l.split_once(" highest=")?.1.parse().ok())
+        .collect()
+}
+
+/// Puts node `i` back into recovery: `standby.signal`, then a restart. Its checkpoint
+/// stays on the timeline it reached, and its `primary_conninfo` (from the base backup)
+/// names pg1, which cannot serve that timeline: it stays a standby on it for good.
+fn restart_as_standby(c: &Cluster, i: usize) {
+    c.stop_fast(i);
+    let signal = c.data_dir(i).join("standby.signal");
+    std::fs::write(&signal, "").unwrap();
+    common::chown_server(&signal);
+    c.start_node(i);
+}
+
+/// A clone of the primary promoted by mistake (twice, so timeline 3) and restarted as a
+/// standby: while it reports timeline 3, the real primary pg1 on timeline 1 is fenced and
+/// `/nagios` names the standby and both timelines, but the state file remembers only the
+/// master's timeline. Once that standby is stopped, the fence it alone caused is gone:
+/// PgBouncer goes to pg1, and a failover to pg2 (timeline 2, still below the rogue's 3)
+/// works. The rules alone: `decide::tests::a_standby_ahead_fences_only_while_it_reports_its_timeline`.
+#[test]
+fn a_standby_ahead_of_the_primary_fences_it_only_while_it_reports_its_timeline() {
+    let c = Cluster::start(Opts::default());
+    c.promote(3);
+    restart_as_standby(&c, 3);
+    c.promote(3);
+    restart_as_standby(&c, 3);
+    let recovery_and_timeline = "SELECT pg_is_in_recovery()::text || ' ' || timeline_id \
+        FROM pg_control_checkpoint()";
+    c.wait_until(SHORT, "pg3 a standby on timeline 3", |c| {
+        c.query(3, recovery_and_timeline).as_deref() == Ok("true 3")
+    });
+    assert_eq!(c.query(1, recovery_and_timeline).as_deref(), Ok("false 1"));
+
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    let fenced = "stale primary pg1 (timeline 1, standby pg3 reports timeline 3) never routed to";
+    d.wait_for(
+        SHORT,
+        "/nagios naming the standby and both timelines",
+        |d| d.nagios().contains(fenced),
+    );
+    assert!(
+        d.nagios().starts_with("CRITICAL: no master"),
+        "{}",
+        d.nagios()
+    );
+    d.wait_for(SHORT, "the state file remembering pg1's timeline", |_| {
+        !remembered_timelines(&c).is_empty()
+    });
+    // Rounds go by (interval 1 s): the fence holds, and never reaches the state file.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(4) {
+        assert_eq!(remembered_timelines(&c), [1], "{}", d.diagnostics());
+        assert_eq!(c.symlink_node(), Some(2), "{}", d.nagios());
+        assert!(d.nagios().contains(fenced), "{}", d.nagios());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Stopped for good: the fence lifts with the last report of timeline 3.
+    c.stop_fast(3);
+    d.wait_for(SHORT, "PgBouncer on pg1 once pg3 is gone", |d| {
+        c.symlink_node() == Some(1)
+            && c.bouncer_target_node() == Some(1)
+            && d.nagios()
+                .starts_with("WARNING: 1 server down (pg3); 1 master (pg1)")
+    });
+    assert_eq!(c.bouncer_write("after the rogue"), Ok(1));
+    // Taken out of the configuration too: nothing left to warn about.
+    let servers = c.servers();
+    c.write_rebouncer_config_with(1, 2, "", &servers[..2]);
+    d.signal("HUP").unwrap();
+    d.wait_for(SHORT, "/nagios OK without pg3", |d| {
+        d.nagios().trim_end() == "OK: 1 master (pg1, PgBouncer points at it), 1 standby"
+    });
+
+    // A failover to a server on timeline 2, below what the rogue reported.
+    c.stop_fast(1);
+    c.promote(2);
+    d.wait_for(SHORT, "a write through PgBouncer landing on pg2", |_| {
+        c.bouncer_write("after the failover") == Ok(2)
+    });
+    assert_eq!(c.symlink_node(), Some(2));
+    d.wait_for(SHORT, "the state file remembering pg2's timeline", |_| {
+        remembered_timelines(&c) == [2]
+    });
 }

@@ -64,6 +64,7 @@ struct RootPage<'a> {
     last_round: Option<RoundStats>,
     config_warnings: &'a [String],
     last_reload: Option<LastReload<'a>>,
+    log: LogPage,
     nodes: &'a [NodeStatus],
     #[serde(serialize_with = "recent_events")]
     recent_events: &'a Snapshot,
@@ -101,6 +102,14 @@ struct LastReload<'a> {
     error: Option<&'a str>,
     changes: &'a [String],
     not_applied: &'a [String],
+}
+
+/// Log lines dropped since start (the log's queue was full), and when the last was.
+#[derive(Serialize)]
+struct LogPage {
+    lines_dropped: u64,
+    #[serde(serialize_with = "json_format::opt_time")]
+    last_dropped: Option<SystemTime>,
 }
 
 pub fn root(s: &Snapshot, now: SystemTime) -> String {
@@ -149,6 +158,13 @@ pub fn root(s: &Snapshot, now: SystemTime) -> String {
             changes: &r.changes,
             not_applied: &r.not_applied,
         }),
+        log: {
+            let d = s.log_drops.read();
+            LogPage {
+                lines_dropped: d.lines,
+                last_dropped: d.last,
+            }
+        },
         nodes: &s.nodes,
         recent_events: s,
     })
@@ -159,6 +175,7 @@ mod tests {
     use super::*;
     use crate::decide::NodeState::*;
     use crate::events::{Kind, SwitchTiming};
+    use crate::logging::{DropTally, DroppedLines};
     use crate::view::ReloadStatus;
     use serde_json::{Value, json};
     use std::time::Duration;
@@ -235,6 +252,10 @@ mod tests {
             answered: 2,
             took: Duration::from_micros(2_500_300),
         });
+        s.log_drops = DropTally::saying(DroppedLines {
+            lines: 37,
+            last: Some(t(30_000)),
+        });
         for i in 0..11 {
             let node = if i % 2 == 0 { Some("db1") } else { None };
             s.events
@@ -258,6 +279,7 @@ mod tests {
         let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let mut s = Snapshot::new(&names, Duration::from_secs(1), "x".into());
         s.started = t(0);
+        s.log_drops = DropTally::default();
         for i in 0..2 {
             s.nodes[i].state = Some(Master);
             s.nodes[i].last_check = Some(t(500));
@@ -300,6 +322,7 @@ mod tests {
         }
         let mut w = Snapshot::new(&["n".to_string()], Duration::from_secs(1), "x:1".into());
         w.started = t(0);
+        w.log_drops = DropTally::default();
         w.phase = Phase::WaitingForPgBouncer {
             error: "connection refused".into(),
         };
@@ -370,6 +393,17 @@ mod tests {
         assert_eq!(j["level"], "WARNING");
         assert_eq!(j["conditions"]["split_brain"], json!(["a", "b"]));
         assert_eq!(j["conditions"]["no_master"], false);
+    }
+
+    #[test]
+    fn the_root_page_counts_dropped_log_lines() {
+        let j = parse(&root(&rich(), t(61_000)));
+        assert_eq!(
+            j["log"],
+            json!({"lines_dropped": 37, "last_dropped": "2025-12-03T08:00:30.000Z"})
+        );
+        let j = parse(&root(&split(), t(61_000)));
+        assert_eq!(j["log"], json!({"lines_dropped": 0, "last_dropped": null}));
     }
 
     #[test]

@@ -404,6 +404,18 @@ pub fn render(s: &Snapshot) -> String {
         "0 while the state file cannot be written (retried every round): the highest timeline seen, which keeps a stale primary from being routed to, is only in memory and a restart loses it, and pause_on_failover, if set, is off; 1 when the last write worked or none was needed.",
         flag(s.state_error.is_none()),
     );
+
+    // The log itself: the one place that cannot say it lost lines.
+    o.family(
+        "rebouncer_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped since start because the log could not be written as fast as they came (a slow, hung or full disk, or a stalled journal); the log has a line saying how many are missing where.",
+    );
+    o.sample(
+        "rebouncer_log_lines_dropped_total",
+        &[],
+        s.log_drops.read().lines,
+    );
     o.0
 }
 
@@ -595,6 +607,30 @@ mod tests {
         assert!(
             m.contains("# TYPE rebouncer_state_file_writable gauge\n"),
             "{m}"
+        );
+    }
+
+    #[test]
+    fn dropped_log_lines_are_counted_from_zero() {
+        use crate::logging::{DropTally, DroppedLines};
+        let mut s = snap(&[("pg1", Some(Master))], Some("pg1"));
+        s.log_drops = DropTally::default();
+        let m = render(&s);
+        assert_eq!(
+            value(&m, "rebouncer_log_lines_dropped_total"),
+            Some("0".into())
+        );
+        assert!(
+            m.contains("# TYPE rebouncer_log_lines_dropped_total counter\n"),
+            "{m}"
+        );
+        s.log_drops = DropTally::saying(DroppedLines {
+            lines: 1234,
+            last: Some(SystemTime::UNIX_EPOCH),
+        });
+        assert_eq!(
+            value(&render(&s), "rebouncer_log_lines_dropped_total"),
+            Some("1234".into())
         );
     }
 

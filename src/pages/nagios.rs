@@ -3,11 +3,16 @@
 //! read from the view's verdict. Pure: the caller passes the time.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::decide::NodeState;
 use crate::pages::format::{local, plural};
 use crate::view::{Level, Phase, Snapshot};
+
+/// How long `/nagios` warns after the log last dropped a line. A check every 5 minutes (a
+/// common Nagios `check_interval`) sees it at least once; the count stays on `/metrics`
+/// and in the JSON page.
+pub const LOG_DROPS_SHOWN_FOR: Duration = Duration::from_secs(10 * 60);
 
 /// The level and what follows it on the line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -292,6 +297,19 @@ pub fn health(s: &Snapshot, now: SystemTime) -> Health {
             );
         }
     }
+    let drops = s.log_drops.read();
+    if let Some(last) = drops.last
+        && now.duration_since(last).unwrap_or_default() <= LOG_DROPS_SHOWN_FOR
+    {
+        return Health::new(
+            Level::Warning,
+            format!(
+                "{} log line(s) dropped since start, the last at {}: the log could not be written as fast as lines came (a slow, hung or full disk, or a stalled journal?); a line in the log says how many are missing where; 1 master ({master}, PgBouncer points at it)",
+                drops.lines,
+                local(last)
+            ),
+        );
+    }
     Health::new(
         Level::Ok,
         format!(
@@ -357,6 +375,52 @@ mod tests {
         s.decide(None);
         s.reload.as_mut().unwrap().error = None;
         assert!(render(&s, SystemTime::now()).starts_with("OK"));
+    }
+
+    #[test]
+    fn dropped_log_lines_are_a_warning_for_ten_minutes_after_the_last() {
+        use crate::logging::{DropTally, DroppedLines};
+        let mut s = snap(
+            &[("db1", Some(Master)), ("db2", Some(Standby))],
+            Some("db1"),
+        );
+        let now = SystemTime::now();
+        let dropped_at = |last| {
+            DropTally::saying(DroppedLines {
+                lines: 37,
+                last: Some(last),
+            })
+        };
+        s.log_drops = dropped_at(now - LOG_DROPS_SHOWN_FOR);
+        let n = render(&s, now);
+        assert!(
+            n.starts_with("WARNING: 37 log line(s) dropped since start, the last at ")
+                && n.contains(&local(now - LOG_DROPS_SHOWN_FOR))
+                && n.ends_with("; 1 master (db1, PgBouncer points at it)"),
+            "{n}"
+        );
+        s.log_drops = dropped_at(now - LOG_DROPS_SHOWN_FOR - Duration::from_secs(1));
+        assert!(render(&s, now).starts_with("OK: "), "{}", render(&s, now));
+        // A clock stepped back since the drop: still recent.
+        s.log_drops = dropped_at(now + Duration::from_secs(60));
+        assert!(render(&s, now).starts_with("WARNING: 37 log line(s)"));
+        // Worse news comes first.
+        s.nodes[1].state = Some(Down);
+        s.decide(None);
+        assert!(
+            render(&s, now).starts_with("WARNING: 1 server down (db2)"),
+            "{}",
+            render(&s, now)
+        );
+        s.nodes[0].state = Some(Down);
+        s.decide(None);
+        assert!(render(&s, now).starts_with("CRITICAL: no master"));
+        // Nothing dropped.
+        s.nodes[0].state = Some(Master);
+        s.nodes[1].state = Some(Standby);
+        s.decide(None);
+        s.log_drops = DropTally::default();
+        assert!(render(&s, now).starts_with("OK: "));
     }
 
     #[test]

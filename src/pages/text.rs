@@ -150,6 +150,15 @@ pub fn root(s: &Snapshot, now: SystemTime) -> String {
             }
         }
     }
+    let drops = s.log_drops.read();
+    if let Some(last) = drops.last {
+        let _ = writeln!(
+            out,
+            "Log: {} line(s) dropped since start, the last at {}: the log could not be written as fast as lines came",
+            drops.lines,
+            local(last)
+        );
+    }
     for w in &s.config_warnings {
         let _ = writeln!(out, "Config warning: {w}");
     }
@@ -319,6 +328,27 @@ mod tests {
         );
         assert!(
             text.contains("PgBouncer points at: db1 (confirmed by PgBouncer)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn root_page_says_when_log_lines_were_dropped() {
+        use crate::logging::{DropTally, DroppedLines};
+        let mut s = snap(&[("db1", Some(Master))], Some("db1"));
+        s.log_drops = DropTally::default();
+        assert!(!root(&s, SystemTime::now()).contains("Log: "));
+        let last = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_748_800);
+        s.log_drops = DropTally::saying(DroppedLines {
+            lines: 5,
+            last: Some(last),
+        });
+        let text = root(&s, SystemTime::now());
+        assert!(
+            text.contains(&format!(
+                "Log: 5 line(s) dropped since start, the last at {}: ",
+                local(last)
+            )),
             "{text}"
         );
     }

@@ -141,6 +141,8 @@ mod tests {
             let mut next = at;
             while !p.may_switch(1, next, S(5)) {
                 next += MS(100);
+                // Fail rather than wait for ever when no retry is ever allowed.
+                assert!(next - at <= S(60), "no retry within a minute");
             }
             gaps.push(next - at);
             at = next;
