@@ -6,5 +6,6 @@ mod after_a_kill;
 mod pause;
 mod reload;
 mod routing;
+mod simulation;
 mod state_file;
 mod world;
