@@ -106,6 +106,9 @@ struct Books {
     symlink: PathBuf,
     root: PathBuf,
     violations: Vec<String>,
+    /// Since when a database has been paused in PgBouncer, from the command that paused
+    /// it (a pause can end and start again between two looks).
+    paused_since: Option<Instant>,
     /// What the histories exercised, for the benchmark's figures: moves of PgBouncer
     /// checked, `PAUSE`s sent, kills of rebouncer that left a database paused.
     moves: u64,
@@ -315,7 +318,12 @@ impl crate::admin::Session for SimSession {
             Some(true) => true,
             None => false,
         };
+        let was_paused = !self.bouncer.paused().is_empty();
         let result = self.inner.command(command).await;
+        let paused = !self.bouncer.paused().is_empty();
+        if paused != was_paused {
+            self.books.lock().unwrap().paused_since = paused.then(Instant::now);
+        }
         if hushed {
             sleep(TIMEOUT).await;
             return Err(timed_out(command));
@@ -363,8 +371,6 @@ struct Sim {
     pausing: bool,
     task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
-    /// Since when each database has been paused, as last looked at.
-    paused_since: Option<Instant>,
 }
 
 fn start_daemon(
@@ -450,6 +456,7 @@ impl Sim {
             symlink: root.join("pgbouncer.ini"),
             root: root.clone(),
             violations: Vec::new(),
+            paused_since: None,
             moves: 0,
             pauses: 0,
             kills_mid_pause: 0,
@@ -467,7 +474,6 @@ impl Sim {
             pausing,
             task,
             stop,
-            paused_since: None,
         }
     }
 
@@ -630,9 +636,9 @@ impl Sim {
         let from_unreliable = b.unreliable_until + START_RETRY.max(INTERVAL) + TIMEOUT;
         let paused = self.bouncer.paused();
         if paused.is_empty() {
-            self.paused_since = None;
+            b.paused_since = None;
         } else {
-            let since = *self.paused_since.get_or_insert(now);
+            let since = *b.paused_since.get_or_insert(now);
             let deadline = (since + PAUSE_TIMEOUT + ROUND).max(from_unreliable);
             if now > deadline && !b.violations.iter().any(|v| v.starts_with("c:")) {
                 let answered_for = (now - b.unreliable_until).as_secs_f64();
