@@ -10,8 +10,9 @@
 //! a. PgBouncer is never moved to a master on a lower timeline than the highest a master
 //!    showed this rebouncer or its state file remembers;
 //! b. never moved while two masters share the highest timeline;
-//! c. a database rebouncer paused is resumed within `pause_timeout` plus one round, the
-//!    round counted from when the console works again and rebouncer runs;
+//! c. a database rebouncer paused is resumed within `pause_timeout` plus one round of
+//!    its last `PAUSE`, the round counted from when the console works again and
+//!    rebouncer runs;
 //! d. when rebouncer is killed, every database it left paused is listed in its state
 //!    file (and rule c, which runs across the restart, sees that the next start resumes
 //!    it).
@@ -321,7 +322,10 @@ impl crate::admin::Session for SimSession {
         let was_paused = !self.bouncer.paused().is_empty();
         let result = self.inner.command(command).await;
         let paused = !self.bouncer.paused().is_empty();
-        if paused != was_paused {
+        // A new hold's PAUSE of a database still paused (a RESUME that failed) starts
+        // the clock again: each hold is bounded, not a pause that spans several.
+        let pause = command.starts_with("PAUSE") && result.is_ok();
+        if paused != was_paused || (paused && pause) {
             self.books.lock().unwrap().paused_since = paused.then(Instant::now);
         }
         if hushed {
