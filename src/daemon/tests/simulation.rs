@@ -507,6 +507,12 @@ impl Sim {
     }
 
     async fn step(&mut self, step: Step) {
+        if !matches!(step, Step::Wait(_)) {
+            // The world changes once rebouncer has finished what it does at this instant:
+            // a promotion in the middle of a switch would be judged by rules a and b as
+            // if rebouncer had seen it before deciding.
+            sleep(Duration::from_millis(1)).await;
+        }
         match step {
             Step::Wait(ms) => {
                 let end = Instant::now() + Duration::from_millis(ms.into());
