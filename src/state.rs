@@ -451,6 +451,27 @@ mod tests {
         assert!(path.exists(), "the retry writes the file");
     }
 
+    /// Reads the FIFO a write hangs on when dropped, so that a failed assertion ends the
+    /// test instead of hanging it: the runtime waits for its blocking threads to return.
+    struct Unblock(PathBuf);
+
+    impl Drop for Unblock {
+        fn drop(&mut self) {
+            let fifo = self.0.clone();
+            let (opened, wait) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                // Waits for a writer; fails at once when the write renamed the FIFO away.
+                if let Ok(mut f) = fs::File::open(&fifo) {
+                    let _ = opened.send(());
+                    let _ = std::io::Read::read_to_end(&mut f, &mut Vec::new());
+                }
+            });
+            // Before the temporary directory goes, and the FIFO with it: a hung writer
+            // meets its reader at once.
+            let _ = wait.recv_timeout(Duration::from_secs(1));
+        }
+    }
+
     /// A write that hangs (here: its temporary file is a FIFO nobody reads) is reported as
     /// failed once its bound passes, and no second write starts until it returns.
     #[tokio::test]
@@ -465,6 +486,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
+        let _unblock = Unblock(tmp.clone());
         let mut f = StateFile::load(&path).unwrap();
         f.bound_writes(Duration::from_millis(200));
         let e = f
