@@ -136,6 +136,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rebouncer_config_reloads", "counter"),
     ("rebouncer_config_last_reload_successful", "gauge"),
     ("rebouncer_state_file_writable", "gauge"),
+    ("rebouncer_log_lines_dropped", "counter"),
 ];
 
 fn all_families_present(m: &Metrics) {
