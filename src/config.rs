@@ -60,6 +60,8 @@ pub struct Config {
     pub pause_timeout: Duration,
     /// In file order.
     pub servers: Vec<Server>,
+    /// Follow Patroni's leader key in etcd instead of polling (keys `etcd_*`).
+    pub etcd: Option<crate::etcd_settings::EtcdMode>,
     /// Things that do not stop rebouncer but an operator should see (log at start,
     /// `-check`, `/`): one line each, `file:line: message`, never a connection string.
     pub warnings: Vec<String>,
@@ -101,7 +103,7 @@ pub const DEFAULT_PAUSE_TIMEOUT_SECS: u64 = 10;
 const PAUSE_TIMEOUT_RANGE: (u64, u64) = (1, 300);
 
 /// The keys of `[global]`, in the order the error message lists them.
-const GLOBAL_KEYS: [&str; 10] = [
+const GLOBAL_KEYS: [&str; 21] = [
     "pgbouncer",
     "symlink",
     "configdir",
@@ -112,6 +114,17 @@ const GLOBAL_KEYS: [&str; 10] = [
     "state_file",
     "pause_on_failover",
     "pause_timeout",
+    "etcd_endpoints",
+    "etcd_scope",
+    "etcd_namespace",
+    "etcd_members",
+    "etcd_user",
+    "etcd_password",
+    "etcd_ca_file",
+    "etcd_cert_file",
+    "etcd_key_file",
+    "etcd_timeout",
+    "etcd_check_interval",
 ];
 
 /// Read and validate the configuration file and every node file it names.
@@ -164,6 +177,17 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
 
     let servers = load_servers(path, servers, env, connect_timeout, &configdir)?;
     check_symlink_is_no_node_file(path, symlink_entry, &symlink, &servers)?;
+    let etcd_lines: Vec<_> = global
+        .entries
+        .iter()
+        .map(|e| crate::etcd_settings::Line {
+            line: e.line,
+            key: &e.key,
+            value: &e.value,
+        })
+        .collect();
+    let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+    let etcd = crate::etcd_settings::parse(path, global.line, &etcd_lines, &names, cwd)?;
 
     Ok(Config {
         file: path.to_path_buf(),
@@ -174,11 +198,13 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
         interval,
         timeout,
         fast_interval,
-        keep_connections,
+        // The leader key says when to look: no monitoring connection is kept.
+        keep_connections: keep_connections && etcd.is_none(),
         state_file,
         pause_on_failover,
         pause_timeout,
         servers,
+        etcd,
         warnings,
     })
 }
@@ -1324,7 +1350,9 @@ mod tests {
             Dir::new().err(&with_global("intervall=5")),
             "config error: rebouncer.ini:5: unknown key \"intervall\" in [global], probably interval \
              (a misspelling); write interval= (the keys are pgbouncer, symlink, configdir, interval, \
-             timeout, fast_interval, keep_connections, state_file, pause_on_failover, pause_timeout)"
+             timeout, fast_interval, keep_connections, state_file, pause_on_failover, pause_timeout, \
+             etcd_endpoints, etcd_scope, etcd_namespace, etcd_members, etcd_user, etcd_password, \
+             etcd_ca_file, etcd_cert_file, etcd_key_file, etcd_timeout, etcd_check_interval)"
         );
         let e = Dir::new().err(&with_global("Interval=5"));
         assert!(
