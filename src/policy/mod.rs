@@ -11,12 +11,14 @@
 //! - [`drift`]: when PgBouncer's routes are compared with the active node's file, and
 //!   how they differ.
 //! - [`reload_plan`]: what a configuration re-read on SIGHUP changes.
+//! - [`leader`]: in etcd mode, Patroni's leader key combined with the verdict.
 //!
 //! Times are `std::time::Instant`s handed in by the caller (on tokio's paused clock in
 //! the daemon's tests, so those run in virtual time too).
 
 pub mod checks;
 pub mod drift;
+pub mod leader;
 pub mod pacing;
 pub mod pause;
 pub mod persist;
