@@ -39,6 +39,7 @@ use crate::view::{
 
 mod bouncer;
 mod hold;
+mod leader;
 mod monitor;
 mod reload;
 mod say;
@@ -173,6 +174,8 @@ pub struct Daemon<C: Console> {
     /// made): no second one until that master answers again or another is switched to.
     loss_handled: bool,
     last_hold: Option<FailoverPause>,
+    /// etcd mode: Patroni's leader key, followed (see `daemon/leader.rs`).
+    leader: Option<leader::Follower>,
 }
 
 impl Daemon<Bouncer> {
@@ -261,6 +264,7 @@ impl<C: Console> Daemon<C> {
             hold: None,
             loss_handled: false,
             last_hold: None,
+            leader: cfg.etcd.as_ref().map(leader::Follower::new),
             cfg,
         }
     }
@@ -325,6 +329,7 @@ impl<C: Console> Daemon<C> {
             return;
         }
         self.finish_what_the_last_run_left().await;
+        self.start_leader();
         self.check_pause_settings().await;
         let mut next_round = Instant::now();
         let mut next_beat = Instant::now() + HEARTBEAT;
@@ -376,6 +381,7 @@ impl<C: Console> Daemon<C> {
                     next_beat = Instant::now() + HEARTBEAT;
                     continue;
                 }
+                Some(event) = leader::next_event(&mut self.leader) => self.on_leader(event).await,
                 _ = sleep_until(next_round) => self.round().await,
             }
             if self.shutting_down() {
@@ -386,7 +392,7 @@ impl<C: Console> Daemon<C> {
             } else {
                 self.cfg.interval
             };
-            next_round = Instant::now() + pause;
+            next_round = Instant::now() + self.round_pause(pause);
         }
         if self.hold.is_some() {
             // PgBouncer keeps a pause after its admin session is gone: nobody else would
@@ -621,7 +627,7 @@ impl<C: Console> Daemon<C> {
     }
 
     async fn decide_and_act(&mut self) {
-        let mut decision = decide::decide(self.believed, &self.observed(), &self.memory);
+        let mut decision = self.judge();
         let recheck = checks::masters_to_recheck(&decision);
         if !recheck.is_empty()
             && self.cfg.keep_connections
@@ -629,13 +635,13 @@ impl<C: Console> Daemon<C> {
         {
             // Kept sessions can outlive a postmaster that refuses everyone else; what a new
             // connection finds may only make the verdict more cautious (see decide).
-            decision = decide::decide(self.believed, &self.observed(), &self.memory);
+            decision = self.judge();
         }
         if let Action::Switch(to) = decision.action
             && self.needs_fresh_check(to)
             && self.recheck_fresh(vec![to], true).await
         {
-            decision = decide::decide(self.believed, &self.observed(), &self.memory);
+            decision = self.judge();
         }
         // Kept before acting: what the steps below publish shows this decision.
         self.last_decision = Some(decision.clone());

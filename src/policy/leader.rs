@@ -127,6 +127,27 @@ pub fn recheck_in(since_change: Duration, fast_interval: Duration, interval: Dur
     }
 }
 
+/// When the servers are checked next, if at all (None: when the key changes). An
+/// unconfirmed candidate is checked as [`recheck_in`] says; a server that is down (or not
+/// checked yet) every `interval`, so the pages see it come back (a restarted replica, an
+/// old primary rejoining) without waiting for the next leader change. A healthy cluster
+/// with PgBouncer on the leader costs no connection at all.
+pub fn next_round(
+    recheck: bool,
+    since_change: Duration,
+    some_server_down: bool,
+    fast_interval: Duration,
+    interval: Duration,
+) -> Option<Duration> {
+    if recheck {
+        Some(recheck_in(since_change, fast_interval, interval))
+    } else if some_server_down {
+        Some(interval)
+    } else {
+        None
+    }
+}
+
 /// What the status pages show of the etcd mode.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaderView {
@@ -237,17 +258,22 @@ pub fn held_text(held: &Held, pointed: &str, names: &[String]) -> (Level, String
     }
 }
 
-/// `/nagios` in etcd mode: the polling verdict (`base`) with what the key adds. etcd
-/// unreachable is a WARNING while the polling verdict is OK (the server PgBouncer uses
-/// answered as the master when last checked), CRITICAL otherwise.
-pub fn nagios(v: &LeaderView, base: (Level, String), now: SystemTime) -> (Level, String) {
+/// `/nagios` in etcd mode: the servers' verdict (`base`) with what the key adds. etcd
+/// unreachable is a WARNING while `routed` (PgBouncer is confirmed on the server that
+/// answered as the one master when last checked), CRITICAL otherwise.
+pub fn nagios(
+    v: &LeaderView,
+    base: (Level, String),
+    routed: bool,
+    now: SystemTime,
+) -> (Level, String) {
     let (level, text) = base;
     if let Some((since, why)) = &v.unreachable {
         let last = v.leader.as_deref().unwrap_or("none");
-        let level = if level == Level::Ok {
-            Level::Warning
+        let level = if routed {
+            worse(level, Level::Warning)
         } else {
-            worse(level, Level::Critical)
+            Level::Critical
         };
         return (
             level,
@@ -391,6 +417,19 @@ mod tests {
         assert_eq!(recheck_in(FAST_RECHECK_FOR, fast, slow), slow);
     }
 
+    #[test]
+    fn a_settled_cluster_is_not_checked_a_server_down_is_every_interval() {
+        let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+        let just = Duration::from_millis(200);
+        assert_eq!(next_round(false, just, false, fast, slow), None);
+        assert_eq!(next_round(false, just, true, fast, slow), Some(slow));
+        assert_eq!(next_round(true, just, true, fast, slow), Some(fast));
+        assert_eq!(
+            next_round(true, FAST_RECHECK_FOR, false, fast, slow),
+            Some(slow)
+        );
+    }
+
     fn view() -> LeaderView {
         LeaderView {
             key: "/service/main/leader".into(),
@@ -435,15 +474,22 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(65),
             "timed out".into(),
         ));
-        let (l, t) = nagios(&v, (Level::Ok, "1 master (pg2)".into()), now);
+        let (l, t) = nagios(&v, (Level::Ok, "1 master (pg2)".into()), true, now);
         assert_eq!(l, Level::Warning);
         assert_eq!(
             t,
             "etcd unreachable for 5 s (timed out): nothing is switched until it is back; last known leader pg2; 1 master (pg2)"
         );
-        let (l, _) = nagios(&v, (Level::Critical, "no master".into()), now);
+        let (l, _) = nagios(&v, (Level::Warning, "1 server down".into()), true, now);
+        assert_eq!(l, Level::Warning);
+        let (l, _) = nagios(&v, (Level::Critical, "no master".into()), false, now);
         assert_eq!(l, Level::Critical);
-        let (l, _) = nagios(&v, (Level::Warning, "1 server down".into()), now);
+        let (l, _) = nagios(
+            &v,
+            (Level::Warning, "switch not yet confirmed".into()),
+            false,
+            now,
+        );
         assert_eq!(l, Level::Critical);
     }
 
@@ -455,25 +501,25 @@ mod tests {
         let (level, text) = held_text(&Held::NoLeader, "pg1", &names);
         v.held = Some(text);
         v.held_level = Some(level);
-        let (l, t) = nagios(&v, (Level::Critical, "no master".into()), now);
+        let (l, t) = nagios(&v, (Level::Critical, "no master".into()), false, now);
         assert_eq!(l, Level::Critical);
         assert!(t.starts_with("Patroni reports no leader"), "{t}");
         // A lesser reason does not hide the servers' own CRITICAL text.
         let (level, text) = held_text(&Held::NotConfirmed { candidate: 1 }, "pg1", &names);
         v.held = Some(text);
         v.held_level = Some(level);
-        let (l, t) = nagios(&v, (Level::Ok, "1 master (pg1)".into()), now);
+        let (l, t) = nagios(&v, (Level::Ok, "1 master (pg1)".into()), true, now);
         assert_eq!(l, Level::Warning);
         assert!(
             t.starts_with("Patroni's leader key names pg2, which does not answer"),
             "{t}"
         );
-        let (l, t) = nagios(&v, (Level::Critical, "split brain".into()), now);
+        let (l, t) = nagios(&v, (Level::Critical, "split brain".into()), false, now);
         assert_eq!((l, t.as_str()), (Level::Critical, "split brain"));
         v.held = None;
         v.held_level = None;
         assert_eq!(
-            nagios(&v, (Level::Ok, "fine".into()), now),
+            nagios(&v, (Level::Ok, "fine".into()), true, now),
             (Level::Ok, "fine".into())
         );
     }
