@@ -28,8 +28,8 @@ pub(super) struct Follower {
     events: Option<mpsc::Receiver<Event>>,
     task: Option<JoinHandle<()>>,
     heard: Heard,
-    /// When the key last changed (or the watch started): fast rechecks follow it.
-    changed_at: Instant,
+    /// Checks of an unconfirmed candidate since the key last changed (they back off).
+    rechecks: u32,
     /// The servers are checked again (see [`rule::recheck_in`]).
     recheck: bool,
     held: Option<Held>,
@@ -47,7 +47,7 @@ impl Follower {
             events: None,
             task: None,
             heard: Heard::NotYet,
-            changed_at: Instant::now(),
+            rechecks: 0,
             recheck: false,
             held: None,
         }
@@ -131,7 +131,7 @@ impl<C: Console> Daemon<C> {
                 let changed = !f.view.heard || f.view.leader != name;
                 let back = f.heard == Heard::Unreachable;
                 if changed {
-                    f.changed_at = Instant::now();
+                    f.rechecks = 0;
                     f.view.changed = Some(now);
                     match &name {
                         Some(n) => info!(
@@ -182,6 +182,16 @@ impl<C: Console> Daemon<C> {
             }
         }
         self.publish_leader();
+        if self
+            .leader
+            .as_ref()
+            .is_some_and(|f| f.heard == Heard::Leader(None))
+        {
+            // No leader: nothing can be switched; the servers are checked when one is
+            // named (a switchover deletes the key just before naming the next leader).
+            self.decide_and_act().await;
+            return;
+        }
         // Check every server now: the new leader to confirm it, the others for the
         // split-brain and stale-primary rules, and with etcd away whether PgBouncer's
         // server still answers as the master (for /nagios).
@@ -199,6 +209,9 @@ impl<C: Console> Daemon<C> {
         let follow = rule::follow(&key, &decision);
         decision.action = follow.action;
         f.recheck = follow.recheck;
+        if follow.recheck {
+            f.rechecks = f.rechecks.saturating_add(1);
+        }
         if f.held != follow.held {
             let pointed = match self.believed.active {
                 Some(n) => self.nodes[n].name.clone(),
@@ -234,9 +247,17 @@ impl<C: Console> Daemon<C> {
             .nodes
             .iter()
             .any(|n| n.state.is_none_or(|s| s == NodeState::Down));
+        // A switch that went through needs no round to confirm it: PgBouncer confirmed it.
+        let on_leader = matches!(
+            f.key(self.cfg.etcd.as_ref(), &self.nodes),
+            Key::Names { server: Some(c), .. }
+                if self.believed.active == Some(c)
+                    && self.believed.confirmed
+                    && self.nodes[c].state == Some(NodeState::Master)
+        );
         rule::next_round(
-            f.recheck,
-            f.changed_at.elapsed(),
+            f.recheck && !on_leader,
+            f.rechecks.saturating_sub(1),
             down,
             self.cfg.fast_interval,
             self.cfg.interval,

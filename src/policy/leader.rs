@@ -27,12 +27,10 @@ use std::time::{Duration, SystemTime};
 use crate::decide::{Action, Cluster, Decision, NodeId};
 use crate::view::Level;
 
-/// For this long after the key changed, an unconfirmed candidate is checked again at
-/// `fast_interval` (the key names a new leader 0.1-0.2 s before it answers as a
-/// master); after that, every `interval`, so a lasting disagreement does not turn every
-/// app server into a stream of new connections.
-pub const FAST_RECHECK_FOR: Duration = Duration::from_secs(5);
-
+/// An unconfirmed candidate is checked again after `fast_interval`, then twice as long
+/// each time, up to `interval`: the key names a new leader 0.1-0.2 s before it answers
+/// as a master (longer on a loaded server), and a fleet of app servers checking it at
+/// a fixed fast pace would bury the new primary under new connections just as it starts.
 /// What the leader key says, as last heard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Key {
@@ -117,14 +115,13 @@ pub fn follow(key: &Key, decision: &Decision) -> Follow {
     }
 }
 
-/// When to check the servers again while the candidate is unconfirmed, `since_change`
-/// after the key last changed: at `fast_interval` at first, then every `interval`.
-pub fn recheck_in(since_change: Duration, fast_interval: Duration, interval: Duration) -> Duration {
-    if since_change < FAST_RECHECK_FOR {
-        fast_interval
-    } else {
-        interval
-    }
+/// When to check the servers again while the candidate is unconfirmed, after
+/// `rechecks` checks since the key last changed: `fast_interval`, doubling, at most
+/// `interval`.
+pub fn recheck_in(rechecks: u32, fast_interval: Duration, interval: Duration) -> Duration {
+    fast_interval
+        .saturating_mul(1u32 << rechecks.min(20))
+        .min(interval)
 }
 
 /// When the servers are checked next, if at all (None: when the key changes). An
@@ -134,13 +131,13 @@ pub fn recheck_in(since_change: Duration, fast_interval: Duration, interval: Dur
 /// with PgBouncer on the leader costs no connection at all.
 pub fn next_round(
     recheck: bool,
-    since_change: Duration,
+    rechecks: u32,
     some_server_down: bool,
     fast_interval: Duration,
     interval: Duration,
 ) -> Option<Duration> {
     if recheck {
-        Some(recheck_in(since_change, fast_interval, interval))
+        Some(recheck_in(rechecks, fast_interval, interval))
     } else if some_server_down {
         Some(interval)
     } else {
@@ -243,7 +240,7 @@ pub fn held_text(held: &Held, pointed: &str, names: &[String]) -> (Level, String
         Held::NotConfirmed { candidate } => (
             Level::Warning,
             format!(
-                "Patroni's leader key names {}, which does not answer as a usable master yet: nothing switched; \
+                "the server of Patroni's leader, {}, does not answer as a usable master yet: nothing switched; \
                  PgBouncer left pointing at {pointed}",
                 name(candidate)
             ),
@@ -410,24 +407,22 @@ mod tests {
     }
 
     #[test]
-    fn rechecks_are_fast_only_just_after_the_key_changed() {
+    fn rechecks_start_fast_and_back_off_to_the_interval() {
         let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
-        assert_eq!(recheck_in(Duration::ZERO, fast, slow), fast);
-        assert_eq!(recheck_in(Duration::from_millis(4900), fast, slow), fast);
-        assert_eq!(recheck_in(FAST_RECHECK_FOR, fast, slow), slow);
+        assert_eq!(recheck_in(0, fast, slow), fast);
+        assert_eq!(recheck_in(1, fast, slow), Duration::from_millis(200));
+        assert_eq!(recheck_in(3, fast, slow), Duration::from_millis(800));
+        assert_eq!(recheck_in(9, fast, slow), slow);
+        assert_eq!(recheck_in(u32::MAX, fast, slow), slow);
     }
 
     #[test]
     fn a_settled_cluster_is_not_checked_a_server_down_is_every_interval() {
         let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
-        let just = Duration::from_millis(200);
-        assert_eq!(next_round(false, just, false, fast, slow), None);
-        assert_eq!(next_round(false, just, true, fast, slow), Some(slow));
-        assert_eq!(next_round(true, just, true, fast, slow), Some(fast));
-        assert_eq!(
-            next_round(true, FAST_RECHECK_FOR, false, fast, slow),
-            Some(slow)
-        );
+        assert_eq!(next_round(false, 0, false, fast, slow), None);
+        assert_eq!(next_round(false, 0, true, fast, slow), Some(slow));
+        assert_eq!(next_round(true, 0, true, fast, slow), Some(fast));
+        assert_eq!(next_round(true, 12, false, fast, slow), Some(slow));
     }
 
     fn view() -> LeaderView {
@@ -511,7 +506,7 @@ mod tests {
         let (l, t) = nagios(&v, (Level::Ok, "1 master (pg1)".into()), true, now);
         assert_eq!(l, Level::Warning);
         assert!(
-            t.starts_with("Patroni's leader key names pg2, which does not answer"),
+            t.starts_with("the server of Patroni's leader, pg2, does not answer"),
             "{t}"
         );
         let (l, t) = nagios(&v, (Level::Critical, "split brain".into()), false, now);
