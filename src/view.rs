@@ -308,6 +308,8 @@ pub struct Snapshot {
     pub counters: Counters,
     /// What happened lately, for `/` and `/events`.
     pub events: Events,
+    /// etcd mode: Patroni's leader key as last heard.
+    pub etcd: Option<crate::policy::leader::LeaderView>,
 }
 
 impl Snapshot {
@@ -337,6 +339,7 @@ impl Snapshot {
             reload: None,
             counters: Counters::default(),
             events: Events::default(),
+            etcd: None,
         }
     }
 
