@@ -43,6 +43,7 @@ use crate::policy::pacing;
 
 mod bouncer;
 mod hold;
+mod leader;
 mod monitor;
 mod reload;
 mod say;
@@ -142,6 +143,8 @@ pub struct Daemon<C: Console> {
     /// The routes PgBouncer was last confirmed to use.
     last_confirmed: Option<Vec<Database>>,
     last_hold: Option<FailoverPause>,
+    /// etcd mode: the watch of Patroni's leader key (see `daemon/leader.rs`).
+    leader: Option<leader::Follower>,
 }
 
 impl Daemon<Bouncer> {
@@ -196,12 +199,15 @@ impl<C: Console> Daemon<C> {
             .collect();
         let mut state = state;
         state.bound_writes(cfg.timeout);
-        let policy = Policy::new(
+        let mut policy = Policy::new(
             Settings::of(&cfg),
             nodes.len(),
             state.state().timelines.clone(),
             Instant::now().into_std(),
         );
+        if cfg.etcd.is_some() {
+            policy.follow_leader();
+        }
         Daemon {
             console,
             status,
@@ -227,6 +233,7 @@ impl<C: Console> Daemon<C> {
             paused: Vec::new(),
             last_confirmed: None,
             last_hold: None,
+            leader: cfg.etcd.as_ref().map(leader::Follower::new),
             cfg,
         }
     }
@@ -294,6 +301,7 @@ impl<C: Console> Daemon<C> {
         }
         self.finish_what_the_last_run_left().await;
         self.state_file_written();
+        self.start_leader();
         self.check_pause_settings().await;
         self.policy.start_polling(Instant::now().into_std());
         loop {
@@ -325,6 +333,7 @@ impl<C: Console> Daemon<C> {
                     self.perform_all(next).await;
                 }
                 _ = sleep_until(next_beat) => self.feed(Input::HeartbeatDue).await,
+                Some(event) = leader::next_event(&mut self.leader) => self.on_leader(event).await,
                 _ = sleep_until(next_round) => self.feed(Input::RoundDue).await,
             }
             if self.shutting_down() {
@@ -452,6 +461,7 @@ impl<C: Console> Daemon<C> {
                 }
                 self.state_file_written();
             }
+            Command::LeaderHeld(held) => self.say_leader_held(held),
             Command::Publish => self.publish(),
             Command::RoundDone => self.status.send_modify(|s| s.counters.rounds += 1),
         }
@@ -696,6 +706,7 @@ impl<C: Console> Daemon<C> {
             s.state_error = self.state.write_error().map(str::to_string);
             s.pause_on_failover = self.cfg.pause_on_failover;
             s.not_taken = self.not_taken.clone();
+            s.etcd = self.leader.as_ref().map(|f| f.view().clone());
         });
     }
 }

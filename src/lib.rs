@@ -11,6 +11,7 @@ pub mod counters;
 pub mod daemon;
 pub mod decide;
 pub mod etcd;
+pub mod etcd_settings;
 pub mod events;
 #[cfg(test)]
 pub mod fake_bouncer;

@@ -65,7 +65,66 @@ pub const GLOBAL: &[Setting] = &[
         default: Some("10"),
         meaning: "the longest clients are held, 1 to 300 seconds",
     },
+    Setting {
+        key: "etcd_endpoints",
+        default: Some(NOT_SET),
+        meaning: "etcd client URLs, comma-separated (http://host:2379, https://...); set, rebouncer follows Patroni's leader key instead of polling",
+    },
+    Setting {
+        key: "etcd_scope",
+        default: Some(NOT_SET),
+        meaning: "Patroni's scope (the cluster name); required with etcd_endpoints",
+    },
+    Setting {
+        key: "etcd_namespace",
+        default: Some("/service"),
+        meaning: "Patroni's namespace in etcd",
+    },
+    Setting {
+        key: "etcd_members",
+        default: Some(NOT_SET),
+        meaning: "member:server pairs, comma-separated, for Patroni members whose name is not their [servers] name (otherwise the same name)",
+    },
+    Setting {
+        key: "etcd_user",
+        default: Some(NOT_SET),
+        meaning: "etcd user, with etcd_password, when etcd's authentication is on",
+    },
+    Setting {
+        key: "etcd_password",
+        default: Some(NOT_SET),
+        meaning: "the password of etcd_user",
+    },
+    Setting {
+        key: "etcd_ca_file",
+        default: Some(NOT_SET),
+        meaning: "PEM file of the CA that signed etcd's certificate (otherwise the system's roots)",
+    },
+    Setting {
+        key: "etcd_cert_file",
+        default: Some(NOT_SET),
+        meaning: "client certificate (PEM) when etcd asks for one, with etcd_key_file",
+    },
+    Setting {
+        key: "etcd_key_file",
+        default: Some(NOT_SET),
+        meaning: "the client certificate's key (PEM, PKCS#8)",
+    },
+    Setting {
+        key: "etcd_timeout",
+        default: Some("2"),
+        meaning: "seconds one request to etcd may take, 0.1 to 60",
+    },
+    Setting {
+        key: "etcd_check_interval",
+        default: Some("2"),
+        meaning: "seconds between reads of the leader key beside the watch, to notice a silent etcd, 0.1 to 3600",
+    },
 ];
+
+/// The default of an optional key that has no value of its own: left out, its feature is
+/// off. Not a value one could write.
+pub const NOT_SET: &str = "not set";
 
 /// Not a value one could write: it depends on systemd's `$STATE_DIRECTORY`.
 pub const STATE_FILE_DEFAULT: &str =
@@ -163,7 +222,7 @@ mod tests {
         assert!(base.warnings.is_empty(), "{:?}", base.warnings);
         for s in GLOBAL {
             let Some(default) = s.default else { continue };
-            if s.key == "state_file" {
+            if s.key == "state_file" || default == NOT_SET {
                 continue;
             }
             let c = load(
@@ -194,6 +253,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(format!("{c:?}"), format!("{base:?}"));
+    }
+
+    /// The keys "not set" by default turn a feature on: left out, it is off.
+    #[test]
+    fn keys_not_set_by_default_leave_the_etcd_mode_off() {
+        let d = dir();
+        let base = load(d.path(), REQUIRED, &env(None)).unwrap();
+        assert!(base.etcd.is_none());
+        assert!(base.keep_connections);
+        let c = load(
+            d.path(),
+            &format!("{REQUIRED}etcd_endpoints=http://127.0.0.1:2379\netcd_scope=main"),
+            &env(None),
+        )
+        .unwrap();
+        assert!(c.etcd.is_some());
+        assert!(
+            !c.keep_connections,
+            "etcd mode keeps no monitoring connection"
+        );
+        let unset: Vec<&str> = GLOBAL
+            .iter()
+            .filter(|s| s.default == Some(NOT_SET))
+            .map(|s| s.key)
+            .collect();
+        assert!(unset.iter().all(|k| k.starts_with("etcd_")), "{unset:?}");
     }
 
     #[test]

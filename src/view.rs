@@ -312,6 +312,8 @@ pub struct Snapshot {
     /// Log lines the log's queue dropped: the log's own count, read when a page is
     /// rendered rather than published with the rounds.
     pub log_drops: DropTally,
+    /// etcd mode: Patroni's leader key as last heard.
+    pub etcd: Option<crate::policy::leader::LeaderView>,
 }
 
 impl Snapshot {
@@ -342,6 +344,7 @@ impl Snapshot {
             counters: Counters::default(),
             events: Events::default(),
             log_drops: logging::tally(),
+            etcd: None,
         }
     }
 

@@ -101,7 +101,9 @@ fn an_unknown_global_key_starts_with_a_warning_and_a_near_miss_is_refused() {
         format!(
             "config error: {}:5: unknown key \"intervall\" in [global], probably interval \
              (a misspelling); write interval= (the keys are pgbouncer, symlink, configdir, \
-             interval, timeout, fast_interval, keep_connections, state_file, pause_on_failover, pause_timeout)",
+             interval, timeout, fast_interval, keep_connections, state_file, pause_on_failover, pause_timeout, \
+             etcd_endpoints, etcd_scope, etcd_namespace, etcd_members, etcd_user, etcd_password, \
+             etcd_ca_file, etcd_cert_file, etcd_key_file, etcd_timeout, etcd_check_interval)",
             cfg.display()
         )
     );

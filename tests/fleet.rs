@@ -34,6 +34,7 @@
 
 mod common;
 
+use common::patroni::Patroni;
 use common::{Cluster, Daemon, DaemonCmd, Link, Opts};
 use std::collections::HashMap;
 use std::fs;
@@ -455,5 +456,320 @@ fn fleet_footprint_and_failover() {
         window.as_secs(),
         table.join("\n"),
         failovers.join("\n")
+    );
+}
+
+// --- the etcd mode -----------------------------------------------------------------------
+
+/// `patronictl edit-config` then a restart of every member: Patroni keeps
+/// `max_connections` in its own configuration, and 3 x N checks can come at once.
+fn raise_max_connections(p: &Patroni, max_conn: usize) {
+    let set = format!("postgresql.parameters.max_connections={max_conn}");
+    let out = common::run_timeout(
+        p.patronictl()
+            .args(["edit-config", "--set", &set, "--force"]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let want = max_conn.to_string();
+    let raised = |p: &Patroni| {
+        (1..=p.len()).all(|i| {
+            common::psql_conninfo(
+                &p.conninfo(i),
+                "SHOW max_connections",
+                Duration::from_secs(5),
+            )
+            .as_deref()
+                == Ok(want.as_str())
+        })
+    };
+    for _ in 0..5 {
+        let _ = common::run_timeout(
+            p.patronictl()
+                .args(["restart", common::patroni::SCOPE, "--force"]),
+            Duration::from_secs(120),
+        );
+        if common::poll_until(Duration::from_secs(30), || raised(p)) {
+            break;
+        }
+    }
+    assert!(raised(p), "max_connections not raised\n{}", p.diagnostics());
+    p.wait_healthy(Duration::from_secs(60));
+}
+
+/// `n` app servers following Patroni's leader key (members mapped to `pg1..pg3`),
+/// all routed to the leader; waits until every daemon says OK.
+fn start_etcd_fleet(p: &Patroni, n: usize, interval: u64) -> Vec<AppServer> {
+    let leader = p.leader().unwrap();
+    let base = p.root().join("fleet");
+    fs::create_dir_all(&base).unwrap();
+    chown_server(&base);
+    let mut fleet = Vec::with_capacity(n);
+    for k in 0..n {
+        let dir = base.join(k.to_string());
+        fs::create_dir_all(dir.join("nodes")).unwrap();
+        chown_server(&dir);
+        let port = common::alloc_port();
+        for node in 1..=p.len() {
+            fs::write(
+                dir.join("nodes").join(format!("pg{node}.ini")),
+                bouncer_ini(&dir, port, p.port(node)),
+            )
+            .unwrap();
+        }
+        fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::os::unix::fs::symlink(
+            dir.join(format!("nodes/pg{leader}.ini")),
+            dir.join("pgbouncer.ini"),
+        )
+        .unwrap();
+        let bouncer = common::command_as(common::pgbouncer_bin(), common::server_user(), &dir)
+            .arg(dir.join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn pgbouncer");
+        fleet.push(AppServer {
+            dir,
+            bouncer,
+            bouncer_port: port,
+            daemon: None,
+        });
+    }
+    common::wait_until(Duration::from_secs(60), "every PgBouncer listening", || {
+        fleet.iter().all(|a| common::port_open(a.bouncer_port))
+    });
+    let members: Vec<String> = (1..=p.len())
+        .map(|i| format!("{}:pg{i}", p.name(i)))
+        .collect();
+    for a in fleet.iter_mut() {
+        let mut cfg = format!(
+            "[global]\npgbouncer=host=127.0.0.1 port={} dbname=pgbouncer user=postgres sslmode=disable\n\
+             symlink={}\nconfigdir={}\ninterval={interval}\ntimeout=3\n\
+             etcd_endpoints={}\netcd_scope={}\netcd_members={}\n\n[servers]\n",
+            a.bouncer_port,
+            a.symlink().display(),
+            a.dir.join("nodes").display(),
+            p.etcd.endpoint(),
+            common::patroni::SCOPE,
+            members.join(", "),
+        );
+        for node in 1..=p.len() {
+            cfg += &format!("pg{node}={}\n", p.conninfo(node));
+        }
+        let config = a.dir.join("rebouncer.ini");
+        fs::write(&config, cfg).unwrap();
+        let cmd = DaemonCmd {
+            bin: common::rebouncer_bin(),
+            config,
+            http: format!("127.0.0.1:{}", common::alloc_port()),
+            pidfile: a.dir.join("rebouncer.pid"),
+            logfile: Some(a.log()),
+            extra_args: Vec::new(),
+            raw_args: None,
+            user: None,
+            cwd: a.dir.clone(),
+            out: a.dir.join("rebouncer.out"),
+            err: a.dir.join("rebouncer.err"),
+            env: vec![("STATE_DIRECTORY".into(), a.dir.display().to_string())],
+        };
+        a.daemon = Some(cmd.spawn());
+        std::thread::sleep(Duration::from_secs(1) / n as u32);
+    }
+    common::wait_until(
+        Duration::from_secs(180),
+        "every daemon's /nagios OK on the leader",
+        || {
+            fleet
+                .iter()
+                .all(|a| a.daemon.as_ref().unwrap().nagios().starts_with("OK"))
+        },
+    );
+    fleet
+}
+
+/// Per member over `window`: rebouncer backends at the end, and rebouncer logins per
+/// minute (PostgreSQL's `log_connections` lines in the member's log).
+fn measure_etcd_steady(p: &Patroni, window: Duration) -> Vec<(usize, f64)> {
+    let len = |i: usize| fs::metadata(p.member_log_path(i)).map_or(0, |m| m.len() as usize);
+    let marks: Vec<usize> = (1..=p.len()).map(len).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let minutes = t0.elapsed().as_secs_f64() / 60.0;
+    (1..=p.len())
+        .map(|i| {
+            let held = common::psql_conninfo(
+                &p.conninfo(i),
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rebouncer'",
+                Duration::from_secs(5),
+            )
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(usize::MAX);
+            let b = fs::read(p.member_log_path(i)).unwrap_or_default();
+            let text = String::from_utf8_lossy(&b[marks[i - 1].min(b.len())..]).into_owned();
+            (held, logins(&text) as f64 / minutes)
+        })
+        .collect()
+}
+
+/// A `patronictl switchover` to `to`, timing each daemon from the moment the leader key
+/// names `to` (etcd read every 5 ms) until its symlink names `to` and until it logged
+/// PgBouncer confirmed there. Returns (key naming `to` after the switchover began,
+/// linked, confirmed); times of daemons that were faster than the key's poll are 0.
+fn measure_switchover(
+    p: &Patroni,
+    fleet: &[AppServer],
+    from: usize,
+    to: usize,
+    limit: Duration,
+) -> (Duration, Vec<Option<Duration>>, Vec<Option<Duration>>) {
+    let n = fleet.len();
+    let links: Vec<(PathBuf, PathBuf)> = fleet
+        .iter()
+        .map(|a| (a.symlink(), a.node_file(to)))
+        .collect();
+    let logs: Vec<PathBuf> = fleet.iter().map(|a| a.log()).collect();
+    let mut offsets: Vec<u64> = logs
+        .iter()
+        .map(|l| fs::metadata(l).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let s = stop.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut linked = vec![None; n];
+        let mut confirmed = vec![None; n];
+        let mut last_log_pass = Instant::now() - Duration::from_secs(1);
+        let want = format!("PgBouncer now points at pg{to}");
+        while !s.load(Ordering::SeqCst) {
+            for (k, (link, target)) in links.iter().enumerate() {
+                if linked[k].is_none() && fs::read_link(link).ok().as_ref() == Some(target) {
+                    linked[k] = Some(t0.elapsed());
+                }
+            }
+            if last_log_pass.elapsed() >= Duration::from_millis(20) {
+                last_log_pass = Instant::now();
+                for (k, log) in logs.iter().enumerate() {
+                    if confirmed[k].is_some() {
+                        continue;
+                    }
+                    let Ok(b) = fs::read(log) else { continue };
+                    let from = (offsets[k] as usize).min(b.len());
+                    let new = String::from_utf8_lossy(&b[from..]);
+                    if new.contains(&want) {
+                        confirmed[k] = Some(t0.elapsed());
+                    }
+                    offsets[k] = (from + new.rfind('\n').map(|i| i + 1).unwrap_or(0)) as u64;
+                }
+            }
+            if confirmed.iter().all(|c| c.is_some()) && linked.iter().all(|l| l.is_some()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (linked, confirmed)
+    });
+    let (from_name, to_name) = (p.name(from), p.name(to));
+    let mut ctl = p.patronictl();
+    ctl.args([
+        "switchover",
+        "--leader",
+        &from_name,
+        "--candidate",
+        &to_name,
+        "--force",
+    ]);
+    let switch = std::thread::spawn(move || common::run_timeout(&mut ctl, Duration::from_secs(90)));
+    let mut key_at = None;
+    while key_at.is_none() && t0.elapsed() < limit {
+        if p.leader() == Some(to) {
+            key_at = Some(t0.elapsed());
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let key_at =
+        key_at.unwrap_or_else(|| panic!("the key never named {to_name}\n{}", p.diagnostics()));
+    while !watcher.is_finished() && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (linked, confirmed) = watcher.join().unwrap();
+    let _ = switch.join();
+    let since_key = |v: Vec<Option<Duration>>| -> Vec<Option<Duration>> {
+        v.into_iter()
+            .map(|d| d.map(|d| d.saturating_sub(key_at)))
+            .collect()
+    };
+    (key_at, since_key(linked), since_key(confirmed))
+}
+
+/// The etcd mode's fleet: steady-state cost per member and a Patroni switchover timed from
+/// the leader key. Run with
+///
+///     REBOUNCER_FLEET_N=10,200 cargo test --release --test fleet etcd -- --ignored --nocapture
+#[test]
+#[ignore = "benchmark: minutes of real servers; run by hand (see the file's header)"]
+fn fleet_etcd_mode_footprint_and_switchover() {
+    let window = Duration::from_secs(env_num("REBOUNCER_FLEET_SECS", 60));
+    let interval = env_num("REBOUNCER_FLEET_INTERVAL", 10);
+    let mut table = vec![
+        "| N | member | backends held | new connections/min | new connections during the switchover | switchover: every symlink on the new leader (median / p99 / max) | every PgBouncer confirmed there (median / p99 / max) |".to_string(),
+        "|---|---|---|---|---|---|---|".to_string(),
+    ];
+    for n in fleet_sizes() {
+        let t = Instant::now();
+        let p = Patroni::start();
+        raise_max_connections(&p, (3 * n + 50).max(100));
+        let fleet = start_etcd_fleet(&p, n, interval);
+        eprintln!(
+            "[fleet] N={n} etcd mode: cluster and fleet up in {:.1?}; measuring {window:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let costs = measure_etcd_steady(&p, window);
+        let from = p.leader().unwrap();
+        let to = from % 3 + 1;
+        let log_len = |i: usize| fs::metadata(p.member_log_path(i)).map_or(0, |m| m.len() as usize);
+        let marks: Vec<usize> = (1..=p.len()).map(log_len).collect();
+        let (key_at, linked, confirmed) =
+            measure_switchover(&p, &fleet, from, to, Duration::from_secs(120));
+        // The checks the switchover cost, per member (every daemon done by now).
+        std::thread::sleep(Duration::from_secs(2));
+        let switch_logins: Vec<usize> = (1..=p.len())
+            .map(|i| {
+                let b = fs::read(p.member_log_path(i)).unwrap_or_default();
+                logins(&String::from_utf8_lossy(&b[marks[i - 1].min(b.len())..]))
+            })
+            .collect();
+        eprintln!(
+            "[fleet] N={n}: the key named {} {key_at:.2?} after patronictl switchover started",
+            p.name(to)
+        );
+        for (i, (held, per_min)) in costs.iter().enumerate() {
+            // The switchover's times are the fleet's, written once.
+            let times = if i == 0 {
+                format!("{} | {}", spread(&linked), spread(&confirmed))
+            } else {
+                " | ".to_string()
+            };
+            let line = format!(
+                "| {n} | {} | {held} | {per_min:.0} | {} | {times} |",
+                p.name(i + 1),
+                switch_logins[i]
+            );
+            eprintln!("{line}");
+            table.push(line);
+        }
+        drop(fleet);
+        drop(p);
+    }
+    println!(
+        "\nFleet benchmark, etcd mode: window {}s, times from the leader key naming the new leader\n\n{}\n",
+        window.as_secs(),
+        table.join("\n")
     );
 }

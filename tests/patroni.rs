@@ -198,3 +198,144 @@ fn polling_mode_follows_patroni_switchover_failover_and_a_killed_leader() {
         d.nagios()
     );
 }
+
+/// Backends rebouncer holds on member i (`application_name = rebouncer`).
+fn rebouncer_backends(p: &Patroni, i: usize) -> Option<usize> {
+    common::psql_conninfo(
+        &p.conninfo(i),
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rebouncer'",
+        Duration::from_secs(5),
+    )
+    .ok()?
+    .parse()
+    .ok()
+}
+
+/// The etcd mode against the same kind of cluster, one cluster for every step: a
+/// switchover and a failover under client load, a leader killed with its host, etcd
+/// stopped (nothing switched, /nagios says so), and a Patroni killed alone (its
+/// PostgreSQL stays a writable primary on the old timeline: fenced as a stale primary,
+/// PgBouncer follows the member the key names).
+#[test]
+fn etcd_mode_follows_the_leader_key_and_switches_nothing_without_it() {
+    let p = Patroni::start();
+    // interval=5: how often a server that is down is checked again (the replicas may
+    // still be restarting when the daemon starts); a settled cluster is not checked.
+    let cfg = p.write_rebouncer_config(
+        5,
+        2,
+        &format!(
+            "etcd_endpoints={}\netcd_scope={}\netcd_timeout=1\netcd_check_interval=0.5",
+            p.etcd.endpoint(),
+            common::patroni::SCOPE
+        ),
+    );
+    let mut d = p.daemon(&cfg);
+    let first = p.leader().expect("a leader after start");
+    d.wait_for(
+        Duration::from_secs(30),
+        &format!("PgBouncer on the bootstrap leader {}", p.name(first)),
+        |_| p.symlink_member() == Some(first) && p.bouncer_target_member() == Some(first),
+    );
+    d.wait_for(Duration::from_secs(30), "/nagios OK", |d| {
+        d.nagios().starts_with("OK")
+    });
+    let root = d.http_get("/").unwrap();
+    assert!(
+        root.contains(&format!(
+            "Patroni's leader key {}: names {}",
+            p.leader_key(),
+            p.name(first)
+        )),
+        "{root}"
+    );
+    // No monitoring connection is kept: every check was a connection that closed (the
+    // last ones may still be exiting), and none comes while the key does not change.
+    let none_held = || (1..=3).all(|i| rebouncer_backends(&p, i) == Some(0));
+    common::wait_until(
+        Duration::from_secs(10),
+        "no rebouncer backend on any member",
+        none_held,
+    );
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let held: Vec<_> = (1..=3).map(|i| rebouncer_backends(&p, i)).collect();
+        assert_eq!(held, vec![Some(0); 3], "rebouncer backends in etcd mode");
+    }
+
+    let to = first % 3 + 1;
+    let second = follow(&p, &mut d, "etcd switchover", first, || {
+        p.switchover(first, to)
+    });
+    assert_eq!(second, to, "patronictl switchover chose another member");
+    p.wait_healthy(Duration::from_secs(60));
+
+    let to = (1..=3).find(|m| *m != first && *m != second).unwrap();
+    let third = follow(&p, &mut d, "etcd failover", second, || p.failover(to));
+    assert_eq!(third, to, "patronictl failover chose another member");
+    p.wait_healthy(Duration::from_secs(60));
+
+    // etcd stopped: nothing is switched, /nagios says so and keeps the last leader.
+    let link = p.symlink_member();
+    p.etcd.stop();
+    d.wait_for(
+        Duration::from_secs(10),
+        "/nagios to report etcd unreachable",
+        |d| d.nagios().contains("etcd unreachable"),
+    );
+    let n = d.nagios();
+    assert!(
+        n.starts_with("WARNING") && n.contains(&format!("last known leader {}", p.name(third))),
+        "{n}"
+    );
+    let root = d.http_get("/").unwrap();
+    assert!(
+        root.contains(&format!("names {}", p.name(third)))
+            && root.contains("this is the last known state"),
+        "{root}"
+    );
+    assert_eq!(p.symlink_member(), link);
+    p.etcd.start_again();
+    d.wait_for(
+        Duration::from_secs(20),
+        "the daemon to hear etcd again",
+        |d| d.log().contains("etcd answers again"),
+    );
+    p.wait_healthy(Duration::from_secs(60));
+    let leader = p.leader().unwrap();
+    d.wait_for(Duration::from_secs(20), "PgBouncer on the leader", |_| {
+        p.symlink_member() == Some(leader) && p.bouncer_target_member() == Some(leader)
+    });
+
+    // Patroni killed alone: its PostgreSQL keeps running as a writable primary; after the
+    // TTL another member takes the key and is promoted to a new timeline.
+    let fourth = follow(&p, &mut d, "patroni killed alone", leader, || {
+        p.kill_patroni(leader)
+    });
+    assert_ne!(fourth, leader);
+    assert_eq!(
+        p.in_recovery(leader),
+        Ok(false),
+        "the member whose Patroni was killed should still be a primary"
+    );
+    d.wait_for(
+        Duration::from_secs(10),
+        "/nagios to name the stale primary",
+        |d| {
+            d.nagios()
+                .contains(&format!("stale primary {}", p.name(leader)))
+        },
+    );
+
+    // The leader's host dies: the key stays until its TTL runs out, then the last member
+    // takes over. The old primary of the step before is still running, still stale.
+    let fifth = follow(&p, &mut d, "etcd killed leader", fourth, || {
+        p.kill_member(fourth)
+    });
+    assert!(fifth != fourth && fifth != leader);
+    for i in 1..=3 {
+        if let Some(n) = rebouncer_backends(&p, i) {
+            assert_eq!(n, 0, "{} holds rebouncer backends in etcd mode", p.name(i));
+        }
+    }
+}

@@ -22,7 +22,7 @@ pub const DEFAULT_PAUSE_TIMEOUT_SECS: u64 = 10;
 pub(super) const PAUSE_TIMEOUT_RANGE: (u64, u64) = (1, 300);
 
 /// The keys of `[global]`, in the order the error message lists them.
-const GLOBAL_KEYS: [&str; 10] = [
+const GLOBAL_KEYS: [&str; 21] = [
     "pgbouncer",
     "symlink",
     "configdir",
@@ -33,6 +33,17 @@ const GLOBAL_KEYS: [&str; 10] = [
     "state_file",
     "pause_on_failover",
     "pause_timeout",
+    "etcd_endpoints",
+    "etcd_scope",
+    "etcd_namespace",
+    "etcd_members",
+    "etcd_user",
+    "etcd_password",
+    "etcd_ca_file",
+    "etcd_cert_file",
+    "etcd_key_file",
+    "etcd_timeout",
+    "etcd_check_interval",
 ];
 
 fn unknown_key(key: &str) -> String {
@@ -499,7 +510,9 @@ mod tests {
             Dir::new().err(&with_global("intervall=5")),
             "config error: rebouncer.ini:5: unknown key \"intervall\" in [global], probably interval \
              (a misspelling); write interval= (the keys are pgbouncer, symlink, configdir, interval, \
-             timeout, fast_interval, keep_connections, state_file, pause_on_failover, pause_timeout)"
+             timeout, fast_interval, keep_connections, state_file, pause_on_failover, pause_timeout, \
+             etcd_endpoints, etcd_scope, etcd_namespace, etcd_members, etcd_user, etcd_password, \
+             etcd_ca_file, etcd_cert_file, etcd_key_file, etcd_timeout, etcd_check_interval)"
         );
         let e = Dir::new().err(&with_global("Interval=5"));
         assert!(

@@ -70,6 +70,8 @@ pub struct Config {
     pub pause_timeout: Duration,
     /// In file order.
     pub servers: Vec<Server>,
+    /// Follow Patroni's leader key in etcd instead of polling (keys `etcd_*`).
+    pub etcd: Option<crate::etcd_settings::EtcdMode>,
     /// Things that do not stop rebouncer but an operator should see (log at start,
     /// `-check`, `/`): one line each, `file:line: message`, never a connection string.
     pub warnings: Vec<String>,
@@ -126,6 +128,17 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
 
     let servers = load_servers(path, servers, env, connect_timeout, &configdir)?;
     check_symlink_is_no_node_file(path, symlink_entry, &symlink, &servers)?;
+    let etcd_lines: Vec<_> = global
+        .entries
+        .iter()
+        .map(|e| crate::etcd_settings::Line {
+            line: e.line,
+            key: &e.key,
+            value: &e.value,
+        })
+        .collect();
+    let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+    let etcd = crate::etcd_settings::parse(path, global.line, &etcd_lines, &names, cwd)?;
 
     Ok(Config {
         file: path.to_path_buf(),
@@ -136,11 +149,13 @@ pub fn load(path: &Path, cwd: &Path, env: &Env) -> Result<Config, ConfigError> {
         interval,
         timeout,
         fast_interval,
-        keep_connections,
+        // The leader key says when to look: no monitoring connection is kept.
+        keep_connections: keep_connections && etcd.is_none(),
         state_file,
         pause_on_failover,
         pause_timeout,
         servers,
+        etcd,
         warnings,
     })
 }

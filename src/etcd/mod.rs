@@ -178,7 +178,8 @@ impl Settings {
         )
     }
 
-    fn tls_connector(&self) -> Result<Option<tokio_native_tls::TlsConnector>, SettingsError> {
+    /// The TLS settings as a connector (the files read now); None without https.
+    pub fn tls_connector(&self) -> Result<Option<tokio_native_tls::TlsConnector>, SettingsError> {
         if !self.endpoints.iter().any(|e| e.tls) {
             return Ok(None);
         }

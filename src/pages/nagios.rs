@@ -68,6 +68,19 @@ fn stale_suffix(s: &Snapshot) -> String {
 
 /// What `/nagios` says: its level, and the rest of the line after `LEVEL: `.
 pub fn health(s: &Snapshot, now: SystemTime) -> Health {
+    let h = servers_health(s, now);
+    match &s.etcd {
+        Some(v) => {
+            let routed = s.confirmed && s.master().is_some() && s.master() == s.active.as_deref();
+            let (level, text) = crate::policy::leader::nagios(v, (h.level, h.text), routed, now);
+            Health::new(level, text)
+        }
+        None => h,
+    }
+}
+
+/// What the servers' answers and PgBouncer say (all of it in polling mode).
+fn servers_health(s: &Snapshot, now: SystemTime) -> Health {
     if let Phase::WaitingForPgBouncer { error } = &s.phase {
         return Health::new(
             Level::Critical,
@@ -283,7 +296,8 @@ pub fn health(s: &Snapshot, now: SystemTime) -> Health {
         );
     }
     let oldest = s.nodes.iter().filter_map(|n| n.last_check).min();
-    if let Some(oldest) = oldest {
+    // In etcd mode the servers are checked when the leader key changes, not by the clock.
+    if let Some(oldest) = oldest.filter(|_| s.etcd.is_none()) {
         let age = now.duration_since(oldest).unwrap_or_default();
         let max = s.interval * 3;
         if age > max {

@@ -35,7 +35,11 @@ pub fn root(s: &Snapshot, now: SystemTime) -> String {
             );
         }
         Phase::Running => {
-            let _ = writeln!(out, "State: polling every {} s", s.interval.as_secs());
+            if s.etcd.is_some() {
+                let _ = writeln!(out, "State: following Patroni's leader key in etcd");
+            } else {
+                let _ = writeln!(out, "State: polling every {} s", s.interval.as_secs());
+            }
         }
     }
     if let Some(r) = &s.last_round {
@@ -48,6 +52,9 @@ pub fn root(s: &Snapshot, now: SystemTime) -> String {
         );
     }
     let _ = writeln!(out, "Status: {}", nagios::render(s, now));
+    if let Some(v) = &s.etcd {
+        let _ = writeln!(out, "{}", crate::policy::leader::describe(v, now));
+    }
     let pointed = match (&s.active, s.confirmed) {
         (None, _) => "nothing known (the symlink points at no node's config)".to_string(),
         (Some(a), true) => format!("{a} (confirmed by PgBouncer)"),

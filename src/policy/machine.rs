@@ -15,6 +15,7 @@ use crate::counters::SwitchReason;
 use crate::decide::{self, Action, Believed, Decision, Memory, NodeId, NodeState, Seen, Timelines};
 use crate::policy::checks;
 use crate::policy::drift::DriftCadence;
+use crate::policy::leader::Following;
 use crate::policy::messages::{Command, Hold, Input, Paused, Release, Routes, Settings, Switched};
 use crate::policy::pacing::{self, SwitchPacing};
 use crate::policy::pause::{self, Pausing, Start};
@@ -39,6 +40,9 @@ enum End {
     Report,
     /// The timers stay as they are.
     Timers,
+    /// A decision on news of the leader key (etcd mode): the round timer restarts from
+    /// the leader rule.
+    Key,
 }
 
 /// Where a pass stopped to wait for the executor, and what it goes on with.
@@ -95,6 +99,8 @@ pub struct Policy {
     pass: Option<Pass>,
     next_round: Instant,
     next_heartbeat: Instant,
+    /// etcd mode: Patroni's leader key and what its rule remembers.
+    leader: Option<Following>,
 }
 
 impl Policy {
@@ -118,6 +124,7 @@ impl Policy {
             pass: None,
             next_round: now,
             next_heartbeat: now + HEARTBEAT,
+            leader: None,
         }
     }
 
@@ -312,6 +319,7 @@ impl Policy {
                 now,
                 &mut out,
             ),
+            Input::Leader(key) => self.leader_heard(key, now, &mut out),
             Input::Shutdown => {
                 if let Some(hold) = self.hold.take() {
                     // PgBouncer keeps a pause after its admin session is gone: nobody else
@@ -336,9 +344,15 @@ impl Policy {
         }
     }
 
-    fn verdict(&self) -> Decision {
+    /// decide's verdict on what the servers answered, with the leader key's rule applied
+    /// in etcd mode.
+    fn verdict(&mut self) -> Decision {
         let observed: Vec<Seen> = self.nodes.iter().map(Known::seen).collect();
-        decide::decide(self.believed, &observed, &self.memory)
+        let mut decision = decide::decide(self.believed, &observed, &self.memory);
+        if let Some(f) = &mut self.leader {
+            decision.action = f.judge(&decision);
+        }
+        decision
     }
 
     fn until(&self, now: Instant) -> Instant {
@@ -527,6 +541,9 @@ impl Policy {
     fn remember(&mut self, decision: Decision, now: Instant, out: &mut Vec<Command>) {
         // Kept before acting: what the steps below publish shows this decision.
         self.last_decision = Some(decision.clone());
+        if let Some(held) = self.leader.as_mut().and_then(Following::kept) {
+            out.push(Command::LeaderHeld(held));
+        }
         let rose = decision.memory.timelines != self.memory.timelines;
         self.memory = decision.memory.clone();
         if Persist::must_write(rose, self.state_error.is_some()) {
@@ -712,13 +729,9 @@ impl Policy {
         match pass.end {
             End::Round => {
                 out.push(Command::RoundDone);
-                let pause = if self.unsettled {
-                    self.settings.fast_interval
-                } else {
-                    self.settings.interval
-                };
-                self.next_round = now + pause;
+                self.next_round = now + self.round_pause();
             }
+            End::Key => self.next_round = now + self.round_pause(),
             End::Report => self.end_report(now),
             End::Timers => {}
         }
@@ -732,6 +745,7 @@ impl Policy {
 }
 
 mod known;
+mod leader;
 mod reload;
 
 pub use known::Known;

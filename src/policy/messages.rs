@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::Config;
 use crate::counters::SwitchReason;
 use crate::decide::{Decision, NodeId, NodeState, Timeline, Timelines};
+use crate::policy::leader::{Held, Key};
 use crate::policy::pause::{HoldEnd, Loss};
 use crate::policy::persist::Said;
 
@@ -112,9 +113,9 @@ pub enum Carry {
 
 /// What happened, told to the policy with the time it is told.
 ///
-/// A new source of evidence about the cluster (Patroni's leader key in etcd, say) is one
-/// more variant here, `Leader(...)`, with its rules in the policy; the executor only
-/// plumbs it in.
+/// A source of evidence about the cluster beside the servers' answers (Patroni's leader
+/// key in etcd) is one variant here, [`Input::Leader`], with its rules in the policy; the
+/// executor only plumbs it in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
     /// The round timer ([`Policy::next_round`](super::machine::Policy::next_round)) fired.
@@ -164,6 +165,9 @@ pub enum Input {
         console_changed: bool,
         changed: bool,
     },
+    /// etcd mode: the watch of Patroni's leader key says this (the member mapped to its
+    /// server by the executor). Never [`Key::NotHeard`].
+    Leader(Key),
     /// rebouncer is asked to stop.
     Shutdown,
 }
@@ -243,6 +247,9 @@ pub enum Command {
     /// `KILL` what the state file lists as kill pending, then `RESUME` what it lists as
     /// resume pending (each only if it lists any).
     FinishPending,
+    /// etcd mode: why nothing is switched changed to this (None: the leader key and the
+    /// servers agree again); say it.
+    LeaderHeld(Option<Held>),
     /// Show the servers, the verdict and the hold as they stand now.
     Publish,
     /// A round ended.

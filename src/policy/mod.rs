@@ -12,8 +12,9 @@
 //! result back as the next input. A step that needs an answer before the rules can go on
 //! is a command whose answer the policy waits for; so a whole failover, from the answers
 //! of a round to the confirmed switch, is a unit test of plain values
-//! (`machine/tests.rs`). A new source of evidence (Patroni's leader key, say) is one more
-//! `Input` variant and its rules here; the executor only plumbs it in.
+//! (`machine/tests.rs`). A source of evidence beside the servers' answers (Patroni's leader
+//! key in etcd) is one `Input` variant and its rules here (`machine/leader.rs`,
+//! [`leader`]); the executor only plumbs it in.
 //!
 //! [`crate::decide`] judges the cluster; the policy wraps it with these rules, each also
 //! usable on its own:
@@ -25,12 +26,14 @@
 //! - [`drift`]: when PgBouncer's routes are compared with the active node's file, and
 //!   how they differ.
 //! - [`reload_plan`]: what a configuration re-read on SIGHUP changes.
+//! - [`leader`]: in etcd mode, Patroni's leader key combined with the verdict.
 //!
 //! Times are `std::time::Instant`s handed in by the caller (on tokio's paused clock in
 //! the daemon's tests, so those run in virtual time too).
 
 pub mod checks;
 pub mod drift;
+pub mod leader;
 pub mod machine;
 pub mod messages;
 pub mod pacing;

@@ -251,6 +251,10 @@ impl Patroni {
     pub fn member_log(&self, i: usize) -> String {
         tail(&self.member(i).log, 30)
     }
+    /// Where member i's Patroni log is written.
+    pub fn member_log_path(&self, i: usize) -> PathBuf {
+        self.member(i).log.clone()
+    }
     /// The etcd key of the leader, `/service/rbtest/leader`.
     pub fn leader_key(&self) -> String {
         format!("{NAMESPACE}/{SCOPE}/leader")

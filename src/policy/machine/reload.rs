@@ -68,6 +68,9 @@ impl Policy {
             .collect();
         self.memory.unheard_link = self.memory.unheard_link.and_then(remap);
         self.pacing.remap(remap);
+        if let Some(f) = &mut self.leader {
+            f.remap(remap);
+        }
         if let Some(h) = &mut self.hold {
             // Not removed: that hold ended at `Reloading`.
             h.lost = remap(h.lost).unwrap_or(h.lost);

@@ -656,3 +656,5 @@ fn a_closed_monitoring_connection_checks_every_server_now_even_one_backing_off()
     assert_eq!(nodes, &[0, 1, 2]);
     assert!(r.p.unsettled());
 }
+
+mod leader;

@@ -1,0 +1,637 @@
+//! The etcd mode's rule: Patroni's leader key names the candidate, the servers confirm it.
+//!
+//! In this mode the servers are checked (each on a new connection) when the key changes,
+//! at start, and while the candidate is not yet confirmed; [`crate::decide`] judges those
+//! answers as in polling mode, and [`follow`] then lets a switch through only to the
+//! member the key names. So:
+//!
+//! - the key alone never moves PgBouncer: its member must answer as a master that is not
+//!   stale and not part of a split brain (decide's rules, unchanged);
+//! - the servers alone never move it either: a master the key does not name is not
+//!   switched to (a PostgreSQL whose Patroni was killed stays writable, and is not the
+//!   leader);
+//! - no key (Patroni: no primary), a key naming a member with no `[servers]` entry, or etcd
+//!   unreachable: nothing is switched, and the status says why.
+//!
+//! A stale primary beside the leader (a Patroni killed alone: its PostgreSQL stays a
+//! writable primary on the old timeline while another member is promoted to a new one)
+//! is fenced by decide's stale-primary rule in both modes; the key only adds that the
+//! promoted member is the one to follow. Two masters on the same timeline stay a split
+//! brain even when the key names one of them: the key says who should be primary, not
+//! that the other one takes no writes.
+//!
+//! Pure: the caller passes what it knows and the times.
+
+use std::time::{Duration, SystemTime};
+
+use crate::decide::{Action, Cluster, Decision, NodeId};
+use crate::view::Level;
+
+/// What the leader key says, as last heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// etcd not heard from yet since start.
+    NotHeard,
+    /// The key names `member`; `server` is its node, None when it maps to no configured
+    /// server.
+    Names {
+        member: String,
+        server: Option<NodeId>,
+    },
+    /// No key: Patroni says there is no primary.
+    Deleted,
+    /// etcd cannot be heard: what the key says now is unknown.
+    Unreachable,
+}
+
+/// Why nothing is switched although the key or the servers might suggest it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    NotHeard,
+    Unreachable,
+    NoLeader,
+    /// The key names a member that maps to no `[servers]` entry.
+    Unmapped(String),
+    /// The key names `candidate`, which the servers' answers do not confirm (not a
+    /// master, stale, in a split brain, refused by one of decide's rules).
+    NotConfirmed {
+        candidate: NodeId,
+    },
+    /// The servers would switch to `master`, which the key does not name.
+    NotTheLeader {
+        master: NodeId,
+    },
+}
+
+/// What the etcd mode does with a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Follow {
+    pub action: Action,
+    pub held: Option<Held>,
+    /// PgBouncer is not yet on the confirmed leader: check the servers again (see
+    /// [`recheck_in`]).
+    pub recheck: bool,
+}
+
+/// Combine the leader key with decide's verdict on the servers' answers.
+pub fn follow(key: &Key, decision: &Decision) -> Follow {
+    let nothing = |held: Held, recheck: bool| Follow {
+        action: Action::Nothing,
+        held: Some(held),
+        recheck,
+    };
+    let candidate = match key {
+        Key::NotHeard => return nothing(Held::NotHeard, false),
+        Key::Unreachable => return nothing(Held::Unreachable, false),
+        Key::Deleted => return nothing(Held::NoLeader, false),
+        Key::Names {
+            member,
+            server: None,
+        } => {
+            return nothing(Held::Unmapped(member.clone()), false);
+        }
+        Key::Names {
+            server: Some(c), ..
+        } => *c,
+    };
+    match (&decision.action, &decision.cluster, &decision.refusal) {
+        (Action::Switch(to), _, _) if *to == candidate => Follow {
+            action: Action::Switch(candidate),
+            held: None,
+            recheck: true,
+        },
+        (Action::Switch(to), _, _) => nothing(Held::NotTheLeader { master: *to }, true),
+        // Already there and confirmed.
+        (Action::Nothing, Cluster::OneMaster(m), None) if *m == candidate => Follow {
+            action: Action::Nothing,
+            held: None,
+            recheck: false,
+        },
+        _ => nothing(Held::NotConfirmed { candidate }, true),
+    }
+}
+
+/// When to check the servers again while the candidate is unconfirmed, after
+/// `rechecks` checks since the key last changed: `fast_interval`, doubling, at most
+/// `interval`. The key names a new leader 0.1-0.2 s before it answers as a master (longer
+/// on a loaded server), and a fleet of app servers checking it at a fixed fast pace would
+/// bury the new primary under new connections just as it starts.
+pub fn recheck_in(rechecks: u32, fast_interval: Duration, interval: Duration) -> Duration {
+    fast_interval
+        .saturating_mul(1u32 << rechecks.min(20))
+        .min(interval)
+}
+
+/// When the servers are checked next, if at all (None: when the key changes). An
+/// unconfirmed candidate is checked as [`recheck_in`] says; a server that is down (or not
+/// checked yet) every `interval`, so the pages see it come back (a restarted replica, an
+/// old primary rejoining) without waiting for the next leader change. A healthy cluster
+/// with PgBouncer on the leader costs no connection at all.
+pub fn next_round(
+    recheck: bool,
+    rechecks: u32,
+    some_server_down: bool,
+    fast_interval: Duration,
+    interval: Duration,
+) -> Option<Duration> {
+    if recheck {
+        Some(recheck_in(rechecks, fast_interval, interval))
+    } else if some_server_down {
+        Some(interval)
+    } else {
+        None
+    }
+}
+
+/// With the key settled and PgBouncer on its leader no round is due: the next change of
+/// the key starts one. This only keeps the round timer finite.
+pub const IDLE: Duration = Duration::from_secs(86_400);
+
+/// What the [`Policy`](super::machine::Policy) remembers of the leader key in etcd mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Following {
+    /// What the key says now, as the rule sees it.
+    pub key: Key,
+    /// The member the key last named (None: deleted), once heard; kept while etcd is
+    /// away, so that the same leader reported again after an outage is no change.
+    last: Option<Option<String>>,
+    /// Checks of an unconfirmed candidate since the key last changed (they back off).
+    pub rechecks: u32,
+    /// The servers are to be checked again (see [`recheck_in`]).
+    pub recheck: bool,
+    /// Why nothing is switched, as last said.
+    pub held: Option<Held>,
+    /// The rule's answer on the verdict of the pass under way, kept when the pass keeps
+    /// its verdict.
+    pending: Option<Follow>,
+}
+
+impl Default for Following {
+    fn default() -> Self {
+        Following {
+            key: Key::NotHeard,
+            last: None,
+            rechecks: 0,
+            recheck: false,
+            held: None,
+            pending: None,
+        }
+    }
+}
+
+impl Following {
+    /// The watch says `key` (never [`Key::NotHeard`]). A change of the member named
+    /// starts the back-off of the rechecks again.
+    pub fn heard(&mut self, key: Key) {
+        let named = match &key {
+            Key::Names { member, .. } => Some(member.clone()),
+            Key::Deleted => None,
+            Key::Unreachable => {
+                self.key = key;
+                return;
+            }
+            Key::NotHeard => return,
+        };
+        if self.last.as_ref() != Some(&named) {
+            self.rechecks = 0;
+        }
+        self.last = Some(named);
+        self.key = key;
+    }
+
+    /// The rule on a verdict of decide: the action to take, and the rest kept for
+    /// [`Following::kept`].
+    pub fn judge(&mut self, decision: &Decision) -> Action {
+        let f = follow(&self.key, decision);
+        let action = f.action.clone();
+        self.pending = Some(f);
+        action
+    }
+
+    /// The verdict last judged is the pass's: remember what it asks. `Some` when why
+    /// nothing is switched changed (None inside: the key and the servers agree again).
+    pub fn kept(&mut self) -> Option<Option<Held>> {
+        let f = self.pending.take()?;
+        self.recheck = f.recheck;
+        if f.recheck {
+            self.rechecks = self.rechecks.saturating_add(1);
+        }
+        if self.held == f.held {
+            return None;
+        }
+        self.held = f.held.clone();
+        Some(f.held)
+    }
+
+    /// The server the key names, if it maps to one.
+    pub fn candidate(&self) -> Option<NodeId> {
+        match self.key {
+            Key::Names { server, .. } => server,
+            _ => None,
+        }
+    }
+
+    /// Node ids moved by a reload: a server removed maps the member to none.
+    pub fn remap(&mut self, remap: impl Fn(NodeId) -> Option<NodeId>) {
+        if let Key::Names { server, .. } = &mut self.key {
+            *server = server.and_then(&remap);
+        }
+        self.pending = None;
+    }
+
+    /// How long until the next round: none is due (see [`IDLE`]) unless the leader is
+    /// still to be confirmed or a server is down. `on_leader`: PgBouncer is confirmed on
+    /// the candidate, which answered as master (a switch PgBouncer confirmed needs no
+    /// confirming round).
+    pub fn round_pause(
+        &self,
+        on_leader: bool,
+        some_server_down: bool,
+        fast_interval: Duration,
+        interval: Duration,
+    ) -> Duration {
+        next_round(
+            self.recheck && !on_leader,
+            self.rechecks.saturating_sub(1),
+            some_server_down,
+            fast_interval,
+            interval,
+        )
+        .unwrap_or(IDLE)
+    }
+}
+
+/// What the status pages show of the etcd mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaderView {
+    /// `<namespace>/<scope>/leader`.
+    pub key: String,
+    /// The member the key names as last heard (None: no key, or not heard yet).
+    pub leader: Option<String>,
+    /// The server it maps to, if any.
+    pub server: Option<String>,
+    /// The key was heard at least once (so `leader: None` means deleted).
+    pub heard: bool,
+    pub revision: Option<i64>,
+    /// When the key last changed as seen by rebouncer.
+    pub changed: Option<SystemTime>,
+    /// Since when etcd cannot be heard, and why; None while the watch is in place.
+    pub unreachable: Option<(SystemTime, String)>,
+    /// Why nothing is switched, in words, when something is held.
+    pub held: Option<String>,
+    /// Nothing is switched for a reason an operator must act on or wait out.
+    pub held_level: Option<Level>,
+}
+
+/// "Patroni's leader key names pg2 (revision 41, 3 s ago)", or what stands in for it.
+pub fn describe(v: &LeaderView, now: SystemTime) -> String {
+    let ago = |t: Option<SystemTime>| {
+        t.map(|t| {
+            format!(
+                ", {} s ago",
+                now.duration_since(t).unwrap_or_default().as_secs()
+            )
+        })
+        .unwrap_or_default()
+    };
+    let rev = v
+        .revision
+        .map(|r| format!("revision {r}"))
+        .unwrap_or_default();
+    let known = match (&v.leader, v.heard) {
+        (_, false) => "not heard from etcd yet".to_string(),
+        (Some(l), true) => {
+            let server = match &v.server {
+                Some(s) if s != l => format!(" (server {s})"),
+                Some(_) => String::new(),
+                None => " (no server in [servers])".to_string(),
+            };
+            format!("names {l}{server} ({rev}{})", ago(v.changed))
+        }
+        (None, true) => format!(
+            "absent: Patroni reports no leader ({rev}{})",
+            ago(v.changed)
+        ),
+    };
+    let mut s = format!("Patroni's leader key {}: {known}", v.key);
+    if let Some((since, why)) = &v.unreachable {
+        s.push_str(&format!(
+            "; etcd unreachable for {} s ({why}), this is the last known state",
+            now.duration_since(*since).unwrap_or_default().as_secs()
+        ));
+    }
+    s
+}
+
+/// The words for a [`Held`], and how serious it is, given how the servers look:
+/// `pointed` is the node PgBouncer points at, `names` the servers' names.
+pub fn held_text(held: &Held, pointed: &str, names: &[String]) -> (Level, String) {
+    let name = |id: &NodeId| names.get(*id).map_or("?", String::as_str).to_string();
+    match held {
+        Held::NotHeard => (
+            Level::Warning,
+            format!(
+                "waiting for etcd's leader key; nothing is switched until it is heard; PgBouncer left pointing at {pointed}"
+            ),
+        ),
+        Held::Unreachable => (
+            Level::Warning,
+            format!(
+                "etcd unreachable: nothing is switched until it is back; PgBouncer left pointing at {pointed}"
+            ),
+        ),
+        Held::NoLeader => (
+            Level::Critical,
+            format!(
+                "Patroni reports no leader (its leader key is absent): nothing switched; PgBouncer left pointing at {pointed}"
+            ),
+        ),
+        Held::Unmapped(m) => (
+            Level::Critical,
+            format!(
+                "Patroni's leader key names member {m}, which is no server in [servers]: nothing switched; \
+                 map it with etcd_members = {m}:<server name>; PgBouncer left pointing at {pointed}"
+            ),
+        ),
+        Held::NotConfirmed { candidate } => (
+            Level::Warning,
+            format!(
+                "the server of Patroni's leader, {}, does not answer as a usable master yet: nothing switched; \
+                 PgBouncer left pointing at {pointed}",
+                name(candidate)
+            ),
+        ),
+        Held::NotTheLeader { master } => (
+            Level::Warning,
+            format!(
+                "{} answers as master but Patroni's leader key does not name it: not switched to; PgBouncer left pointing at {pointed}",
+                name(master)
+            ),
+        ),
+    }
+}
+
+/// `/nagios` in etcd mode: the servers' verdict (`base`) with what the key adds. etcd
+/// unreachable is a WARNING while `routed` (PgBouncer is confirmed on the server that
+/// answered as the one master when last checked), CRITICAL otherwise.
+pub fn nagios(
+    v: &LeaderView,
+    base: (Level, String),
+    routed: bool,
+    now: SystemTime,
+) -> (Level, String) {
+    let (level, text) = base;
+    if let Some((since, why)) = &v.unreachable {
+        let last = v.leader.as_deref().unwrap_or("none");
+        let level = if routed {
+            worse(level, Level::Warning)
+        } else {
+            Level::Critical
+        };
+        return (
+            level,
+            format!(
+                "etcd unreachable for {} s ({why}): nothing is switched until it is back; last known leader {last}; {text}",
+                now.duration_since(*since).unwrap_or_default().as_secs()
+            ),
+        );
+    }
+    match (&v.held, v.held_level) {
+        (Some(h), Some(l)) if level == Level::Ok || l == Level::Critical => {
+            (worse(level, l), format!("{h}; {text}"))
+        }
+        _ => (level, text),
+    }
+}
+
+fn worse(a: Level, b: Level) -> Level {
+    let rank = |l: Level| match l {
+        Level::Ok => 0,
+        Level::Warning => 1,
+        Level::Unknown => 2,
+        Level::Critical => 3,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Believed, Memory, NodeState, Seen, decide};
+    use NodeState::{Down, Master, Standby};
+
+    fn on(states: &[(NodeState, u32)]) -> Vec<Seen> {
+        states.iter().map(|(s, t)| Seen::on(*s, *t)).collect()
+    }
+
+    fn at(active: usize) -> Believed {
+        Believed {
+            active: Some(active),
+            confirmed: true,
+        }
+    }
+
+    fn names(n: usize) -> Key {
+        Key::Names {
+            member: format!("pg{}", n + 1),
+            server: Some(n),
+        }
+    }
+
+    fn follow_on(key: &Key, believed: Believed, states: &[(NodeState, u32)]) -> Follow {
+        let mut memory = Memory::default();
+        memory.timelines.raise(None, 1);
+        follow(key, &decide(believed, &on(states), &memory))
+    }
+
+    #[test]
+    fn the_leader_confirmed_as_master_is_switched_to() {
+        let f = follow_on(&names(1), at(0), &[(Down, 1), (Master, 2), (Standby, 2)]);
+        assert_eq!(f.action, Action::Switch(1));
+        assert_eq!(f.held, None);
+        assert!(f.recheck);
+    }
+
+    #[test]
+    fn once_pgbouncer_is_on_the_leader_nothing_more_is_checked() {
+        let f = follow_on(&names(1), at(1), &[(Standby, 2), (Master, 2), (Standby, 2)]);
+        assert_eq!(f.action, Action::Nothing);
+        assert_eq!(f.held, None);
+        assert!(!f.recheck);
+    }
+
+    #[test]
+    fn a_leader_still_in_recovery_is_not_switched_to_and_checked_again() {
+        // The key leads promotion: the old primary is stopping, the new one not promoted.
+        let f = follow_on(&names(1), at(0), &[(Down, 1), (Standby, 1), (Standby, 1)]);
+        assert_eq!(f.action, Action::Nothing);
+        assert_eq!(f.held, Some(Held::NotConfirmed { candidate: 1 }));
+        assert!(f.recheck);
+        // The old primary still answers as master (switchover under way): PgBouncer stays.
+        let f = follow_on(&names(1), at(0), &[(Master, 1), (Standby, 1), (Standby, 1)]);
+        assert_eq!(f.action, Action::Nothing);
+        assert_eq!(f.held, Some(Held::NotConfirmed { candidate: 1 }));
+    }
+
+    #[test]
+    fn a_master_the_key_does_not_name_is_not_switched_to() {
+        let f = follow_on(&names(2), at(0), &[(Down, 1), (Master, 2), (Standby, 2)]);
+        assert_eq!(f.action, Action::Nothing);
+        assert_eq!(f.held, Some(Held::NotTheLeader { master: 1 }));
+        assert!(f.recheck);
+    }
+
+    #[test]
+    fn no_key_unmapped_member_or_etcd_away_switch_nothing() {
+        let states = [(Down, 1), (Master, 2), (Standby, 2)];
+        for (key, held) in [
+            (Key::Deleted, Held::NoLeader),
+            (Key::Unreachable, Held::Unreachable),
+            (Key::NotHeard, Held::NotHeard),
+            (
+                Key::Names {
+                    member: "pg9".into(),
+                    server: None,
+                },
+                Held::Unmapped("pg9".into()),
+            ),
+        ] {
+            let f = follow_on(&key, at(0), &states);
+            assert_eq!(f.action, Action::Nothing, "{key:?}");
+            assert_eq!(f.held, Some(held), "{key:?}");
+            assert!(!f.recheck, "{key:?}: waits for the key, not the servers");
+        }
+    }
+
+    #[test]
+    fn a_stale_primary_beside_the_leader_is_fenced_and_the_leader_followed() {
+        // Patroni killed alone on pg1: its PostgreSQL stays master on timeline 1, pg2 was
+        // promoted to timeline 2 and holds the key.
+        let f = follow_on(&names(1), at(0), &[(Master, 1), (Master, 2), (Standby, 2)]);
+        assert_eq!(f.action, Action::Switch(1));
+        // The key naming the stale one does not make it a target.
+        let f = follow_on(&names(0), at(1), &[(Master, 1), (Master, 2), (Standby, 2)]);
+        assert_eq!(f.action, Action::Nothing);
+        assert_eq!(f.held, Some(Held::NotConfirmed { candidate: 0 }));
+    }
+
+    #[test]
+    fn a_split_brain_stays_refused_when_the_key_names_one_of_its_masters() {
+        let f = follow_on(&names(1), at(0), &[(Master, 2), (Master, 2), (Standby, 2)]);
+        assert_eq!(f.action, Action::Nothing);
+        assert_eq!(f.held, Some(Held::NotConfirmed { candidate: 1 }));
+    }
+
+    #[test]
+    fn rechecks_start_fast_and_back_off_to_the_interval() {
+        let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+        assert_eq!(recheck_in(0, fast, slow), fast);
+        assert_eq!(recheck_in(1, fast, slow), Duration::from_millis(200));
+        assert_eq!(recheck_in(3, fast, slow), Duration::from_millis(800));
+        assert_eq!(recheck_in(9, fast, slow), slow);
+        assert_eq!(recheck_in(u32::MAX, fast, slow), slow);
+    }
+
+    #[test]
+    fn a_settled_cluster_is_not_checked_a_server_down_is_every_interval() {
+        let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+        assert_eq!(next_round(false, 0, false, fast, slow), None);
+        assert_eq!(next_round(false, 0, true, fast, slow), Some(slow));
+        assert_eq!(next_round(true, 0, true, fast, slow), Some(fast));
+        assert_eq!(next_round(true, 12, false, fast, slow), Some(slow));
+    }
+
+    fn view() -> LeaderView {
+        LeaderView {
+            key: "/service/main/leader".into(),
+            leader: Some("pg2".into()),
+            server: Some("pg2".into()),
+            heard: true,
+            revision: Some(41),
+            changed: Some(SystemTime::UNIX_EPOCH),
+            ..LeaderView::default()
+        }
+    }
+
+    #[test]
+    fn the_pages_keep_the_last_known_leader_and_its_age_while_etcd_is_away() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(70);
+        let mut v = view();
+        assert_eq!(
+            describe(&v, now),
+            "Patroni's leader key /service/main/leader: names pg2 (revision 41, 70 s ago)"
+        );
+        v.unreachable = Some((
+            SystemTime::UNIX_EPOCH + Duration::from_secs(60),
+            "connection refused".into(),
+        ));
+        assert_eq!(
+            describe(&v, now),
+            "Patroni's leader key /service/main/leader: names pg2 (revision 41, 70 s ago); \
+             etcd unreachable for 10 s (connection refused), this is the last known state"
+        );
+        v.leader = None;
+        v.unreachable = None;
+        assert!(describe(&v, now).contains("absent: Patroni reports no leader"));
+        v.heard = false;
+        assert!(describe(&v, now).ends_with("not heard from etcd yet"));
+    }
+
+    #[test]
+    fn nagios_etcd_away_is_a_warning_while_the_master_answers_critical_otherwise() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(70);
+        let mut v = view();
+        v.unreachable = Some((
+            SystemTime::UNIX_EPOCH + Duration::from_secs(65),
+            "timed out".into(),
+        ));
+        let (l, t) = nagios(&v, (Level::Ok, "1 master (pg2)".into()), true, now);
+        assert_eq!(l, Level::Warning);
+        assert_eq!(
+            t,
+            "etcd unreachable for 5 s (timed out): nothing is switched until it is back; last known leader pg2; 1 master (pg2)"
+        );
+        let (l, _) = nagios(&v, (Level::Warning, "1 server down".into()), true, now);
+        assert_eq!(l, Level::Warning);
+        let (l, _) = nagios(&v, (Level::Critical, "no master".into()), false, now);
+        assert_eq!(l, Level::Critical);
+        let (l, _) = nagios(
+            &v,
+            (Level::Warning, "switch not yet confirmed".into()),
+            false,
+            now,
+        );
+        assert_eq!(l, Level::Critical);
+    }
+
+    #[test]
+    fn nagios_says_why_nothing_was_switched() {
+        let now = SystemTime::UNIX_EPOCH;
+        let names = vec!["pg1".to_string(), "pg2".to_string()];
+        let mut v = view();
+        let (level, text) = held_text(&Held::NoLeader, "pg1", &names);
+        v.held = Some(text);
+        v.held_level = Some(level);
+        let (l, t) = nagios(&v, (Level::Critical, "no master".into()), false, now);
+        assert_eq!(l, Level::Critical);
+        assert!(t.starts_with("Patroni reports no leader"), "{t}");
+        // A lesser reason does not hide the servers' own CRITICAL text.
+        let (level, text) = held_text(&Held::NotConfirmed { candidate: 1 }, "pg1", &names);
+        v.held = Some(text);
+        v.held_level = Some(level);
+        let (l, t) = nagios(&v, (Level::Ok, "1 master (pg1)".into()), true, now);
+        assert_eq!(l, Level::Warning);
+        assert!(
+            t.starts_with("the server of Patroni's leader, pg2, does not answer"),
+            "{t}"
+        );
+        let (l, t) = nagios(&v, (Level::Critical, "split brain".into()), false, now);
+        assert_eq!((l, t.as_str()), (Level::Critical, "split brain"));
+        v.held = None;
+        v.held_level = None;
+        assert_eq!(
+            nagios(&v, (Level::Ok, "fine".into()), true, now),
+            (Level::Ok, "fine".into())
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! The etcd mode in the policy: news of Patroni's leader key starts the checks, the key's
+//! rule ([`crate::policy::leader`]) is applied to every verdict (see `Policy::verdict`),
+//! and the round timer follows the rule instead of `interval`.
+
+use std::time::{Duration, Instant};
+
+use super::{End, Pass, Policy, Stage};
+use crate::decide::NodeState;
+use crate::policy::leader::{Following, Key};
+use crate::policy::messages::Command;
+
+impl Policy {
+    /// Follow Patroni's leader key: nothing is switched until it is heard.
+    pub fn follow_leader(&mut self) {
+        self.leader = Some(Following::default());
+    }
+
+    /// The leader key as the rule last saw it (etcd mode only).
+    pub fn leader(&self) -> Option<&Following> {
+        self.leader.as_ref()
+    }
+
+    /// The watch said `key`. With a leader named (or etcd gone or back), every server
+    /// is checked now: the leader to confirm it, the others for the split-brain and
+    /// stale-primary rules, and with etcd away whether PgBouncer's server still answers
+    /// as the master. With no key, nothing can be switched: the verdict only is taken
+    /// again (a switchover deletes the key just before naming the next leader).
+    pub(super) fn leader_heard(&mut self, key: Key, now: Instant, out: &mut Vec<Command>) {
+        let Some(f) = &mut self.leader else {
+            return;
+        };
+        f.heard(key);
+        if self.pass.is_some() {
+            return;
+        }
+        if f.key == Key::Deleted {
+            self.pass = Some(Pass {
+                end: End::Key,
+                stage: Stage::Deciding,
+            });
+            self.decide(now, out);
+        } else {
+            self.retry_failing_now(now);
+            self.begin_round(now, out);
+        }
+    }
+
+    /// The wait until the next round: the leader rule's in etcd mode, else `interval`,
+    /// or `fast_interval` while unsettled.
+    pub(super) fn round_pause(&self) -> Duration {
+        let s = &self.settings;
+        let Some(f) = &self.leader else {
+            return if self.unsettled {
+                s.fast_interval
+            } else {
+                s.interval
+            };
+        };
+        let down = self
+            .nodes
+            .iter()
+            .any(|n| n.state.is_none_or(|s| s == NodeState::Down));
+        let on_leader = f.candidate().is_some_and(|c| {
+            self.believed.active == Some(c)
+                && self.believed.confirmed
+                && self.nodes.get(c).and_then(|n| n.state) == Some(NodeState::Master)
+        });
+        f.round_pause(on_leader, down, s.fast_interval, s.interval)
+    }
+}
