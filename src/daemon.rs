@@ -4,7 +4,7 @@
 //! [`Command`]s it answers with, feeding each result back. Each server has its own
 //! monitor task behind the [`Probe`] seam, and PgBouncer sits behind the [`Console`]
 //! seam, so the loop's behaviour over time is also unit-tested with a fake cluster on
-//! tokio's paused clock (`daemon/tests.rs`); the integration tests drive the real
+//! tokio's paused clock (`daemon/tests/`); the integration tests drive the real
 //! processes. The monitor tasks are in `daemon/monitor.rs`, PgBouncer's side (switch,
 //! drift) in `daemon/bouncer.rs`, the pause in `daemon/hold.rs`, reloads in
 //! `daemon/reload.rs`, the log lines in `daemon/say.rs`.
