@@ -88,6 +88,9 @@ pub struct Policy {
     persist: Persist,
     /// How the last write of the state file ended.
     state_error: Option<String>,
+    /// A verdict put off for a check on a new connection raised the timelines; the state
+    /// file is written at the next verdict kept.
+    timelines_unwritten: bool,
     hold: Option<Hold>,
     /// The loss of the active master already had its pause (it ended or could not be
     /// made): no second one until that master answers again or another is switched to.
@@ -113,6 +116,7 @@ impl Policy {
             drifted: false,
             persist: Persist::default(),
             state_error: None,
+            timelines_unwritten: false,
             hold: None,
             loss_handled: false,
             pass: None,
@@ -468,6 +472,13 @@ impl Policy {
     /// cautious.
     fn decide(&mut self, now: Instant, out: &mut Vec<Command>) {
         let decision = self.verdict();
+        // A master's timeline is known once it has answered, even if the verdict waits for
+        // a check on a new connection that finds it gone: the verdict after that check
+        // must still refuse a master on a lower timeline.
+        if decision.memory.timelines != self.memory.timelines {
+            self.memory.timelines = decision.memory.timelines.clone();
+            self.timelines_unwritten = true;
+        }
         let mut asked = Vec::new();
         if self.settings.keep_connections {
             for id in checks::masters_to_recheck(&decision) {
@@ -527,7 +538,8 @@ impl Policy {
     fn remember(&mut self, decision: Decision, now: Instant, out: &mut Vec<Command>) {
         // Kept before acting: what the steps below publish shows this decision.
         self.last_decision = Some(decision.clone());
-        let rose = decision.memory.timelines != self.memory.timelines;
+        let unwritten = std::mem::take(&mut self.timelines_unwritten);
+        let rose = unwritten || decision.memory.timelines != self.memory.timelines;
         self.memory = decision.memory.clone();
         if Persist::must_write(rose, self.state_error.is_some()) {
             out.push(Command::WriteTimelines(self.memory.timelines.clone()));

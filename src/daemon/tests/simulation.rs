@@ -899,3 +899,63 @@ fn a_server_login_retry_lowered_by_a_killed_rebouncer_is_put_back_by_the_next_st
         sim.stop().await;
     });
 }
+
+/// A standby promoted onto a newer timeline answers once as master, then stops before the
+/// check on a new connection that a switch to it needs; an older master comes up later.
+/// The newer timeline was seen all the same, so that master is refused as stale.
+#[test]
+fn a_master_that_stops_before_its_target_check_still_raises_the_timeline() {
+    use Step::*;
+    let steps = [
+        Start(1),
+        Wait(324),
+        StandbyAhead(1),
+        Hang(2),
+        Promote(1),
+        Wait(2480),
+        Stop(1),
+        Hang(1),
+        Wait(2857),
+        Promote(1),
+        Fail(0),
+        Start(2),
+        BouncerRestart,
+        Promote(2),
+        StandbyAhead(1),
+        Promote(2),
+        Wait(654),
+        Wait(63),
+        Wait(192),
+        Wait(304),
+        Wait(2434),
+        Wait(182),
+        Wait(1413),
+        Wait(318),
+        Wait(1574),
+        Wait(2781),
+        Wait(1323),
+        Fail(5),
+        Wake(0),
+        Heal,
+        Wait(1561),
+        Wait(2809),
+        Start(1),
+        Heal,
+        Start(2),
+        Wait(2164),
+        Start(0),
+        Heal,
+        Wait(2785),
+        Wait(1045),
+        Wait(2730),
+        Hush(6),
+        Start(2),
+        Promote(1),
+        BouncerRestart,
+        Heal,
+        Promote(1),
+    ];
+    if let Err(e) = run(false, &steps) {
+        panic!("{e}");
+    }
+}
