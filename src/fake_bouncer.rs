@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::admin::{AdminError, Console, Database, Route, Row, Session};
 
 /// PgBouncer's default `server_login_retry`, in seconds.
-const DEFAULT_LOGIN_RETRY: &str = "15";
+pub const DEFAULT_LOGIN_RETRY: &str = "15";
 
 #[derive(Debug, Default)]
 struct Inner {

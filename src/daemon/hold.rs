@@ -36,10 +36,47 @@ impl<C: Console> Daemon<C> {
             self.retry_kill_pending().await;
         }
         if !self.state.state().resume_pending.is_empty() {
+            self.put_back_login_retry().await;
             self.resume_pending(
                 "left paused by a rebouncer stopped between its PAUSE or KILL and the RESUME",
             )
             .await;
+        }
+    }
+
+    /// A rebouncer killed between lowering `server_login_retry` to 0 for a `RESUME` and
+    /// setting it back leaves PgBouncer at 0 until its next `RELOAD`, and the `RESUME` it
+    /// owed may have taken effect already, so nothing else would set it back. Only called
+    /// while the state file lists a held database: a 0 then is most likely rebouncer's.
+    async fn put_back_login_retry(&self) {
+        let Ok(s) = self.console.session().await else {
+            return;
+        };
+        let Ok(Some(now)) = admin::setting(&s, "server_login_retry").await else {
+            return;
+        };
+        if now.trim().parse::<f64>() != Ok(0.0) {
+            return;
+        }
+        let file = std::fs::read_to_string(&self.cfg.symlink).unwrap_or_default();
+        let configured = configured_login_retry(&file);
+        if configured == "0" {
+            return;
+        }
+        match s
+            .command(&format!("SET server_login_retry = '{configured}'"))
+            .await
+        {
+            Ok(_) => warn!(
+                "PgBouncer's server_login_retry was 0, as a rebouncer stopped in the middle of ending a pause leaves it; \
+                 set back to {configured} from {}",
+                self.cfg.symlink.display()
+            ),
+            Err(e) => warn!(
+                "PgBouncer's server_login_retry is 0, as a rebouncer stopped in the middle of ending a pause leaves it, \
+                 and could not be set back to {configured}: {e}; PgBouncer retries failed server logins without delay \
+                 until its next RELOAD (or run SET server_login_retry = '{configured}' on its admin console)"
+            ),
         }
     }
 
@@ -362,5 +399,48 @@ impl<C: Console> Daemon<C> {
     pub(super) async fn waiting_clients(&self, databases: &[String]) -> Option<u64> {
         let s = self.console.session().await.ok()?;
         admin::waiting_clients(&s, databases).await.ok()
+    }
+}
+
+/// `server_login_retry` as the `[pgbouncer]` section of a PgBouncer file sets it, or
+/// PgBouncer's default (15 s). Only plain digits are taken: the value goes into a `SET`.
+fn configured_login_retry(file: &str) -> String {
+    let mut section = String::new();
+    let mut value = None;
+    for line in file.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_ascii_lowercase();
+        } else if section == "pgbouncer"
+            && let Some((key, v)) = line.split_once('=')
+            && key.trim().eq_ignore_ascii_case("server_login_retry")
+        {
+            value = Some(v.trim().to_string());
+        }
+    }
+    value
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or_else(|| "15".into())
+}
+
+#[cfg(test)]
+mod login_retry_tests {
+    use super::configured_login_retry;
+
+    #[test]
+    fn the_configured_server_login_retry_is_read_from_the_pgbouncer_section() {
+        let file = "[databases]\nserver_login_retry = 9\n[pgbouncer]\nlisten_port = 6432\nserver_login_retry = 3\n";
+        assert_eq!(configured_login_retry(file), "3");
+        assert_eq!(
+            configured_login_retry("[pgbouncer]\nlisten_port = 6432\n"),
+            "15"
+        );
+        assert_eq!(
+            configured_login_retry("[pgbouncer]\nserver_login_retry = 1'; x\n"),
+            "15"
+        );
+        assert_eq!(
+            configured_login_retry("[databases]\nserver_login_retry = 9\n"),
+            "15"
+        );
     }
 }

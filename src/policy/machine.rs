@@ -92,6 +92,9 @@ pub struct Policy {
     persist: Persist,
     /// How the last write of the state file ended.
     state_error: Option<String>,
+    /// A verdict put off for a check on a new connection raised the timelines; the state
+    /// file is written at the next verdict kept.
+    timelines_unwritten: bool,
     hold: Option<Hold>,
     /// The loss of the active master already had its pause (it ended or could not be
     /// made): no second one until that master answers again or another is switched to.
@@ -119,6 +122,7 @@ impl Policy {
             drifted: false,
             persist: Persist::default(),
             state_error: None,
+            timelines_unwritten: false,
             hold: None,
             loss_handled: false,
             pass: None,
@@ -482,6 +486,13 @@ impl Policy {
     /// cautious.
     fn decide(&mut self, now: Instant, out: &mut Vec<Command>) {
         let decision = self.verdict();
+        // A master's timeline is known once it has answered, even if the verdict waits for
+        // a check on a new connection that finds it gone: the verdict after that check
+        // must still refuse a master on a lower timeline.
+        if decision.memory.timelines != self.memory.timelines {
+            self.memory.timelines = decision.memory.timelines.clone();
+            self.timelines_unwritten = true;
+        }
         let mut asked = Vec::new();
         if self.settings.keep_connections {
             for id in checks::masters_to_recheck(&decision) {
@@ -544,7 +555,8 @@ impl Policy {
         if let Some(held) = self.leader.as_mut().and_then(Following::kept) {
             out.push(Command::LeaderHeld(held));
         }
-        let rose = decision.memory.timelines != self.memory.timelines;
+        let unwritten = std::mem::take(&mut self.timelines_unwritten);
+        let rose = unwritten || decision.memory.timelines != self.memory.timelines;
         self.memory = decision.memory.clone();
         if Persist::must_write(rose, self.state_error.is_some()) {
             out.push(Command::WriteTimelines(self.memory.timelines.clone()));

@@ -104,7 +104,8 @@ pub async fn resume_gated<C: Console>(
 /// `server_login_retry` (15 s by default) and turn away clients that find no server; only
 /// a successful login or `KILL` clears that, and `KILL` would drop the very clients the
 /// pause held. So `server_login_retry` is set to 0 until the resumed clients have a server
-/// (or a second has passed) and then set back. Returns the old value when it was changed.
+/// (or a second has passed) and then set back. Returns the old value when it was changed
+/// or may have been.
 async fn lift_login_retry<C: Console>(conn: &mut Conn<'_, C>) -> Option<String> {
     let rows = conn.rows("SHOW CONFIG").await.ok()?;
     let old = rows
@@ -115,8 +116,9 @@ async fn lift_login_retry<C: Console>(conn: &mut Conn<'_, C>) -> Option<String> 
     if old.trim().parse::<f64>().is_ok_and(|v| v == 0.0) {
         return None;
     }
-    conn.command("SET server_login_retry = '0'").await.ok()?;
-    Some(old)
+    // A SET that was not answered may have taken effect: set it back all the same.
+    let set = conn.command("SET server_login_retry = '0'").await;
+    (set.is_ok() || !answered(&set)).then_some(old)
 }
 
 /// Until every one of `databases` has a server connection or no waiting client, at most

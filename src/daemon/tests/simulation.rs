@@ -15,7 +15,10 @@
 //!    rebouncer runs;
 //! d. when rebouncer is killed, every database it left paused is listed in its state
 //!    file (and rule c, which runs across the restart, sees that the next start resumes
-//!    it).
+//!    it);
+//! e. once every fault is healed, PgBouncer's `server_login_retry` is back to its
+//!    configured value (unless a login or a `SET` was made to fail: that waits for
+//!    PgBouncer's next `RELOAD`, and rebouncer says so).
 //!
 //! `cargo test --lib simulation` runs a few hundred histories; the ignored
 //! `simulation_benchmark` runs many more and prints how many and how long:
@@ -663,6 +666,18 @@ impl Sim {
         }
     }
 
+    /// Rule e holds only where rebouncer's `SET` back can work: a login or a `SET` made to
+    /// fail leaves `server_login_retry` at 0 until PgBouncer's next `RELOAD`, and rebouncer
+    /// says so in its log.
+    fn sets_could_fail(&self, steps: &[Step]) -> bool {
+        steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::Fail(0) | Step::Hush(0) | Step::Fail(5) | Step::BouncerUp(false)
+            )
+        })
+    }
+
     /// Every fault healed; then long enough for any pause to end.
     async fn settle(&mut self) {
         self.heal();
@@ -730,6 +745,13 @@ fn run(pausing: bool, steps: &[Step]) -> Result<Figures, String> {
                 sim.bouncer.paused()
             ));
         }
+        let retry = sim.bouncer.server_login_retry();
+        if retry != crate::fake_bouncer::DEFAULT_LOGIN_RETRY && !sim.sets_could_fail(steps) {
+            sim.books.lock().unwrap().violations.push(format!(
+                "e: server_login_retry is {retry} with every fault healed, not the configured {}",
+                crate::fake_bouncer::DEFAULT_LOGIN_RETRY
+            ));
+        }
         let books = sim.books.clone();
         sim.stop().await;
         let b = books.lock().unwrap();
@@ -789,7 +811,7 @@ fn simulation_benchmark() {
 #[test]
 fn chosen_histories() {
     use Step::*;
-    let histories: [(&str, &[Step]); 2] = [
+    let histories: [(&str, &[Step]); 4] = [
         (
             "rebouncer killed while its PAUSE waits for an answer",
             &[
@@ -813,10 +835,127 @@ fn chosen_histories() {
                 Restart,
             ],
         ),
+        (
+            "rebouncer killed after its RESUME took effect, with server_login_retry at 0 and no master",
+            &[
+                Wait(3000),
+                Hang(0),
+                Wait(3000),
+                Hush(2),
+                Wake(0),
+                Wait(2100),
+                Hang(0),
+                Restart,
+            ],
+        ),
+        (
+            "the SET lowering server_login_retry takes effect and is never answered",
+            &[Hush(5), Rewind(0), Wait(98), Promote(0), Wait(100)],
+        ),
     ];
     for (what, steps) in histories {
         if let Err(e) = run(true, steps) {
             panic!("{what}: {e}\nhistory: {steps:?}");
         }
+    }
+}
+
+#[test]
+fn a_server_login_retry_lowered_by_a_killed_rebouncer_is_put_back_by_the_next_start() {
+    use Step::*;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut sim = Sim::new(true);
+        for s in [
+            Wait(3000),
+            Hang(0),
+            Wait(3000),
+            Hush(2),
+            Wake(0),
+            Wait(2100),
+            Hang(0),
+        ] {
+            sim.step(s).await;
+        }
+        assert_eq!(
+            sim.bouncer.server_login_retry(),
+            "0",
+            "{:?}",
+            sim.bouncer.log()
+        );
+        sim.step(Restart).await;
+        sim.heal();
+        sim.step(Wait(10_000)).await;
+        assert_eq!(
+            sim.bouncer.server_login_retry(),
+            "15",
+            "{:?}",
+            sim.bouncer.log()
+        );
+        sim.stop().await;
+    });
+}
+
+/// A standby promoted onto a newer timeline answers once as master, then stops before the
+/// check on a new connection that a switch to it needs; an older master comes up later.
+/// The newer timeline was seen all the same, so that master is refused as stale.
+#[test]
+fn a_master_that_stops_before_its_target_check_still_raises_the_timeline() {
+    use Step::*;
+    let steps = [
+        Start(1),
+        Wait(324),
+        StandbyAhead(1),
+        Hang(2),
+        Promote(1),
+        Wait(2480),
+        Stop(1),
+        Hang(1),
+        Wait(2857),
+        Promote(1),
+        Fail(0),
+        Start(2),
+        BouncerRestart,
+        Promote(2),
+        StandbyAhead(1),
+        Promote(2),
+        Wait(654),
+        Wait(63),
+        Wait(192),
+        Wait(304),
+        Wait(2434),
+        Wait(182),
+        Wait(1413),
+        Wait(318),
+        Wait(1574),
+        Wait(2781),
+        Wait(1323),
+        Fail(5),
+        Wake(0),
+        Heal,
+        Wait(1561),
+        Wait(2809),
+        Start(1),
+        Heal,
+        Start(2),
+        Wait(2164),
+        Start(0),
+        Heal,
+        Wait(2785),
+        Wait(1045),
+        Wait(2730),
+        Hush(6),
+        Start(2),
+        Promote(1),
+        BouncerRestart,
+        Heal,
+        Promote(1),
+    ];
+    if let Err(e) = run(false, &steps) {
+        panic!("{e}");
     }
 }

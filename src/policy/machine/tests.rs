@@ -658,3 +658,57 @@ fn a_closed_monitoring_connection_checks_every_server_now_even_one_backing_off()
 }
 
 mod leader;
+#[test]
+fn a_master_gone_at_its_target_check_still_raises_the_timeline() {
+    let mut r = settled_on_node0(settings(true, false));
+    r.at(S(5));
+    // Node 1 answers as master on timeline 3, then is gone at the check on a new
+    // connection that a switch to it needs.
+    let mut cmds = r.round(&[down(), master(3), standby(1)]);
+    let mut all = Vec::new();
+    loop {
+        let next = cmds.iter().find_map(|c| match c {
+            Command::CheckLink => Some(Input::Link {
+                behind: Some(0),
+                target: None,
+                session_closed: false,
+            }),
+            Command::CompareRoutes { .. } => Some(Input::Routes(Routes::Same)),
+            Command::WriteTimelines(_) => Some(Input::Written { error: None }),
+            Command::Check {
+                nodes, fresh: true, ..
+            } => {
+                for &node in nodes {
+                    r.p.handle(
+                        Input::Answer {
+                            node,
+                            answer: down(),
+                        },
+                        r.now,
+                    );
+                }
+                Some(Input::ChecksOver)
+            }
+            _ => None,
+        });
+        all.append(&mut cmds);
+        match next {
+            Some(i) => cmds = r.tell(i),
+            None => break,
+        }
+    }
+    assert_eq!(switch_in(&all), None, "{all:?}");
+    let written: Vec<u32> = all
+        .iter()
+        .filter_map(|c| match c {
+            Command::WriteTimelines(t) => t.highest(None),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(written, [3], "{all:?}");
+    // A master on timeline 2 later is stale: timeline 3 was seen.
+    r.at(S(1));
+    let cmds = r.round(&[down(), down(), master(2)]);
+    let cmds = r.reply_until_done(cmds, Some(0));
+    assert_eq!(switch_in(&cmds), None, "{cmds:?}");
+}
