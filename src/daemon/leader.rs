@@ -23,6 +23,12 @@ impl Follower {
         Follower {
             view: LeaderView {
                 key: mode.settings.leader_key(),
+                endpoints: mode
+                    .settings
+                    .endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect(),
                 ..LeaderView::default()
             },
             settings: mode.settings.clone(),
@@ -92,6 +98,7 @@ impl<C: Console> Daemon<C> {
             return;
         };
         let now = SystemTime::now();
+        f.view.last_event = Some(now);
         let key = match event {
             Event::Leader { member, revision } => {
                 let name = member.map(|m| m.name);
@@ -123,14 +130,11 @@ impl<C: Console> Daemon<C> {
                     };
                     view::record_event(&self.status, Kind::State, name.as_deref(), text);
                 }
-                let server = name.as_deref().map(|n| {
-                    self.cfg
-                        .etcd
-                        .as_ref()
-                        .map_or(n, |m| m.server_for(n))
-                        .to_string()
+                let node = name.as_deref().and_then(|n| {
+                    let server = self.cfg.etcd.as_ref().map_or(n, |m| m.server_for(n));
+                    self.nodes.iter().position(|x| x.name == server)
                 });
-                f.view.server = server.clone();
+                f.view.server = node.map(|i| self.nodes[i].name.clone());
                 f.view.leader = name.clone();
                 f.view.heard = true;
                 f.view.revision = Some(revision);
@@ -138,7 +142,7 @@ impl<C: Console> Daemon<C> {
                 match name {
                     Some(member) => Key::Names {
                         member,
-                        server: server.and_then(|s| self.nodes.iter().position(|n| n.name == s)),
+                        server: node,
                     },
                     None => Key::Deleted,
                 }
@@ -147,6 +151,8 @@ impl<C: Console> Daemon<C> {
                 warn!(
                     "etcd unreachable: {reason}; nothing is switched until it answers again, PgBouncer stays on {active}"
                 );
+                f.view.watch_lost += 1;
+                f.view.last_error = Some((now, reason.clone()));
                 f.view.unreachable = Some((now, reason));
                 Key::Unreachable
             }

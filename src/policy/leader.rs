@@ -281,6 +281,21 @@ pub struct LeaderView {
     pub held: Option<String>,
     /// Nothing is switched for a reason an operator must act on or wait out.
     pub held_level: Option<Level>,
+    /// The etcd endpoints the watch tries, in turn.
+    pub endpoints: Vec<String>,
+    /// When the watch last reported anything (the key, or etcd lost).
+    pub last_event: Option<SystemTime>,
+    /// The last time etcd could not be heard, and why; kept after it answers again.
+    pub last_error: Option<(SystemTime, String)>,
+    /// How many times the watch was lost since start (each followed by reconnections).
+    pub watch_lost: u64,
+}
+
+impl LeaderView {
+    /// The watch is in place: the key was heard and etcd has not been lost since.
+    pub fn connected(&self) -> bool {
+        self.heard && self.unreachable.is_none()
+    }
 }
 
 /// "Patroni's leader key names pg2 (revision 41, 3 s ago)", or what stands in for it.
