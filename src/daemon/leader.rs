@@ -84,11 +84,43 @@ impl<C: Console> Daemon<C> {
             Err(e) => {
                 // The files were read when the configuration was; this is a change since.
                 error!(
-                    "etcd mode: cannot start following the leader key: {e}; nothing will be switched until rebouncer is restarted with working etcd settings"
+                    "etcd mode: cannot start following the leader key: {e}; nothing will be switched until a reload or a restart with working etcd settings"
                 );
             }
         }
         self.publish();
+    }
+
+    /// The etcd settings changed (a reload): the running watch is stopped and one with
+    /// the new settings started. The policy keeps the key as last heard until the new
+    /// watch reports it (at once when etcd answers, or as unreachable). What the pages
+    /// show of it is kept when the key is the same one (endpoints, credentials, files or
+    /// the members' map changed); the count of lost watches and the last error always.
+    pub(super) fn restart_leader(&mut self) {
+        let Some(mode) = self.cfg.etcd.as_ref() else {
+            return;
+        };
+        let mut f = Follower::new(mode);
+        if let Some(mut old) = self.leader.take() {
+            // Dropping it at the end of this block ends the old watch.
+            let was = std::mem::take(&mut old.view);
+            let fresh = std::mem::take(&mut f.view);
+            f.view = if was.key == fresh.key {
+                LeaderView {
+                    endpoints: fresh.endpoints,
+                    ..was
+                }
+            } else {
+                LeaderView {
+                    watch_lost: was.watch_lost,
+                    last_error: was.last_error,
+                    last_event: was.last_event,
+                    ..fresh
+                }
+            };
+        }
+        self.leader = Some(f);
+        self.start_leader();
     }
 
     /// One event of the watch: log it, show it, and tell the policy.
