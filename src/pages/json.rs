@@ -65,6 +65,9 @@ struct EtcdPage<'a> {
     watch_lost: u64,
     /// Why nothing is switched, while something is held.
     held: Option<&'a str>,
+    /// The leader's member record advertises another address than its server's
+    /// connection string: the words for it.
+    address_mismatch: Option<&'a str>,
 }
 
 impl<'a> EtcdPage<'a> {
@@ -87,6 +90,7 @@ impl<'a> EtcdPage<'a> {
             last_error_time: v.last_error.as_ref().map(|(t, _)| *t),
             watch_lost: v.watch_lost,
             held: v.held.as_deref(),
+            address_mismatch: v.address_mismatch.as_deref(),
         }
     }
 }
@@ -579,7 +583,8 @@ mod tests {
             "last_error": "connection refused",
             "last_error_time": "2025-12-03T08:01:20.000Z",
             "watch_lost": 1,
-            "held": null
+            "held": null,
+            "address_mismatch": null
         });
         let j = parse(&root(&s, t(92_500)));
         assert_eq!(j["etcd"], want);
@@ -595,6 +600,7 @@ mod tests {
         v.last_event = Some(t(95_000));
         v.watch_lost = 2;
         v.held = Some("etcd unreachable: nothing is switched until it is back".into());
+        v.address_mismatch = Some("Patroni member pg-b advertises 10.0.0.13:5432".into());
         let j = parse(&root(&s, t(100_000)));
         let e = &j["etcd"];
         assert_eq!(e["connected"], false);
@@ -606,6 +612,10 @@ mod tests {
         assert_eq!(
             e["held"],
             "etcd unreachable: nothing is switched until it is back"
+        );
+        assert_eq!(
+            e["address_mismatch"],
+            "Patroni member pg-b advertises 10.0.0.13:5432"
         );
 
         // Not heard yet: no leader, not connected.

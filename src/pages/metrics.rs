@@ -458,6 +458,11 @@ fn etcd(o: &mut Out, v: &LeaderView) {
             unix(t),
         );
     }
+    o.gauge(
+        "rebouncer_etcd_leader_address_mismatch",
+        "1 while the leader's member record in etcd (conn_url) advertises another host or port than its [servers] entry's connection string: etcd_members or that connection string is wrong.",
+        flag(v.address_mismatch.is_some()),
+    );
     o.family(
         "rebouncer_etcd_leader_info",
         "gauge",
@@ -771,6 +776,15 @@ mod tests {
         assert_eq!(value(&m, "rebouncer_etcd_connected"), Some("0".into()));
         assert_eq!(
             value(&m, r#"rebouncer_etcd_leader_info{member="pg-a",node=""}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            value(&m, "rebouncer_etcd_leader_address_mismatch"),
+            Some("0".into())
+        );
+        s.etcd.as_mut().unwrap().address_mismatch = Some("pg-a advertises x:1".into());
+        assert_eq!(
+            value(&render(&s), "rebouncer_etcd_leader_address_mismatch"),
             Some("1".into())
         );
         // Patroni has no leader: no info series.

@@ -1,7 +1,8 @@
-//! SIGHUP in etcd mode: changed etcd settings stop the running watch and start one with
-//! the new settings; turning the mode off by a reload is refused whole. A real etcd
-//! (leader key written by the test, no Patroni) in front of a real PostgreSQL primary and
-//! standby and a real PgBouncer.
+//! The daemon in etcd mode against a real etcd (leader key and member records written by
+//! the test, no Patroni), a real PostgreSQL primary and standby and a real PgBouncer:
+//! SIGHUP with changed etcd settings stops the running watch and starts one with the new
+//! settings, turning the mode off by a reload is refused whole; a leader whose member
+//! record advertises another address than its server's connection string is reported.
 
 mod common;
 
@@ -114,4 +115,68 @@ fn a_reload_restarts_the_watch_with_new_etcd_settings_and_refuses_turning_the_mo
         etcd_json(d)["leader"] == "pg1"
     });
     assert!(d.is_running());
+}
+
+fn member_record(port: u16) -> String {
+    format!(
+        r#"{{"conn_url":"postgres://127.0.0.1:{port}/postgres","api_url":"http://127.0.0.1:8008/patroni","state":"running","role":"master","version":"3.0.2"}}"#
+    )
+}
+
+#[test]
+fn a_leader_advertising_another_address_than_its_server_is_reported_once() {
+    let etcd = Etcd::start();
+    let c = Cluster::start(Opts::default().standbys(1));
+    // pg1's record names pg2's port: a map that would be wrong.
+    let wrong = c.port(2);
+    etcd.put("/service/main/members/pg1", &member_record(wrong));
+    etcd.put("/service/main/leader", "pg1");
+    let cfg = c.write_rebouncer_config(2, 2, &etcd_keys(&etcd.endpoint(), "main"));
+    let mut d = c.daemon(&cfg);
+    let said = format!(
+        "Patroni member pg1 advertises 127.0.0.1:{wrong} (conn_url in its member record), but its server pg1 in [servers] \
+         connects to 127.0.0.1:{}: check etcd_members",
+        c.port(1)
+    );
+    d.wait_for(SHORT, "/nagios to name both addresses", |d| {
+        d.nagios().starts_with("WARNING") && d.nagios().contains(&said)
+    });
+    // The servers still decide: pg1 is the leader and the master, PgBouncer goes there.
+    d.wait_for(SHORT, "PgBouncer on pg1", |_| {
+        c.bouncer_target_node() == Some(1)
+    });
+    assert_eq!(
+        metric(&d, "rebouncer_etcd_leader_address_mismatch").as_deref(),
+        Some("1")
+    );
+    let e = etcd_json(&d);
+    assert!(
+        e["address_mismatch"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&said)),
+        "{e}"
+    );
+
+    // The same leader heard again (a new revision of the key): said once only.
+    etcd.put("/service/main/leader", "pg1");
+    d.wait_for(SHORT, "the key's new revision heard", |d| {
+        etcd_json(d)["revision"]
+            .as_i64()
+            .is_some_and(|r| r >= etcd.revision())
+    });
+    // The record fixed: the next report of the leader finds them matching.
+    etcd.put("/service/main/members/pg1", &member_record(c.port(1)));
+    etcd.put("/service/main/leader", "pg1");
+    d.wait_for(SHORT, "the mismatch gone", |d| {
+        metric(d, "rebouncer_etcd_leader_address_mismatch").as_deref() == Some("0")
+    });
+    d.wait_for(SHORT, "/nagios OK", |d| d.nagios().starts_with("OK"));
+    let log = d.log();
+    assert_eq!(log.matches(&said).count(), 1, "{log}");
+    assert!(
+        log.contains(
+            "Patroni member pg1's advertised address matches its server's connection string now"
+        ),
+        "{log}"
+    );
 }
