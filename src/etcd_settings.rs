@@ -38,6 +38,11 @@ pub struct EtcdMode {
     pub settings: etcd::Settings,
     /// Patroni member name -> `[servers]` name, for the members whose names differ.
     pub members: BTreeMap<String, String>,
+    /// The line of `etcd_endpoints`, for messages about the mode itself.
+    pub line: usize,
+    /// A digest of the TLS files' contents as read with the configuration: a certificate
+    /// renewed under the same name is a change a reload applies.
+    tls_digest: Option<u64>,
 }
 
 // By hand: the password must not reach a log line or a test's failure message.
@@ -70,6 +75,78 @@ impl EtcdMode {
     pub fn server_for<'a>(&'a self, member: &'a str) -> &'a str {
         self.members.get(member).map_or(member, String::as_str)
     }
+
+    /// The settings that differ from `old`, one phrase each ("etcd_scope main -> other";
+    /// the password only named): the watch must be started again when any does.
+    pub fn changes_from(&self, old: &EtcdMode) -> Vec<String> {
+        let (a, b) = (&old.settings, &self.settings);
+        let mut out = Vec::new();
+        let mut setting = |key: &str, was: String, now: String| {
+            if was != now {
+                out.push(format!("{key} {was} -> {now}"));
+            }
+        };
+        let list = |s: &etcd::Settings| {
+            s.endpoints
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let file = |f: &Option<PathBuf>| {
+            f.as_ref()
+                .map_or("(none)".to_string(), |p| p.display().to_string())
+        };
+        let secs = |d: Duration| format!("{} s", d.as_secs_f64());
+        setting("etcd_endpoints", list(a), list(b));
+        setting("etcd_namespace", a.namespace.clone(), b.namespace.clone());
+        setting("etcd_scope", a.scope.clone(), b.scope.clone());
+        let pairs = |m: &BTreeMap<String, String>| {
+            let p: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            if p.is_empty() {
+                "(same names)".to_string()
+            } else {
+                p.join(",")
+            }
+        };
+        setting("etcd_members", pairs(&old.members), pairs(&self.members));
+        let user = |s: &etcd::Settings| {
+            s.user
+                .as_ref()
+                .map_or("(none)".to_string(), |(u, _)| u.clone())
+        };
+        setting("etcd_user", user(a), user(b));
+        setting("etcd_ca_file", file(&a.ca_file), file(&b.ca_file));
+        setting("etcd_cert_file", file(&a.cert_file), file(&b.cert_file));
+        setting("etcd_key_file", file(&a.key_file), file(&b.key_file));
+        setting("etcd_timeout", secs(a.timeout), secs(b.timeout));
+        setting(
+            "etcd_check_interval",
+            secs(a.check_interval),
+            secs(b.check_interval),
+        );
+        let password = |s: &etcd::Settings| s.user.as_ref().map(|(_, p)| p.clone());
+        if a.user.is_some() && b.user.is_some() && password(a) != password(b) {
+            out.push("etcd_password changed".to_string());
+        }
+        let same_files =
+            a.ca_file == b.ca_file && a.cert_file == b.cert_file && a.key_file == b.key_file;
+        if same_files && old.tls_digest != self.tls_digest {
+            out.push("the contents of the etcd TLS files changed".to_string());
+        }
+        out
+    }
+}
+
+/// A digest of the files' contents (unreadable ones count as empty: reading them for the
+/// connector has already succeeded or failed).
+fn digest(files: &[&Option<PathBuf>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files.iter().copied().flatten() {
+        std::fs::read(f).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// One `[global]` line as the config reader found it.
@@ -179,9 +256,15 @@ pub fn parse(
     let tls_line = ["etcd_ca_file", "etcd_cert_file", "etcd_key_file"]
         .into_iter()
         .find_map(get);
+    let mut tls_digest = None;
     if let Some(l) = tls_line {
         // Read the files now: a wrong path stops the start, not the first connection.
         settings.tls_connector().map_err(|e| at(l.line, e.0))?;
+        tls_digest = Some(digest(&[
+            &settings.ca_file,
+            &settings.cert_file,
+            &settings.key_file,
+        ]));
     }
     if let Some(l) = get("etcd_timeout") {
         settings.timeout =
@@ -195,7 +278,12 @@ pub fn parse(
         Some(l) => members(l.value, servers).map_err(|m| at(l.line, m))?,
         None => BTreeMap::new(),
     };
-    Ok(Some(EtcdMode { settings, members }))
+    Ok(Some(EtcdMode {
+        settings,
+        members,
+        line: endpoints.line,
+        tls_digest,
+    }))
 }
 
 /// `etcd_members = pg-a:db1, pg-b:db2`: Patroni member name, colon, `[servers]` name.
@@ -414,5 +502,18 @@ mod tests {
             );
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn the_tls_digest_follows_the_files_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("ca.pem"), d.path().join("client.pem"));
+        std::fs::write(&a, "one").unwrap();
+        std::fs::write(&b, "two").unwrap();
+        let files = [Some(a.clone()), None, Some(b.clone())];
+        let before = digest(&[&files[0], &files[1], &files[2]]);
+        assert_eq!(before, digest(&[&files[0], &files[1], &files[2]]));
+        std::fs::write(&a, "renewed").unwrap();
+        assert_ne!(before, digest(&[&files[0], &files[1], &files[2]]));
     }
 }

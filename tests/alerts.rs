@@ -3,7 +3,9 @@
 //! a failover with clients held, a failing switch, a stale primary and a split brain;
 //! `/metrics` is captured in each
 //! situation and fed to `promtool test rules` with the expectations in
-//! `tests/alerts.test.yml` (each alert firing where it should and quiet elsewhere).
+//! `tests/alerts.test.yml` (each alert firing where it should and quiet elsewhere). The
+//! etcd mode's alert likewise, from a daemon following a real etcd
+//! (`tests/alerts_etcd.test.yml`).
 
 mod common;
 
@@ -188,8 +190,13 @@ fn alert_rules_fire_and_stay_quiet_on_real_metrics() {
     });
     snaps.push(("split_brain", capture(&d)));
 
-    // The test file with each "# series: <name>" line replaced by that snapshot.
-    let template = fs::read_to_string(repo().join("tests/alerts.test.yml")).unwrap();
+    promtool_test(promtool, &rules, "tests/alerts.test.yml", &snaps);
+}
+
+/// Runs `promtool test rules` on `template` (a file of the repository) with each
+/// "# series: <name>" line replaced by that snapshot.
+fn promtool_test(promtool: &str, rules: &Path, template: &str, snaps: &[(&str, Snapshot)]) {
+    let template = fs::read_to_string(repo().join(template)).unwrap();
     let mut filled = String::new();
     for line in template.lines() {
         let Some(spec) = line.trim_start().strip_prefix("# series: ") else {
@@ -213,9 +220,9 @@ fn alert_rules_fire_and_stay_quiet_on_real_metrics() {
         filled.push_str(&input_series(snap, held, indent));
     }
     let dir = tempfile::tempdir().unwrap();
-    fs::copy(&rules, dir.path().join("rebouncer.rules.yml")).unwrap();
+    fs::copy(rules, dir.path().join("rebouncer.rules.yml")).unwrap();
     fs::write(dir.path().join("tests.yml"), &filled).unwrap();
-    for (name, s) in &snaps {
+    for (name, s) in snaps {
         fs::write(dir.path().join(format!("{name}.prom")), &s.text).unwrap();
     }
     let o = Command::new(promtool)
@@ -236,4 +243,40 @@ fn alert_rules_fire_and_stay_quiet_on_real_metrics() {
         );
     }
     assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// The etcd mode's rule against a real daemon following a leader key in a real etcd
+/// (`tests/alerts_etcd.test.yml`): the watch in place, then etcd stopped.
+#[test]
+fn the_etcd_alert_fires_on_a_lost_watch_and_not_on_a_working_one() {
+    let promtool = promtool();
+    let rules = repo().join("contrib/rebouncer.rules.yml");
+    let etcd = common::etcd::Etcd::start();
+    etcd.put("/service/main/leader", "pg1");
+    let c = Cluster::start(Opts::default().standbys(1));
+    let cfg = c.write_rebouncer_config(
+        2,
+        2,
+        &format!(
+            "etcd_endpoints={}\netcd_scope=main\netcd_timeout=0.5\netcd_check_interval=0.5",
+            etcd.endpoint()
+        ),
+    );
+    let mut d = c.daemon(&cfg);
+    let mut snaps: Vec<(&str, Snapshot)> = Vec::new();
+    d.wait_for(SHORT, "PgBouncer on pg1, the leader key heard", |d| {
+        let t = d.http_get("/metrics").unwrap_or_default();
+        c.bouncer_target_node() == Some(1)
+            && value(&t, "rebouncer_pgbouncer_on_master") == Some(1.0)
+            && value(&t, "rebouncer_etcd_connected") == Some(1.0)
+    });
+    snaps.push(("etcd_following", capture(&d)));
+
+    etcd.stop();
+    d.wait_for(SHORT, "etcd reported lost", |d| {
+        metric(d, "rebouncer_etcd_connected") == Some(0.0)
+            && metric(d, "rebouncer_etcd_watch_lost_total") == Some(1.0)
+    });
+    snaps.push(("etcd_lost", capture(&d)));
+    promtool_test(promtool, &rules, "tests/alerts_etcd.test.yml", &snaps);
 }

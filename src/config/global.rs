@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::error::{ConfigError, at};
 use super::scan::{Entry, Section};
+use crate::etcd_settings;
 use crate::ini_text::shown;
 
 /// Defaults and limits of the `[global]` keys.
@@ -21,8 +22,12 @@ pub const DEFAULT_PAUSE_TIMEOUT_SECS: u64 = 10;
 /// must stay above it, so more than a few minutes is a mistake.
 pub(super) const PAUSE_TIMEOUT_RANGE: (u64, u64) = (1, 300);
 
-/// The keys of `[global]`, in the order the error message lists them.
-const GLOBAL_KEYS: [&str; 21] = [
+/// The keys of `[global]`, in the order the error message lists them: the polling
+/// mode's, then the etcd mode's ([`crate::etcd_settings::KEYS`], read there).
+const GLOBAL_KEYS: [&str; POLLING_KEYS.len() + etcd_settings::KEYS.len()] =
+    concat(POLLING_KEYS, etcd_settings::KEYS);
+
+const POLLING_KEYS: [&str; 10] = [
     "pgbouncer",
     "symlink",
     "configdir",
@@ -33,18 +38,25 @@ const GLOBAL_KEYS: [&str; 21] = [
     "state_file",
     "pause_on_failover",
     "pause_timeout",
-    "etcd_endpoints",
-    "etcd_scope",
-    "etcd_namespace",
-    "etcd_members",
-    "etcd_user",
-    "etcd_password",
-    "etcd_ca_file",
-    "etcd_cert_file",
-    "etcd_key_file",
-    "etcd_timeout",
-    "etcd_check_interval",
 ];
+
+const fn concat<const A: usize, const B: usize, const C: usize>(
+    a: [&'static str; A],
+    b: [&'static str; B],
+) -> [&'static str; C] {
+    assert!(A + B == C);
+    let mut out = [""; C];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < C {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
 
 fn unknown_key(key: &str) -> String {
     match shown(key).as_str() {

@@ -16,18 +16,47 @@ pub(super) struct Follower {
     events: Option<mpsc::Receiver<Event>>,
     task: Option<JoinHandle<()>>,
     view: LeaderView,
+    /// The comparisons of a new leader's advertised address with its server's, made off
+    /// the loop (they resolve host names).
+    checks: mpsc::Receiver<AddressCheck>,
+    checks_tx: mpsc::Sender<AddressCheck>,
 }
+
+/// What the loop hears of the etcd mode.
+pub(super) enum News {
+    Watch(Event),
+    Address(AddressCheck),
+}
+
+/// A leader's `conn_url` compared with its server's connection string.
+pub(super) struct AddressCheck {
+    member: String,
+    mismatch: Option<String>,
+}
+
+/// How long a host name may take to resolve for the comparison; an unresolved one is
+/// compared by its name alone.
+const RESOLVE_LIMIT: Duration = Duration::from_secs(2);
 
 impl Follower {
     pub(super) fn new(mode: &EtcdMode) -> Follower {
+        let (checks_tx, checks) = mpsc::channel(4);
         Follower {
             view: LeaderView {
                 key: mode.settings.leader_key(),
+                endpoints: mode
+                    .settings
+                    .endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect(),
                 ..LeaderView::default()
             },
             settings: mode.settings.clone(),
             events: None,
             task: None,
+            checks,
+            checks_tx,
         }
     }
 
@@ -45,12 +74,69 @@ impl Drop for Follower {
     }
 }
 
-/// The next event of the watch; never, outside etcd mode or once the watch ended.
-pub(super) async fn next_event(f: &mut Option<Follower>) -> Option<Event> {
-    match f.as_mut().and_then(|f| f.events.as_mut()) {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+/// The next event of the watch or result of an address check; never outside etcd mode.
+pub(super) async fn next_event(f: &mut Option<Follower>) -> Option<News> {
+    let Some(f) = f.as_mut() else {
+        return std::future::pending().await;
+    };
+    let watch = async {
+        match f.events.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        Some(c) = f.checks.recv() => Some(News::Address(c)),
+        e = watch => e.map(News::Watch),
     }
+}
+
+/// Where a server's connection string connects, one [`rule::Address`] per TCP host
+/// (names as written, `hostaddr` as their address); none for Unix sockets.
+fn configured_addresses(server: &Server) -> Vec<rule::Address> {
+    use tokio_postgres::config::Host;
+    let c = &server.target.config;
+    let ports = c.get_ports();
+    let port = |k: usize| ports.get(k).or(ports.first()).copied().unwrap_or(5432);
+    let addrs = c.get_hostaddrs();
+    let hosts = c.get_hosts();
+    if hosts.is_empty() {
+        return addrs
+            .iter()
+            .enumerate()
+            .map(|(k, ip)| rule::Address {
+                host: ip.to_string(),
+                resolved: vec![*ip],
+                port: port(k),
+            })
+            .collect();
+    }
+    hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(k, h)| match h {
+            Host::Tcp(name) => Some(rule::Address {
+                host: name.clone(),
+                resolved: addrs.get(k).copied().into_iter().collect(),
+                port: port(k),
+            }),
+            Host::Unix(_) => None,
+        })
+        .collect()
+}
+
+/// The addresses `a.host` resolves to, added to it (none when it does not resolve in
+/// time: it is then compared by name).
+async fn resolve(mut a: rule::Address) -> rule::Address {
+    let lookup = tokio::net::lookup_host((a.host.as_str(), a.port));
+    if let Ok(Ok(found)) = tokio::time::timeout(RESOLVE_LIMIT, lookup).await {
+        for ip in found.map(|sa| sa.ip()) {
+            if !a.resolved.contains(&ip) {
+                a.resolved.push(ip);
+            }
+        }
+    }
+    a
 }
 
 impl<C: Console> Daemon<C> {
@@ -78,28 +164,129 @@ impl<C: Console> Daemon<C> {
             Err(e) => {
                 // The files were read when the configuration was; this is a change since.
                 error!(
-                    "etcd mode: cannot start following the leader key: {e}; nothing will be switched until rebouncer is restarted with working etcd settings"
+                    "etcd mode: cannot start following the leader key: {e}; nothing will be switched until a reload or a restart with working etcd settings"
                 );
             }
         }
         self.publish();
     }
 
+    /// The etcd settings changed (a reload): the running watch is stopped and one with
+    /// the new settings started. The policy keeps the key as last heard until the new
+    /// watch reports it (at once when etcd answers, or as unreachable). What the pages
+    /// show of it is kept when the key is the same one (endpoints, credentials, files or
+    /// the members' map changed); the count of lost watches and the last error always.
+    pub(super) fn restart_leader(&mut self) {
+        let Some(mode) = self.cfg.etcd.as_ref() else {
+            return;
+        };
+        let mut f = Follower::new(mode);
+        if let Some(mut old) = self.leader.take() {
+            // Dropping it at the end of this block ends the old watch.
+            let was = std::mem::take(&mut old.view);
+            let fresh = std::mem::take(&mut f.view);
+            f.view = if was.key == fresh.key {
+                LeaderView {
+                    endpoints: fresh.endpoints,
+                    ..was
+                }
+            } else {
+                LeaderView {
+                    watch_lost: was.watch_lost,
+                    last_error: was.last_error,
+                    last_event: was.last_event,
+                    ..fresh
+                }
+            };
+        }
+        self.leader = Some(f);
+        self.start_leader();
+    }
+
+    /// News of the etcd mode.
+    pub(super) async fn on_leader(&mut self, news: News) {
+        match news {
+            News::Watch(event) => self.on_watch(event).await,
+            News::Address(check) => self.on_address_check(check),
+        }
+    }
+
+    /// Compare the leader's advertised address with its server's, off the loop.
+    fn check_address(&self, member: &str, conn_url: Option<&str>, node: NodeId) {
+        let (Some(f), Some(server)) = (self.leader.as_ref(), self.cfg.servers.get(node)) else {
+            return;
+        };
+        let Some(url) = conn_url else {
+            return;
+        };
+        let Some((host, port)) = rule::conn_url_address(url) else {
+            warn!(
+                "Patroni member {member}'s conn_url {url:?} is not a postgres:// URL; its address cannot be compared with server {}'s connection string",
+                server.name
+            );
+            return;
+        };
+        let configured = configured_addresses(server);
+        let (member, name, tx) = (member.to_string(), server.name.clone(), f.checks_tx.clone());
+        tokio::spawn(async move {
+            let advertised = resolve(rule::Address {
+                host,
+                resolved: Vec::new(),
+                port,
+            })
+            .await;
+            let mut ours = Vec::with_capacity(configured.len());
+            for a in configured {
+                ours.push(resolve(a).await);
+            }
+            let mismatch = rule::address_mismatch(&member, &advertised, &name, &ours);
+            let _ = tx.send(AddressCheck { member, mismatch }).await;
+        });
+    }
+
+    /// Say a mismatch once, when it appears (and when it is gone); shown while it lasts.
+    fn on_address_check(&mut self, c: AddressCheck) {
+        let Some(f) = self.leader.as_mut() else {
+            return;
+        };
+        if f.view.leader.as_deref() != Some(c.member.as_str())
+            || f.view.address_mismatch == c.mismatch
+        {
+            return;
+        }
+        match &c.mismatch {
+            Some(m) => {
+                warn!("{m}");
+                view::record_event(&self.status, Kind::State, None, m.clone());
+            }
+            None => info!(
+                "Patroni member {}'s advertised address matches its server's connection string now",
+                c.member
+            ),
+        }
+        f.view.address_mismatch = c.mismatch;
+        self.publish();
+    }
+
     /// One event of the watch: log it, show it, and tell the policy.
-    pub(super) async fn on_leader(&mut self, event: Event) {
+    async fn on_watch(&mut self, event: Event) {
         let active = self.active_name();
         let Some(f) = self.leader.as_mut() else {
             return;
         };
         let now = SystemTime::now();
+        f.view.last_event = Some(now);
+        let mut compare = None;
         let key = match event {
             Event::Leader { member, revision } => {
+                let conn_url = member.as_ref().and_then(|m| m.conn_url.clone());
                 let name = member.map(|m| m.name);
                 // After an outage the same leader is reported again: not a change.
                 let changed = !f.view.heard || f.view.leader != name;
                 let back = f.view.unreachable.is_some();
                 if changed {
                     f.view.changed = Some(now);
+                    f.view.address_mismatch = None;
                     match &name {
                         Some(n) => info!(
                             "Patroni's leader key names {n} (revision {revision}); checking the servers on new connections"
@@ -123,22 +310,22 @@ impl<C: Console> Daemon<C> {
                     };
                     view::record_event(&self.status, Kind::State, name.as_deref(), text);
                 }
-                let server = name.as_deref().map(|n| {
-                    self.cfg
-                        .etcd
-                        .as_ref()
-                        .map_or(n, |m| m.server_for(n))
-                        .to_string()
+                let node = name.as_deref().and_then(|n| {
+                    let server = self.cfg.etcd.as_ref().map_or(n, |m| m.server_for(n));
+                    self.nodes.iter().position(|x| x.name == server)
                 });
-                f.view.server = server.clone();
+                f.view.server = node.map(|i| self.nodes[i].name.clone());
                 f.view.leader = name.clone();
                 f.view.heard = true;
                 f.view.revision = Some(revision);
                 f.view.unreachable = None;
+                if let (Some(n), Some(i)) = (&name, node) {
+                    compare = Some((n.clone(), conn_url, i));
+                }
                 match name {
                     Some(member) => Key::Names {
                         member,
-                        server: server.and_then(|s| self.nodes.iter().position(|n| n.name == s)),
+                        server: node,
                     },
                     None => Key::Deleted,
                 }
@@ -147,12 +334,17 @@ impl<C: Console> Daemon<C> {
                 warn!(
                     "etcd unreachable: {reason}; nothing is switched until it answers again, PgBouncer stays on {active}"
                 );
+                f.view.watch_lost += 1;
+                f.view.last_error = Some((now, reason.clone()));
                 f.view.unreachable = Some((now, reason));
                 Key::Unreachable
             }
         };
         self.publish();
         self.feed(Input::Leader(key)).await;
+        if let Some((member, url, node)) = compare {
+            self.check_address(&member, url.as_deref(), node);
+        }
     }
 
     /// Say why nothing is switched, now that it changed (see [`Command::LeaderHeld`]).

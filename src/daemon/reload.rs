@@ -10,13 +10,13 @@ impl<C: Console> Daemon<C> {
     pub(super) async fn reload(&mut self, r: Reload) {
         match r.config {
             Err(e) => self.reload_refused(e.to_string()),
-            Ok(new) => {
-                let plan = reload_plan::plan(&self.cfg, new);
-                match node_files_readable(&plan.must_read, &self.cfg.configdir).await {
+            Ok(new) => match reload_plan::plan(&self.cfg, new) {
+                Err(e) => self.reload_refused(e),
+                Ok(plan) => match node_files_readable(&plan.must_read, &self.cfg.configdir).await {
                     Err(e) => self.reload_refused(e),
                     Ok(()) => self.apply_reload(plan).await,
-                }
-            }
+                },
+            },
         }
         if let Some(done) = r.done {
             let _ = done.send(());
@@ -49,6 +49,7 @@ impl<C: Console> Daemon<C> {
             new_console,
             removed,
             must_read: _,
+            new_watch,
         } = plan;
         // A hold waits for its lost master to come back; one that is no longer
         // configured never will: its clients are let go first (through the console they
@@ -132,6 +133,9 @@ impl<C: Console> Daemon<C> {
         }
         self.cfg = new;
         self.state.bound_writes(self.cfg.timeout);
+        if new_watch {
+            self.restart_leader();
+        }
         self.feed(Input::Reloaded {
             from,
             old_count,

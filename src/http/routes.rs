@@ -100,7 +100,7 @@ async fn root(State(s): State<watch::Receiver<Snapshot>>, req: Request<Body>) ->
 async fn nodes(State(s): State<watch::Receiver<Snapshot>>, req: Request<Body>) -> Response<Body> {
     match format(req.uri(), req.headers()) {
         Format::Text => text::nodes(&s.borrow()).into_response(),
-        Format::Json => json_response(json::nodes(&s.borrow())),
+        Format::Json => json_response(json::nodes(&s.borrow(), SystemTime::now())),
     }
 }
 

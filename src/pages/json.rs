@@ -2,26 +2,97 @@
 //! as serde writes them, arranged into one document each. Field names and order are a
 //! contract with monitoring; the README shows an example of each.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
 use crate::events::{CAPACITY, Events};
 use crate::json_format::{self, to_document};
 use crate::pages::nagios;
+use crate::policy::leader::LeaderView;
 use crate::view::{
     Drift, Level, NodeStatus, PausedDatabase, Phase, RoundStats, Snapshot, StalePrimary,
     SwitchFailure,
 };
 
 /// `/nodes` as JSON: every node in file order, the unchecked ones with `"state": null`.
+/// In etcd mode the leader key too: which of these servers Patroni says leads is what a
+/// script reading the list wants next to it.
 #[derive(Serialize)]
 struct NodesPage<'a> {
     nodes: &'a [NodeStatus],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd: Option<EtcdPage<'a>>,
 }
 
-pub fn nodes(s: &Snapshot) -> String {
-    to_document(&NodesPage { nodes: &s.nodes })
+pub fn nodes(s: &Snapshot, now: SystemTime) -> String {
+    to_document(&NodesPage {
+        nodes: &s.nodes,
+        etcd: s.etcd.as_ref().map(|v| EtcdPage::of(v, now)),
+    })
+}
+
+/// The etcd mode (present only in it, so the polling mode's documents stay as they
+/// were): Patroni's leader key as last heard and the watch that follows it.
+#[derive(Serialize)]
+struct EtcdPage<'a> {
+    /// `<namespace>/<scope>/leader`.
+    key: &'a str,
+    endpoints: &'a [String],
+    /// The watch is in place (the key heard, etcd not lost since).
+    connected: bool,
+    /// The key was heard at least once; with `leader: null` it means Patroni has no leader.
+    heard: bool,
+    /// The member the key names, and the `[servers]` entry it maps to.
+    leader: Option<&'a str>,
+    server: Option<&'a str>,
+    revision: Option<i64>,
+    /// When the key last changed, as rebouncer saw it.
+    #[serde(serialize_with = "json_format::opt_time")]
+    changed: Option<SystemTime>,
+    /// When the watch last reported anything; the key is not rewritten while its leader
+    /// holds it, so a settled cluster has an old one.
+    #[serde(serialize_with = "json_format::opt_time")]
+    last_event: Option<SystemTime>,
+    #[serde(serialize_with = "json_format::opt_seconds")]
+    last_event_age_seconds: Option<Duration>,
+    #[serde(serialize_with = "json_format::opt_time")]
+    unreachable_since: Option<SystemTime>,
+    /// Why etcd was last lost, kept after it answers again.
+    last_error: Option<&'a str>,
+    #[serde(serialize_with = "json_format::opt_time")]
+    last_error_time: Option<SystemTime>,
+    watch_lost: u64,
+    /// Why nothing is switched, while something is held.
+    held: Option<&'a str>,
+    /// The leader's member record advertises another address than its server's
+    /// connection string: the words for it.
+    address_mismatch: Option<&'a str>,
+}
+
+impl<'a> EtcdPage<'a> {
+    fn of(v: &'a LeaderView, now: SystemTime) -> EtcdPage<'a> {
+        EtcdPage {
+            key: &v.key,
+            endpoints: &v.endpoints,
+            connected: v.connected(),
+            heard: v.heard,
+            leader: v.leader.as_deref(),
+            server: v.server.as_deref(),
+            revision: v.revision,
+            changed: v.changed,
+            last_event: v.last_event,
+            last_event_age_seconds: v
+                .last_event
+                .map(|t| now.duration_since(t).unwrap_or_default()),
+            unreachable_since: v.unreachable.as_ref().map(|(t, _)| *t),
+            last_error: v.last_error.as_ref().map(|(_, e)| e.as_str()),
+            last_error_time: v.last_error.as_ref().map(|(t, _)| *t),
+            watch_lost: v.watch_lost,
+            held: v.held.as_deref(),
+            address_mismatch: v.address_mismatch.as_deref(),
+        }
+    }
 }
 
 /// `/events`: every event kept, oldest first.
@@ -65,6 +136,8 @@ struct RootPage<'a> {
     config_warnings: &'a [String],
     last_reload: Option<LastReload<'a>>,
     log: LogPage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd: Option<EtcdPage<'a>>,
     nodes: &'a [NodeStatus],
     #[serde(serialize_with = "recent_events")]
     recent_events: &'a Snapshot,
@@ -165,6 +238,7 @@ pub fn root(s: &Snapshot, now: SystemTime) -> String {
                 last_dropped: d.last,
             }
         },
+        etcd: s.etcd.as_ref().map(|v| EtcdPage::of(v, now)),
         nodes: &s.nodes,
         recent_events: s,
     })
@@ -317,7 +391,7 @@ mod tests {
             for ms in [61_000, 400_000] {
                 now_docs.push((format!("{name} root {ms}"), root(&s, t(ms))));
             }
-            now_docs.push((format!("{name} nodes"), nodes(&s)));
+            now_docs.push((format!("{name} nodes"), nodes(&s, t(61_000))));
             now_docs.push((format!("{name} events"), events(&s)));
         }
         let mut w = Snapshot::new(&["n".to_string()], Duration::from_secs(1), "x:1".into());
@@ -410,7 +484,7 @@ mod tests {
     fn the_nodes_page_escapes_errors_and_lists_unchecked_nodes() {
         let mut s = split();
         s.nodes[1].error = Some("FATAL:  role \"x\"\ndoes not exist".into());
-        let doc = nodes(&s);
+        let doc = nodes(&s, t(61_000));
         let j = parse(&doc);
         let n = j["nodes"].as_array().unwrap();
         assert_eq!(n.len(), 3);
@@ -469,5 +543,103 @@ mod tests {
         assert_eq!(j["events"][0]["kind"], "switch");
         assert_eq!(j["events"][0]["since_needed_seconds"], 1.0);
         assert_eq!(j["events"][1]["node"], Value::Null);
+    }
+
+    /// The etcd mode as the pages see it: pg2 leads (revision 41, heard 60 s after start),
+    /// etcd lost once before.
+    fn following() -> Snapshot {
+        let mut s = split();
+        s.etcd = Some(LeaderView {
+            key: "/service/main/leader".into(),
+            leader: Some("pg-b".into()),
+            server: Some("b".into()),
+            heard: true,
+            revision: Some(41),
+            changed: Some(t(60_000)),
+            endpoints: vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()],
+            last_event: Some(t(90_000)),
+            last_error: Some((t(80_000), "connection refused".into())),
+            watch_lost: 1,
+            ..LeaderView::default()
+        });
+        s
+    }
+
+    #[test]
+    fn in_etcd_mode_the_root_and_nodes_pages_carry_the_leader_key() {
+        let s = following();
+        let want = json!({
+            "key": "/service/main/leader",
+            "endpoints": ["http://10.0.0.1:2379", "http://10.0.0.2:2379"],
+            "connected": true,
+            "heard": true,
+            "leader": "pg-b",
+            "server": "b",
+            "revision": 41,
+            "changed": "2025-12-03T08:01:00.000Z",
+            "last_event": "2025-12-03T08:01:30.000Z",
+            "last_event_age_seconds": 2.5,
+            "unreachable_since": null,
+            "last_error": "connection refused",
+            "last_error_time": "2025-12-03T08:01:20.000Z",
+            "watch_lost": 1,
+            "held": null,
+            "address_mismatch": null
+        });
+        let j = parse(&root(&s, t(92_500)));
+        assert_eq!(j["etcd"], want);
+        let j = parse(&nodes(&s, t(92_500)));
+        assert_eq!(j["etcd"], want);
+        assert_eq!(j["nodes"].as_array().unwrap().len(), 3);
+
+        // etcd lost now: not connected, since when, and why nothing is switched.
+        let mut s = following();
+        let v = s.etcd.as_mut().unwrap();
+        v.unreachable = Some((t(95_000), "timed out".into()));
+        v.last_error = v.unreachable.clone();
+        v.last_event = Some(t(95_000));
+        v.watch_lost = 2;
+        v.held = Some("etcd unreachable: nothing is switched until it is back".into());
+        v.address_mismatch = Some("Patroni member pg-b advertises 10.0.0.13:5432".into());
+        let j = parse(&root(&s, t(100_000)));
+        let e = &j["etcd"];
+        assert_eq!(e["connected"], false);
+        assert_eq!(e["unreachable_since"], "2025-12-03T08:01:35.000Z");
+        assert_eq!(e["last_error"], "timed out");
+        assert_eq!(e["watch_lost"], 2);
+        assert_eq!(e["last_event_age_seconds"], 5.0);
+        assert_eq!(e["leader"], "pg-b", "the last known leader stays");
+        assert_eq!(
+            e["held"],
+            "etcd unreachable: nothing is switched until it is back"
+        );
+        assert_eq!(
+            e["address_mismatch"],
+            "Patroni member pg-b advertises 10.0.0.13:5432"
+        );
+
+        // Not heard yet: no leader, not connected.
+        let mut s = split();
+        s.etcd = Some(LeaderView {
+            key: "/service/main/leader".into(),
+            ..LeaderView::default()
+        });
+        let e = &parse(&root(&s, t(1_000)))["etcd"];
+        assert_eq!(
+            (
+                &e["connected"],
+                &e["heard"],
+                &e["leader"],
+                &e["last_event_age_seconds"]
+            ),
+            (&json!(false), &json!(false), &Value::Null, &Value::Null)
+        );
+    }
+
+    #[test]
+    fn in_polling_mode_there_is_no_etcd_key() {
+        let s = split();
+        assert_eq!(parse(&root(&s, t(1_000))).get("etcd"), None);
+        assert_eq!(parse(&nodes(&s, t(1_000))).get("etcd"), None);
     }
 }

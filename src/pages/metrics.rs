@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use crate::counters::{BUCKETS, FAILURE_REASONS, SwitchReason};
 use crate::decide::NodeState;
+use crate::policy::leader::LeaderView;
 use crate::view::{Phase, Snapshot};
 
 /// Label values: backslash, double quote and line feed escaped (the format's rules).
@@ -405,6 +406,10 @@ pub fn render(s: &Snapshot) -> String {
         flag(s.state_error.is_none()),
     );
 
+    if let Some(v) = &s.etcd {
+        etcd(&mut o, v);
+    }
+
     // The log itself: the one place that cannot say it lost lines.
     o.family(
         "rebouncer_log_lines_dropped_total",
@@ -417,6 +422,59 @@ pub fn render(s: &Snapshot) -> String {
         s.log_drops.read().lines,
     );
     o.0
+}
+
+/// The etcd mode's families, written only in that mode: in polling mode there is no watch
+/// whose absence an alert should see.
+fn etcd(o: &mut Out, v: &LeaderView) {
+    o.gauge(
+        "rebouncer_etcd_connected",
+        "1 while the watch of Patroni's leader key is in place; 0 before etcd was first heard and while it cannot be (nothing is switched then).",
+        flag(v.connected()),
+    );
+    o.family(
+        "rebouncer_etcd_watch_lost_total",
+        "counter",
+        "Times the watch of the leader key was lost since start (etcd refused, timed out or went silent); rebouncer reconnects after each.",
+    );
+    o.sample("rebouncer_etcd_watch_lost_total", &[], v.watch_lost);
+    o.family(
+        "rebouncer_etcd_last_event_timestamp_seconds",
+        "gauge",
+        "When the watch last reported the key or its loss, in seconds since the Unix epoch; absent until it has. A leader holding the key does not rewrite it, so this ages in a settled cluster.",
+    );
+    if let Some(t) = v.last_event {
+        o.sample("rebouncer_etcd_last_event_timestamp_seconds", &[], unix(t));
+    }
+    o.family(
+        "rebouncer_etcd_leader_change_timestamp_seconds",
+        "gauge",
+        "When the leader key last changed as rebouncer saw it, in seconds since the Unix epoch; absent until it has been heard.",
+    );
+    if let Some(t) = v.changed {
+        o.sample(
+            "rebouncer_etcd_leader_change_timestamp_seconds",
+            &[],
+            unix(t),
+        );
+    }
+    o.gauge(
+        "rebouncer_etcd_leader_address_mismatch",
+        "1 while the leader's member record in etcd (conn_url) advertises another host or port than its [servers] entry's connection string: etcd_members or that connection string is wrong.",
+        flag(v.address_mismatch.is_some()),
+    );
+    o.family(
+        "rebouncer_etcd_leader_info",
+        "gauge",
+        "Always 1; the member Patroni's leader key names, as last heard, and the [servers] entry it maps to (empty when none) in its labels. Absent while the key is absent (Patroni has no leader) or not heard yet.",
+    );
+    if let Some(m) = &v.leader {
+        o.sample(
+            "rebouncer_etcd_leader_info",
+            &[("member", m), ("node", v.server.as_deref().unwrap_or(""))],
+            1,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -651,5 +709,86 @@ mod tests {
         );
         assert!(!m.contains("rebouncer_pgbouncer_target_info{"), "{m}");
         assert_eq!(value(&m, "rebouncer_no_master"), Some("1".into()));
+    }
+
+    #[test]
+    fn the_etcd_families_only_in_etcd_mode() {
+        use crate::policy::leader::LeaderView;
+        let mut s = snap(
+            &[("pg1", Some(Master)), ("pg2", Some(Standby))],
+            Some("pg1"),
+        );
+        let m = render(&s);
+        assert!(!m.contains("rebouncer_etcd"), "{m}");
+
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        s.etcd = Some(LeaderView {
+            key: "/service/main/leader".into(),
+            ..LeaderView::default()
+        });
+        let m = render(&s);
+        assert_eq!(value(&m, "rebouncer_etcd_connected"), Some("0".into()));
+        assert_eq!(
+            value(&m, "rebouncer_etcd_watch_lost_total"),
+            Some("0".into())
+        );
+        assert!(m.contains("# TYPE rebouncer_etcd_watch_lost_total counter\n"));
+        assert_eq!(
+            value(&m, "rebouncer_etcd_last_event_timestamp_seconds"),
+            None
+        );
+        assert!(!m.contains("rebouncer_etcd_leader_info{"), "{m}");
+
+        let v = s.etcd.as_mut().unwrap();
+        v.heard = true;
+        v.leader = Some("pg-a".into());
+        v.server = Some("pg1".into());
+        v.changed = Some(at(1_000));
+        v.last_event = Some(at(1_500));
+        v.watch_lost = 3;
+        let m = render(&s);
+        assert_eq!(value(&m, "rebouncer_etcd_connected"), Some("1".into()));
+        assert_eq!(
+            value(&m, "rebouncer_etcd_watch_lost_total"),
+            Some("3".into())
+        );
+        assert_eq!(
+            value(&m, "rebouncer_etcd_last_event_timestamp_seconds"),
+            Some("1500".into())
+        );
+        assert_eq!(
+            value(&m, "rebouncer_etcd_leader_change_timestamp_seconds"),
+            Some("1000".into())
+        );
+        assert_eq!(
+            value(
+                &m,
+                r#"rebouncer_etcd_leader_info{member="pg-a",node="pg1"}"#
+            ),
+            Some("1".into())
+        );
+
+        // etcd lost: the last known leader stays in the info, the watch is not connected.
+        let v = s.etcd.as_mut().unwrap();
+        v.unreachable = Some((at(2_000), "timed out".into()));
+        v.server = None;
+        let m = render(&s);
+        assert_eq!(value(&m, "rebouncer_etcd_connected"), Some("0".into()));
+        assert_eq!(
+            value(&m, r#"rebouncer_etcd_leader_info{member="pg-a",node=""}"#),
+            Some("1".into())
+        );
+        assert_eq!(
+            value(&m, "rebouncer_etcd_leader_address_mismatch"),
+            Some("0".into())
+        );
+        s.etcd.as_mut().unwrap().address_mismatch = Some("pg-a advertises x:1".into());
+        assert_eq!(
+            value(&render(&s), "rebouncer_etcd_leader_address_mismatch"),
+            Some("1".into())
+        );
+        // Patroni has no leader: no info series.
+        s.etcd.as_mut().unwrap().leader = None;
+        assert!(!render(&s).contains("rebouncer_etcd_leader_info{"));
     }
 }

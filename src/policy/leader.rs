@@ -281,6 +281,24 @@ pub struct LeaderView {
     pub held: Option<String>,
     /// Nothing is switched for a reason an operator must act on or wait out.
     pub held_level: Option<Level>,
+    /// The etcd endpoints the watch tries, in turn.
+    pub endpoints: Vec<String>,
+    /// When the watch last reported anything (the key, or etcd lost).
+    pub last_event: Option<SystemTime>,
+    /// The last time etcd could not be heard, and why; kept after it answers again.
+    pub last_error: Option<(SystemTime, String)>,
+    /// How many times the watch was lost since start (each followed by reconnections).
+    pub watch_lost: u64,
+    /// The leader's member record advertises another address than its server's
+    /// connection string (see [`address_mismatch`]): the words for it.
+    pub address_mismatch: Option<String>,
+}
+
+impl LeaderView {
+    /// The watch is in place: the key was heard and etcd has not been lost since.
+    pub fn connected(&self) -> bool {
+        self.heard && self.unreachable.is_none()
+    }
 }
 
 /// "Patroni's leader key names pg2 (revision 41, 3 s ago)", or what stands in for it.
@@ -321,6 +339,88 @@ pub fn describe(v: &LeaderView, now: SystemTime) -> String {
         ));
     }
     s
+}
+
+/// Where a Patroni member says its PostgreSQL listens: host and port of `conn_url`
+/// (`postgres://[user[:password]@]host[:port][/db][?options]`, port 5432 when left out).
+/// None when it is not such a URL.
+pub fn conn_url_address(url: &str) -> Option<(String, u16)> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => 5432,
+    };
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// One place a connection string or a `conn_url` points at: the name as written, the
+/// addresses it resolved to (empty when it was not resolved), the port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    pub host: String,
+    pub resolved: Vec<std::net::IpAddr>,
+    pub port: u16,
+}
+
+impl Address {
+    fn same_place(&self, other: &Address) -> bool {
+        if self.port != other.port {
+            return false;
+        }
+        let names = |a: &Address| {
+            let mut v: Vec<String> = a.resolved.iter().map(|ip| ip.to_string()).collect();
+            v.push(a.host.to_ascii_lowercase());
+            v
+        };
+        let mine = names(self);
+        names(other).iter().any(|n| mine.contains(n))
+    }
+}
+
+/// The leader's member record says its PostgreSQL listens at `advertised`, and rebouncer
+/// reaches its `[servers]` entry `server` at `configured` (one per host of the connection
+/// string): when no host of the server is the advertised one on the same port (by name or
+/// by a resolved address), the words for it. A mismatch means `etcd_members` (or the
+/// server's connection string) is wrong, and rebouncer could route PgBouncer to another
+/// server than the one Patroni promoted. `configured` empty (a Unix socket): nothing to
+/// compare, no mismatch.
+pub fn address_mismatch(
+    member: &str,
+    advertised: &Address,
+    server: &str,
+    configured: &[Address],
+) -> Option<String> {
+    if configured.is_empty() || configured.iter().any(|c| c.same_place(advertised)) {
+        return None;
+    }
+    let at = |a: &Address| {
+        if a.host.contains(':') {
+            format!("[{}]:{}", a.host, a.port)
+        } else {
+            format!("{}:{}", a.host, a.port)
+        }
+    };
+    let ours: Vec<String> = configured.iter().map(at).collect();
+    Some(format!(
+        "Patroni member {member} advertises {} (conn_url in its member record), but its server {server} in [servers] \
+         connects to {}: check etcd_members and {server}'s connection string, or rebouncer may route PgBouncer to the \
+         wrong server",
+        at(advertised),
+        ours.join(", ")
+    ))
 }
 
 /// The words for a [`Held`], and how serious it is, given how the servers look:
@@ -381,6 +481,11 @@ pub fn nagios(
     now: SystemTime,
 ) -> (Level, String) {
     let (level, text) = base;
+    // A wrong map is worth saying whatever else is.
+    let (level, text) = match &v.address_mismatch {
+        Some(m) => (worse(level, Level::Warning), format!("{m}; {text}")),
+        None => (level, text),
+    };
     if let Some((since, why)) = &v.unreachable {
         let last = v.leader.as_deref().unwrap_or("none");
         let level = if routed {
@@ -632,6 +737,134 @@ mod tests {
         assert_eq!(
             nagios(&v, (Level::Ok, "fine".into()), true, now),
             (Level::Ok, "fine".into())
+        );
+    }
+}
+
+/// The leader's advertised address against its server's (separate from the rule's tests).
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn addr(host: &str, resolved: &[&str], port: u16) -> Address {
+        Address {
+            host: host.into(),
+            resolved: resolved
+                .iter()
+                .map(|r| r.parse::<IpAddr>().unwrap())
+                .collect(),
+            port,
+        }
+    }
+
+    #[test]
+    fn conn_urls_as_patroni_writes_them() {
+        let a = |u: &str| conn_url_address(u);
+        assert_eq!(
+            a("postgres://10.0.0.12:5433/postgres"),
+            Some(("10.0.0.12".into(), 5433))
+        );
+        assert_eq!(
+            a("postgresql://db2.example/postgres"),
+            Some(("db2.example".into(), 5432))
+        );
+        assert_eq!(
+            a("postgres://u:p@w@[::1]:6000/x?sslmode=require"),
+            Some(("::1".into(), 6000))
+        );
+        assert_eq!(a("postgres://h:5432"), Some(("h".into(), 5432)));
+        assert_eq!(a("http://h:5432/"), None);
+        assert_eq!(a("postgres://:5432/x"), None);
+        assert_eq!(a("postgres://h:port/x"), None);
+    }
+
+    #[test]
+    fn the_same_place_by_name_or_by_address_is_no_mismatch() {
+        let ours = [addr("db2.example", &["10.0.0.12"], 5432)];
+        assert_eq!(
+            address_mismatch(
+                "pg-b",
+                &addr("10.0.0.12", &["10.0.0.12"], 5432),
+                "db2",
+                &ours
+            ),
+            None
+        );
+        assert_eq!(
+            address_mismatch("pg-b", &addr("DB2.example", &[], 5432), "db2", &ours),
+            None
+        );
+        // One of the hosts of a multi-host connection string is enough.
+        let two = [addr("10.0.0.11", &[], 5432), addr("10.0.0.12", &[], 5432)];
+        assert_eq!(
+            address_mismatch("pg-b", &addr("10.0.0.12", &[], 5432), "db2", &two),
+            None
+        );
+        // A Unix socket cannot be compared.
+        assert_eq!(
+            address_mismatch("pg-b", &addr("10.0.0.99", &[], 5432), "db2", &[]),
+            None
+        );
+    }
+
+    #[test]
+    fn another_host_or_port_is_a_mismatch_naming_both() {
+        let ours = [addr("db2.example", &["10.0.0.12"], 5432)];
+        let m = address_mismatch(
+            "pg-b",
+            &addr("10.0.0.13", &["10.0.0.13"], 5432),
+            "db2",
+            &ours,
+        );
+        assert_eq!(
+            m.as_deref(),
+            Some(
+                "Patroni member pg-b advertises 10.0.0.13:5432 (conn_url in its member record), but its server db2 \
+                 in [servers] connects to db2.example:5432: check etcd_members and db2's connection string, or \
+                 rebouncer may route PgBouncer to the wrong server"
+            )
+        );
+        let m = address_mismatch("pg-b", &addr("10.0.0.12", &[], 5433), "db2", &ours).unwrap();
+        assert!(
+            m.contains("advertises 10.0.0.12:5433") && m.contains("connects to db2.example:5432"),
+            "{m}"
+        );
+        let m = address_mismatch(
+            "pg-b",
+            &addr("::1", &[], 5432),
+            "db2",
+            &[addr("::2", &[], 5432)],
+        )
+        .unwrap();
+        assert!(
+            m.contains("advertises [::1]:5432") && m.contains("connects to [::2]:5432"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn nagios_warns_about_a_mismatch_whatever_else_it_says() {
+        let now = SystemTime::UNIX_EPOCH;
+        let mut v = LeaderView {
+            key: "/service/main/leader".into(),
+            leader: Some("pg-b".into()),
+            heard: true,
+            address_mismatch: Some("Patroni member pg-b advertises 10.0.0.13:5432".into()),
+            ..LeaderView::default()
+        };
+        let (l, t) = nagios(&v, (Level::Ok, "1 master (db2)".into()), true, now);
+        assert_eq!(l, Level::Warning);
+        assert_eq!(
+            t,
+            "Patroni member pg-b advertises 10.0.0.13:5432; 1 master (db2)"
+        );
+        let (l, _) = nagios(&v, (Level::Critical, "no master".into()), false, now);
+        assert_eq!(l, Level::Critical);
+        v.address_mismatch = None;
+        assert_eq!(
+            nagios(&v, (Level::Ok, "1 master (db2)".into()), true, now).0,
+            Level::Ok
         );
     }
 }

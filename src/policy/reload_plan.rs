@@ -25,11 +25,33 @@ pub struct ReloadPlan {
     /// Node files of a kept `configdir` that must be readable before the plan applies
     /// (server name, file).
     pub must_read: Vec<(String, PathBuf)>,
+    /// etcd mode: settings of the watch changed; the running watch is stopped and one
+    /// with the new settings started.
+    pub new_watch: bool,
+}
+
+/// The etcd mode cannot be turned on or off by a reload: the checks, the connections
+/// kept and the schedule of the rounds are all the mode's. Refused whole, with the file
+/// and line to look at.
+fn mode_switch(old: &Config, new: &Config) -> Result<(), String> {
+    let file = new.file.display();
+    match (&old.etcd, &new.etcd) {
+        (None, Some(m)) => Err(format!(
+            "{file}:{}: etcd_endpoints is set, but rebouncer runs in polling mode: turning the etcd mode on takes a restart (systemctl restart rebouncer); nothing of this reload is applied",
+            m.line
+        )),
+        (Some(_), None) => Err(format!(
+            "{file}: etcd_endpoints is gone, but rebouncer follows Patroni's leader key in etcd: turning the etcd mode off takes a restart (systemctl restart rebouncer); nothing of this reload is applied"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// What a valid new configuration changes, and the configuration as it will run:
-/// the settings that cannot change live keep their running values.
-pub fn plan(old: &Config, mut new: Config) -> ReloadPlan {
+/// the settings that cannot change live keep their running values. Refused (why, in one
+/// line) when it turns the etcd mode on or off.
+pub fn plan(old: &Config, mut new: Config) -> Result<ReloadPlan, String> {
+    mode_switch(old, &new)?;
     let mut not_applied = Vec::new();
     let mut must_read = Vec::new();
     if new.symlink != old.symlink {
@@ -143,7 +165,18 @@ pub fn plan(old: &Config, mut new: Config) -> ReloadPlan {
     if restart_all && !new.servers.is_empty() {
         changes.push("every monitor restarted (timeout or keep_connections)".to_string());
     }
-    ReloadPlan {
+    let etcd = match (&old.etcd, &new.etcd) {
+        (Some(was), Some(now)) => now.changes_from(was),
+        _ => Vec::new(),
+    };
+    let new_watch = !etcd.is_empty();
+    changes.extend(etcd);
+    if new_watch {
+        changes.push(
+            "the watch of Patroni's leader key restarted with the new etcd settings".to_string(),
+        );
+    }
+    Ok(ReloadPlan {
         new,
         changes,
         not_applied,
@@ -151,7 +184,8 @@ pub fn plan(old: &Config, mut new: Config) -> ReloadPlan {
         new_console,
         removed,
         must_read,
-    }
+        new_watch,
+    })
 }
 
 #[cfg(test)]
@@ -195,7 +229,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let old = load(d.path(), "", &[("pg1", 5431), ("pg2", 5432), ("pg3", 5433)]);
         let new = load(d.path(), "", &[("pg1", 5431), ("pg2", 6000), ("pg4", 5434)]);
-        let p = plan(&old, new);
+        let p = plan(&old, new).unwrap();
         assert_eq!(
             p.changes,
             [
@@ -213,7 +247,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let old = load(d.path(), "", &[("pg1", 5431), ("pg2", 5432)]);
         let new = load(d.path(), "timeout=4\n", &[("pg2", 5432), ("pg1", 5431)]);
-        let p = plan(&old, new);
+        let p = plan(&old, new).unwrap();
         assert!(p.restart_all);
         assert!(
             p.changes.contains(&"servers reordered".to_string()),
@@ -238,7 +272,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let old = load(d.path(), "", &[("pg1", 5431), ("pg2", 5432), ("pg3", 5433)]);
         let new = load(d.path(), "", &[("pg1", 5431), ("pg2", 5432)]);
-        assert_eq!(plan(&old, new).changes, ["server(s) pg3 removed"]);
+        assert_eq!(plan(&old, new).unwrap().changes, ["server(s) pg3 removed"]);
     }
 
     #[test]
@@ -247,7 +281,7 @@ mod tests {
         let old = load(d.path(), "", &[("pg1", 5431)]);
         let other = tempfile::tempdir().unwrap();
         let new = load(other.path(), "", &[("pg1", 5431)]);
-        let p = plan(&old, new);
+        let p = plan(&old, new).unwrap();
         assert_eq!(p.new.symlink, old.symlink);
         assert_eq!(p.new.configdir, old.configdir);
         assert_eq!(p.new.state_file, old.state_file);
@@ -256,6 +290,86 @@ mod tests {
             p.must_read,
             [("pg1".to_string(), old.configdir.join("pg1.ini"))],
             "the kept directory's node file must be readable"
+        );
+    }
+
+    const ETCD: &str = "etcd_endpoints=http://10.0.0.1:2379\netcd_scope=main\n";
+
+    #[test]
+    fn changed_etcd_settings_start_a_new_watch_and_name_what_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let servers = [("pg1", 5431), ("pg2", 5432)];
+        let old = load(d.path(), ETCD, &servers);
+        let same = load(d.path(), ETCD, &servers);
+        let p = plan(&old, same).unwrap();
+        assert!(!p.new_watch, "{:?}", p.changes);
+        assert!(p.changes.is_empty(), "{:?}", p.changes);
+
+        let new = load(
+            d.path(),
+            "etcd_endpoints=http://10.0.0.2:2379,http://10.0.0.3:2379\netcd_scope=other\n\
+             etcd_members=pg-a:pg1\netcd_user=rb\netcd_password=s3cret\netcd_timeout=1\n",
+            &servers,
+        );
+        let p = plan(&old, new).unwrap();
+        assert!(p.new_watch);
+        assert_eq!(
+            p.changes,
+            [
+                "etcd_endpoints http://10.0.0.1:2379 -> http://10.0.0.2:2379,http://10.0.0.3:2379",
+                "etcd_scope main -> other",
+                "etcd_members (same names) -> pg-a:pg1",
+                "etcd_user (none) -> rb",
+                "etcd_timeout 2 s -> 1 s",
+                "the watch of Patroni's leader key restarted with the new etcd settings",
+            ]
+        );
+        assert!(p.new.etcd.is_some());
+        // Neither the monitors nor the console are touched by it.
+        assert!(!p.restart_all && !p.new_console);
+
+        // A new password alone is a change, named without its value.
+        let with_user = |pw: &str| {
+            load(
+                d.path(),
+                &format!("{ETCD}etcd_user=rb\netcd_password={pw}\n"),
+                &servers,
+            )
+        };
+        let p = plan(&with_user("one"), with_user("two")).unwrap();
+        assert!(p.new_watch);
+        assert_eq!(p.changes[0], "etcd_password changed");
+        assert!(
+            !p.changes.iter().any(|c| c.contains("two")),
+            "{:?}",
+            p.changes
+        );
+    }
+
+    #[test]
+    fn turning_the_etcd_mode_on_or_off_is_refused_with_the_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let servers = [("pg1", 5431)];
+        let polling = load(d.path(), "", &servers);
+        let etcd = load(d.path(), &format!("interval=5\n{ETCD}"), &servers);
+        let file = d.path().join("rebouncer.ini").display().to_string();
+        let e = plan(&polling, etcd).unwrap_err();
+        // [global] is line 1, then pgbouncer, symlink, configdir, state_file, interval.
+        assert!(
+            e.starts_with(&format!(
+                "{file}:7: etcd_endpoints is set, but rebouncer runs in polling mode: turning the etcd mode on takes a restart"
+            )),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let etcd = load(d.path(), ETCD, &servers);
+        let polling = load(d.path(), "", &servers);
+        let e = plan(&etcd, polling).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "{file}: etcd_endpoints is gone, but rebouncer follows Patroni's leader key in etcd: turning the etcd mode off takes a restart"
+            )),
+            "{e}"
         );
     }
 }
