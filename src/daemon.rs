@@ -50,8 +50,6 @@ mod say;
 
 use monitor::{Report, Request, run_monitor};
 
-/// How often PgBouncer's admin console is tried at start-up until it answers.
-const PGBOUNCER_RETRY: Duration = Duration::from_secs(5);
 /// How often a lasting condition is logged again.
 const REMINDER_EVERY: Duration = Duration::from_secs(60);
 
@@ -253,58 +251,13 @@ impl<C: Console> Daemon<C> {
         *self.shutdown.borrow()
     }
 
-    /// Run until shutdown is requested. A switch in progress always finishes first.
+    /// Run until shutdown is requested. A switch in progress always finishes first. The
+    /// start-up's steps and their order are the policy's (`policy/machine/start.rs`).
     pub async fn run(mut self) {
-        for stale in switch::remove_stale_temp_links(&self.cfg.symlink) {
-            info!(
-                "removed {}, left behind by a rebouncer stopped in the middle of a switch",
-                stale.display()
-            );
-        }
-        let linked = self.node_behind_symlink().await;
-        self.policy.start(linked);
-        match linked {
-            Some(n) => info!(
-                "PgBouncer's config {} points at node {}; it will be confirmed after the first round",
-                self.cfg.symlink.display(),
-                self.nodes[n].name
-            ),
-            None => info!(
-                "PgBouncer's config {} does not point at any node's config yet",
-                self.cfg.symlink.display()
-            ),
-        }
-        let remembered: Vec<String> = self
-            .policy
-            .memory()
-            .timelines
-            .iter()
-            .map(|h| format!("timeline {}", h.timeline))
-            .collect();
-        if !remembered.is_empty() {
-            info!(
-                "state file {}: the cluster has reached {}; a master on a lower timeline is a stale primary",
-                self.state.path().display(),
-                remembered.join(", ")
-            );
-        }
-        if self.cfg.pause_on_failover {
-            // A pause must be on disk before it is made: find out now whether it can be,
-            // not at the first failover.
-            let _ = self.state.rewrite().await;
-            let error = self.state_error();
-            self.feed(Input::Written { error }).await;
-        }
-        self.publish();
-        if !self.wait_for_pgbouncer().await {
-            return;
-        }
-        self.finish_what_the_last_run_left().await;
-        self.state_file_written();
-        self.start_leader();
-        self.check_pause_settings().await;
-        self.policy.start_polling(Instant::now().into_std());
+        self.feed(Input::Start).await;
         loop {
+            let polling = self.policy.polling();
+            let next_ping = self.policy.next_ping().map(Instant::from_std);
             let next_round = Instant::from_std(self.policy.next_round());
             let next_beat = Instant::from_std(self.policy.next_heartbeat());
             let hold_deadline = self.policy.hold_deadline().map(Instant::from_std);
@@ -315,6 +268,9 @@ impl<C: Console> Daemon<C> {
                     self.feed(Input::HoldDeadline).await;
                 }
                 Some(reload) = next_reload(&mut self.reloads) => self.reload(reload).await,
+                _ = async { sleep_until(next_ping.unwrap_or_else(Instant::now)).await }, if next_ping.is_some() => {
+                    self.feed(Input::PingDue).await;
+                }
                 Some(lost) = self.lost.recv() => {
                     let Some(node) = self.index_of(lost.node) else {
                         // A monitor a reload stopped.
@@ -332,19 +288,15 @@ impl<C: Console> Daemon<C> {
                     let next = self.apply(report);
                     self.perform_all(next).await;
                 }
-                _ = sleep_until(next_beat) => self.feed(Input::HeartbeatDue).await,
+                _ = sleep_until(next_beat), if polling => self.feed(Input::HeartbeatDue).await,
                 Some(event) = leader::next_event(&mut self.leader) => self.on_leader(event).await,
-                _ = sleep_until(next_round) => self.feed(Input::RoundDue).await,
+                _ = sleep_until(next_round), if polling => self.feed(Input::RoundDue).await,
             }
             if self.shutting_down() {
                 break;
             }
         }
         self.feed(Input::Shutdown).await;
-        info!(
-            "shutting down; PgBouncer stays pointed at {}",
-            self.active_name()
-        );
     }
 
     /// Tell the policy what happened, now.
@@ -373,6 +325,71 @@ impl<C: Console> Daemon<C> {
     /// Perform one command; the policy's answer to its result.
     async fn perform(&mut self, command: Command) -> Vec<Command> {
         match command {
+            Command::RemoveTempLinks => {
+                for stale in switch::remove_stale_temp_links(&self.cfg.symlink) {
+                    info!(
+                        "removed {}, left behind by a rebouncer stopped in the middle of a switch",
+                        stale.display()
+                    );
+                }
+            }
+            Command::SayLinked(linked) => match linked {
+                Some(n) => info!(
+                    "PgBouncer's config {} points at node {}; it will be confirmed after the first round",
+                    self.cfg.symlink.display(),
+                    self.nodes[n].name
+                ),
+                None => info!(
+                    "PgBouncer's config {} does not point at any node's config yet",
+                    self.cfg.symlink.display()
+                ),
+            },
+            Command::SayRemembered(timelines) => {
+                let remembered: Vec<String> =
+                    timelines.iter().map(|t| format!("timeline {t}")).collect();
+                info!(
+                    "state file {}: the cluster has reached {}; a master on a lower timeline is a stale primary",
+                    self.state.path().display(),
+                    remembered.join(", ")
+                );
+            }
+            Command::TryStateFile => {
+                // The error is said by the policy's answer.
+                let _ = self.state.rewrite().await;
+                let error = self.state_error();
+                return self.tell(Input::Written { error });
+            }
+            Command::PingPgBouncer => {
+                let answer = admin::ping(&self.console).await.map_err(|e| e.to_string());
+                return self.tell(Input::PgBouncer(answer));
+            }
+            Command::PgBouncerSilent { error, retry } => {
+                warn!(
+                    "waiting for PgBouncer: {error}; retrying in {} s",
+                    retry.as_secs()
+                );
+                self.status
+                    .send_modify(|s| s.phase = Phase::WaitingForPgBouncer { error });
+            }
+            Command::PgBouncerAnswers { version } => {
+                info!(
+                    "PgBouncer admin console at {} answers ({version}); starting to poll {} servers every {} s",
+                    self.console.endpoint(),
+                    self.nodes.len(),
+                    self.cfg.interval.as_secs()
+                );
+                self.status.send_modify(|s| s.phase = Phase::Running);
+            }
+            Command::FinishLastRun => {
+                self.finish_what_the_last_run_left().await;
+                self.state_file_written();
+            }
+            Command::StartLeader => self.start_leader(),
+            Command::CheckPauseSettings => self.check_pause_settings().await,
+            Command::SayShutdown => info!(
+                "shutting down; PgBouncer stays pointed at {}",
+                self.active_name()
+            ),
             Command::Check {
                 nodes,
                 fresh,
@@ -478,40 +495,6 @@ impl<C: Console> Daemon<C> {
         let error = self.state_error();
         // Only recorded: it asks nothing.
         let _ = self.tell(Input::StateFile { error });
-    }
-
-    /// Make sure PgBouncer's admin console answers before anything else is done, retrying
-    /// every few seconds: PgBouncer may start after rebouncer. False if asked to stop.
-    async fn wait_for_pgbouncer(&mut self) -> bool {
-        loop {
-            match admin::ping(&self.console).await {
-                Ok(version) => {
-                    info!(
-                        "PgBouncer admin console at {} answers ({version}); starting to poll {} servers every {} s",
-                        self.console.endpoint(),
-                        self.nodes.len(),
-                        self.cfg.interval.as_secs()
-                    );
-                    self.status.send_modify(|s| s.phase = Phase::Running);
-                    return true;
-                }
-                Err(e) => {
-                    warn!(
-                        "waiting for PgBouncer: {e}; retrying in {} s",
-                        PGBOUNCER_RETRY.as_secs()
-                    );
-                    let error = e.to_string();
-                    self.status
-                        .send_modify(|s| s.phase = Phase::WaitingForPgBouncer { error });
-                }
-            }
-            tokio::select! {
-                _ = self.shutdown.changed() => return false,
-                // A fixed `pgbouncer` line is tried at once.
-                Some(reload) = next_reload(&mut self.reloads) => { self.reload(reload).await; }
-                _ = tokio::time::sleep(PGBOUNCER_RETRY) => {}
-            }
-        }
     }
 
     /// Ask these servers; with `until`, apply every report until those in `wait_for`

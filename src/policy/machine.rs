@@ -102,13 +102,16 @@ pub struct Policy {
     pass: Option<Pass>,
     next_round: Instant,
     next_heartbeat: Instant,
+    /// The start-up's progress, until polling begins.
+    boot: Boot,
     /// etcd mode: Patroni's leader key and what its rule remembers.
     leader: Option<Following>,
 }
 
 impl Policy {
     /// The policy of a new process: `nodes` servers, none heard from, the timelines the
-    /// state file remembers. Nothing is believed of PgBouncer until [`Policy::start`].
+    /// state file remembers. Nothing is believed of PgBouncer, and nothing polled, until
+    /// the start-up ([`Input::Start`], see `machine/start.rs`) has run.
     pub fn new(settings: Settings, nodes: usize, timelines: Timelines, now: Instant) -> Policy {
         Policy {
             settings,
@@ -128,21 +131,9 @@ impl Policy {
             pass: None,
             next_round: now,
             next_heartbeat: now + HEARTBEAT,
+            boot: Boot::New,
             leader: None,
         }
-    }
-
-    /// PgBouncer's symlink names `linked`'s file at start: believed, to be confirmed by
-    /// the first switch, and (with no timeline remembered) waited for (see `decide`).
-    pub fn start(&mut self, linked: Option<NodeId>) {
-        self.believed.active = linked;
-        self.memory = Memory::at_start(self.memory.timelines.clone(), linked);
-    }
-
-    /// Polling begins now: the first round at once, the first heartbeat a beat later.
-    pub fn start_polling(&mut self, now: Instant) {
-        self.next_round = now;
-        self.next_heartbeat = now + HEARTBEAT;
     }
 
     pub fn settings(&self) -> &Settings {
@@ -199,6 +190,11 @@ impl Policy {
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
         match input {
+            Input::Start => self.begin_start(&mut out),
+            Input::PgBouncer(answer) => self.pgbouncer_answered(answer, now, &mut out),
+            Input::PingDue => self.ping_due(&mut out),
+            // The timers run once polling has begun.
+            Input::RoundDue | Input::HeartbeatDue if !self.polling() => {}
             Input::RoundDue => self.begin_round(now, &mut out),
             Input::ConnectionClosed { .. } => {
                 // Something changed, maybe more than that server: everyone is asked now.
@@ -265,18 +261,14 @@ impl Policy {
                     self.decide(now, &mut out);
                 }
             }
-            Input::Linked { behind } => {
-                self.believed = Believed {
-                    active: behind,
-                    confirmed: false,
-                };
-            }
+            Input::Linked { behind } => self.linked(behind, &mut out),
             Input::Written { error } => {
                 self.state_error = error;
                 self.say_state_file(now, &mut out);
                 if let Some(Stage::Written(d)) = self.stage() {
                     self.consider_loss(d, now, &mut out);
                 }
+                self.state_file_tried(&mut out);
             }
             Input::StateFile { error } => self.state_error = error,
             Input::Paused(paused) => {
@@ -314,16 +306,21 @@ impl Policy {
                 settings,
                 console_changed,
                 changed,
-            } => self.reloaded(
-                &from,
-                old_count,
-                settings,
-                console_changed,
-                changed,
-                now,
-                &mut out,
-            ),
+            } => {
+                self.reloaded(
+                    &from,
+                    old_count,
+                    settings,
+                    console_changed,
+                    changed,
+                    now,
+                    &mut out,
+                );
+                self.reloaded_while_waiting(now);
+            }
             Input::Leader(key) => self.leader_heard(key, now, &mut out),
+            // Before the first round nothing was changed that would need undoing.
+            Input::Shutdown if !self.polling() => {}
             Input::Shutdown => {
                 if let Some(hold) = self.hold.take() {
                     // PgBouncer keeps a pause after its admin session is gone: nobody else
@@ -333,6 +330,7 @@ impl Policy {
                         release: Release::Shutdown,
                     });
                 }
+                out.push(Command::SayShutdown);
             }
         }
         out
@@ -759,8 +757,11 @@ impl Policy {
 mod known;
 mod leader;
 mod reload;
+mod start;
 
 pub use known::Known;
+use start::Boot;
+pub use start::PGBOUNCER_RETRY;
 
 #[cfg(test)]
 mod tests;

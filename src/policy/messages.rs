@@ -118,6 +118,14 @@ pub enum Carry {
 /// executor only plumbs it in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
+    /// The process starts: the start-up steps begin (see `machine/start.rs`).
+    Start,
+    /// The answer to [`Command::PingPgBouncer`]: PgBouncer's version, or why its admin
+    /// console did not answer.
+    PgBouncer(Result<String, String>),
+    /// The start-up's retry timer
+    /// ([`Policy::next_ping`](super::machine::Policy::next_ping)) fired.
+    PingDue,
     /// The round timer ([`Policy::next_round`](super::machine::Policy::next_round)) fired.
     RoundDue,
     /// The heartbeat timer fired.
@@ -143,8 +151,8 @@ pub enum Input {
     Routes(Routes),
     /// The node the symlink names, the answer to [`Command::FindLinked`].
     Linked { behind: Option<NodeId> },
-    /// A write of the state file ended: the answer to [`Command::WriteTimelines`], or at
-    /// start the first write.
+    /// A write of the state file ended: the answer to [`Command::WriteTimelines`] or
+    /// [`Command::TryStateFile`].
     Written { error: Option<String> },
     /// The state file was written by another step (a pause, a switch, a resume): only
     /// recorded, said at the next decision.
@@ -188,6 +196,29 @@ pub enum Release {
 /// input before the policy goes on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
+    /// Remove the temporary links a switch cut short by a stop left beside the symlink.
+    RemoveTempLinks,
+    /// At start: say which node's file the symlink names (none: no node's).
+    SayLinked(Option<NodeId>),
+    /// At start: say the timelines the state file remembers (a master below is stale).
+    SayRemembered(Vec<u32>),
+    /// Write the state file as it stands, to learn whether it can be written; answer with
+    /// [`Input::Written`].
+    TryStateFile,
+    /// Ask PgBouncer's admin console for its version; answer with [`Input::PgBouncer`].
+    PingPgBouncer,
+    /// PgBouncer's admin console did not answer: say so, and that it is asked again after
+    /// `retry`.
+    PgBouncerSilent { error: String, retry: Duration },
+    /// PgBouncer's admin console answered: say so; polling begins.
+    PgBouncerAnswers { version: String },
+    /// Finish what the last run left: the `KILL` and `RESUME` the state file lists, and a
+    /// `server_login_retry` left at 0.
+    FinishLastRun,
+    /// etcd mode: start following Patroni's leader key.
+    StartLeader,
+    /// Say which of PgBouncer's settings defeat `pause_on_failover`.
+    CheckPauseSettings,
     /// Ask these servers (on a new connection if `fresh`). With `until`, wait for the
     /// answers of `wait_for` until then, feeding each as it comes, and answer with
     /// [`Input::ChecksOver`]; without, the answers come whenever they do.
@@ -254,4 +285,6 @@ pub enum Command {
     Publish,
     /// A round ended.
     RoundDone,
+    /// The last step of a shutdown: say where PgBouncer stays pointed.
+    SayShutdown,
 }
