@@ -19,11 +19,12 @@ use tracing::{error, info, warn};
 use crate::admin::{self, Bouncer, Console, Database, Session};
 use crate::config::{self, Config, ConfigError, Server};
 use crate::counters::{self, SwitchReason};
-use crate::decide::{Cluster, Decision, NodeId, NodeState, Refusal, Stale, Timeline};
+use crate::decide::{NodeId, NodeState, Refusal, Stale, Timeline};
 use crate::events::Kind;
 use crate::policy::machine::Policy;
 use crate::policy::messages::{
-    Answer, Carry, Command, Hold, Input, Paused, Release, Routes, Settings, Switched,
+    Answer, Carry, Command, Condition, Hold, Input, Lasting, Paused, Release, Routes, Settings,
+    SwitchError, Switched,
 };
 use crate::policy::pause::{self, HoldEnd, NoHold};
 use crate::policy::persist::Said;
@@ -31,7 +32,7 @@ use crate::policy::reload_plan::{self, ReloadPlan};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
 use crate::switch::{self, SwitchPlan};
-use crate::throttle::{Say, Throttle};
+use crate::throttle::Say;
 use crate::view::{
     self, Drift, FailoverPause, NodeStatus, NotTaken, PauseEnd, PausedDatabase, Phase,
     ReloadStatus, RoundStats, Snapshot, SwitchFailure, Verdict,
@@ -49,9 +50,6 @@ mod reload;
 mod say;
 
 use monitor::{Report, Request, run_monitor};
-
-/// How often a lasting condition is logged again.
-const REMINDER_EVERY: Duration = Duration::from_secs(60);
 
 /// Names one monitor task for as long as it runs: the index of its node in the first
 /// configuration, then increasing for every monitor a reload starts. Reports and news of
@@ -100,13 +98,6 @@ impl Node {
     }
 }
 
-/// A lasting condition worth one log line when it starts and ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Condition {
-    NoMaster,
-    SplitBrain(Vec<String>),
-}
-
 pub struct Daemon<C: Console> {
     cfg: Config,
     console: C,
@@ -127,10 +118,6 @@ pub struct Daemon<C: Console> {
     switch_failure: Option<SwitchFailure>,
     /// What PgBouncer runs while it does not take the file the symlink names.
     not_taken: Option<NotTaken>,
-    conditions: Throttle<Condition>,
-    stale_log: Throttle<Vec<String>>,
-    refusal_log: Throttle<String>,
-    switch_errors: Throttle<String>,
     last_round: Option<RoundStats>,
     /// A kept admin session: when PgBouncer closes it (a restart), its routes are checked
     /// at once.
@@ -221,10 +208,6 @@ impl<C: Console> Daemon<C> {
             last_switch: None,
             switch_failure: None,
             not_taken: None,
-            conditions: Throttle::new(REMINDER_EVERY),
-            stale_log: Throttle::new(REMINDER_EVERY),
-            refusal_log: Throttle::new(REMINDER_EVERY),
-            switch_errors: Throttle::new(REMINDER_EVERY),
             last_round: None,
             watch_session: None,
             drift: None,
@@ -427,7 +410,13 @@ impl<C: Console> Daemon<C> {
                 return self.tell(Input::Written { error });
             }
             Command::SayStateFile(said) => self.say_state_file(said),
-            Command::LogDecision(decision) => self.log_decision(&decision),
+            Command::LogDecision(lasting) => self.log_decision(lasting),
+            Command::SwitchFailing(say) => self.say_switch_failing(say),
+            Command::SwitchRecovered { to, lasted } => info!(
+                "switch to {} succeeded after failing for {} s",
+                self.nodes[to].name,
+                lasted.as_secs()
+            ),
             Command::CannotHold(loss) => warn!(
                 "{} stopped being master ({}), but its clients are not held in PgBouncer: pause_on_failover is off \
                  until the state file can be written; they get errors until a new master is switched to",

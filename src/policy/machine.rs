@@ -16,7 +16,9 @@ use crate::decide::{self, Action, Believed, Decision, Memory, NodeId, NodeState,
 use crate::policy::checks;
 use crate::policy::drift::DriftCadence;
 use crate::policy::leader::Following;
-use crate::policy::messages::{Command, Hold, Input, Paused, Release, Routes, Settings, Switched};
+use crate::policy::messages::{
+    Command, Hold, Input, Paused, Release, Routes, Settings, SwitchError, Switched,
+};
 use crate::policy::pacing::{self, SwitchPacing};
 use crate::policy::pause::{self, Pausing, Start};
 use crate::policy::persist::Persist;
@@ -106,6 +108,8 @@ pub struct Policy {
     boot: Boot,
     /// etcd mode: Patroni's leader key and what its rule remembers.
     leader: Option<Following>,
+    /// When each lasting condition was last said.
+    reminders: Reminders,
 }
 
 impl Policy {
@@ -133,6 +137,7 @@ impl Policy {
             next_heartbeat: now + HEARTBEAT,
             boot: Boot::New,
             leader: None,
+            reminders: Reminders::default(),
         }
     }
 
@@ -282,7 +287,7 @@ impl Policy {
             }
             Input::Switched(s) => {
                 if let Some(Stage::Switching(to)) = self.stage() {
-                    self.switched(s, &mut out);
+                    self.switched(s, now, &mut out);
                     self.after_switch(to, now, &mut out);
                 }
             }
@@ -299,6 +304,7 @@ impl Policy {
                         release: Release::Removed(lost),
                     });
                 }
+                self.say_removed(&removed, now, &mut out);
             }
             Input::Reloaded {
                 from,
@@ -575,7 +581,10 @@ impl Policy {
     /// The pause's start: when the active master is lost and nothing can be switched to
     /// right now (see [`pause::on_loss`]).
     fn consider_loss(&mut self, decision: Decision, now: Instant, out: &mut Vec<Command>) {
-        out.push(Command::LogDecision(decision.clone()));
+        let said = self
+            .reminders
+            .verdict(&decision, self.believed.active, &self.nodes, now);
+        out.push(Command::LogDecision(said));
         let states: Vec<Option<NodeState>> = self.nodes.iter().map(|n| n.state).collect();
         if pause::master_back(self.believed.active, &decision, &states) {
             self.loss_handled = false;
@@ -666,7 +675,7 @@ impl Policy {
         self.finish(now, out);
     }
 
-    fn switched(&mut self, s: Switched, out: &mut Vec<Command>) {
+    fn switched(&mut self, s: Switched, now: Instant, out: &mut Vec<Command>) {
         match s {
             Switched::Done {
                 to,
@@ -674,6 +683,7 @@ impl Policy {
                 waiting,
                 resume_failed,
             } => {
+                out.extend(self.reminders.switch_worked(to, now));
                 self.pacing.attempted(to, started, pacing::Outcome::Done);
                 self.loss_handled = false;
                 if let Some(hold) = self.hold.take() {
@@ -695,10 +705,12 @@ impl Policy {
             }
             Switched::Failed {
                 to,
+                error,
                 started,
                 not_taken,
                 behind,
             } => {
+                out.extend(self.reminders.switch_failed(SwitchError { to, error }, now));
                 let outcome = if not_taken {
                     pacing::Outcome::NotTaken
                 } else {
@@ -757,9 +769,12 @@ impl Policy {
 mod known;
 mod leader;
 mod reload;
+mod reminders;
 mod start;
 
 pub use known::Known;
+pub use reminders::REMINDER_EVERY;
+use reminders::Reminders;
 use start::Boot;
 pub use start::PGBOUNCER_RETRY;
 

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::counters::SwitchReason;
-use crate::decide::{Decision, NodeId, NodeState, Timeline, Timelines};
+use crate::decide::{NodeId, NodeState, Refusal, Stale, Timeline, Timelines};
 use crate::policy::leader::{Held, Key};
 use crate::policy::pause::{HoldEnd, Loss};
 use crate::policy::persist::Said;
+use crate::throttle::Say;
 
 /// The settings the rules read; taken from the configuration at start and at each reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +83,8 @@ pub enum Switched {
     },
     Failed {
         to: NodeId,
+        /// Why, as the operator reads it.
+        error: String,
         started: Instant,
         /// PgBouncer reloaded but runs a file other than the symlink.
         not_taken: bool,
@@ -98,6 +101,48 @@ pub enum Routes {
     Differ(String),
     /// The comparison could not be made (the executor said why).
     Unknown,
+}
+
+/// A lasting state of the cluster that is said when it starts and when it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    NoMaster,
+    SplitBrain(Vec<NodeId>),
+}
+
+/// A refusal to switch, as it is said: said anew when the node PgBouncer points at, or
+/// why the refused master turns new logins away, changes (the line names both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub refusal: Refusal,
+    pub active: Option<NodeId>,
+    /// What a new connection to the refused master found ([`Refusal::RefusesNewLogins`]).
+    pub refuses_new: Option<String>,
+}
+
+/// A switch that failed: said anew when the target or the error changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchError {
+    pub to: NodeId,
+    pub error: String,
+}
+
+/// What to log of the verdict's lasting conditions now: each once when it starts, as a
+/// reminder every [`REMINDER_EVERY`](super::machine::REMINDER_EVERY) while it lasts, and
+/// once when it ends. Empty when nothing is due.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lasting {
+    pub cluster: Vec<Say<Condition>>,
+    pub stale: Vec<Say<Vec<NodeId>>>,
+    /// The verdict's stale primaries, which a `stale` that starts names one by one.
+    pub stale_found: Vec<Stale>,
+    pub refusal: Vec<Say<Refused>>,
+}
+
+impl Lasting {
+    pub fn is_empty(&self) -> bool {
+        self.cluster.is_empty() && self.stale.is_empty() && self.refusal.is_empty()
+    }
 }
 
 /// Where an old node went in a reload: `Kept` and `Restarted` carry what is known of it,
@@ -250,8 +295,10 @@ pub enum Command {
     WriteTimelines(Timelines),
     /// Log how the state file stands.
     SayStateFile(Vec<Said>),
-    /// Log the verdict's lasting conditions (no master, split brain, stale, refusal).
-    LogDecision(Decision),
+    /// Log what is due of the verdict's lasting conditions (no master, split brain, stale
+    /// primaries, a refusal to switch): after every verdict, and at a reload that removes
+    /// a node one of them names (it ends).
+    LogDecision(Lasting),
     /// The active master was lost but pausing cannot be recorded: say that its clients
     /// are not held.
     CannotHold(Loss),
@@ -266,6 +313,11 @@ pub enum Command {
         /// The databases held by the pause under way, if one is.
         held: Option<Vec<String>>,
     },
+    /// A switch failed: its first failure ([`Say::Started`]) or a reminder that it still
+    /// fails; say it.
+    SwitchFailing(Say<SwitchError>),
+    /// A switch to `to` worked after switches failed for `lasted`; say it.
+    SwitchRecovered { to: NodeId, lasted: Duration },
     /// End this hold without a switch (`RESUME`), and say why.
     EndHold { hold: Hold, release: Release },
     /// A switch to `to` ended this hold: record how it ended.

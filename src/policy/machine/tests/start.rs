@@ -2,7 +2,9 @@
 //! PgBouncer answering late, a reload and a shutdown while it is awaited.
 
 use super::*;
+use crate::policy::messages::{Condition, Lasting};
 use crate::policy::persist::Said;
+use crate::throttle::Say;
 
 /// A new process's policy, before [`Input::Start`], remembering `timelines`.
 fn new_process(settings: Settings, timelines: Timelines) -> Run {
@@ -222,4 +224,191 @@ fn a_shutdown_once_polling_says_where_pgbouncer_stays() {
     let mut r = pinging(settings(true, false));
     r.tell(answers());
     assert_eq!(r.tell(Input::Shutdown), [Command::SayShutdown]);
+}
+
+// When a lasting condition is said: the executor logs what it is told.
+
+/// What a pass asks to log of its verdict's lasting conditions.
+fn lasting(cmds: &[Command]) -> Lasting {
+    let mut found = cmds.iter().filter_map(|c| match c {
+        Command::LogDecision(l) => Some(l.clone()),
+        _ => None,
+    });
+    let Some(l) = found.next() else {
+        panic!("no LogDecision in {cmds:?}")
+    };
+    assert_eq!(found.next(), None, "one LogDecision per pass: {cmds:?}");
+    l
+}
+
+/// The commands of a round whose servers answer as given.
+fn round_of(r: &mut Run, answers: &[Answer]) -> Vec<Command> {
+    let cmds = r.round(answers);
+    r.reply_until_done(cmds, None)
+}
+
+#[test]
+fn a_split_brain_is_said_at_its_first_round_then_only_when_a_reminder_is_due_then_when_over() {
+    let mut r = Run::new(2, settings(false, false), None);
+    let t0 = r.now;
+    let split = Condition::SplitBrain(vec![0, 1]);
+    let cmds = round_of(&mut r, &[master(1), master(1)]);
+    assert_eq!(lasting(&cmds).cluster, [Say::Started(split.clone())]);
+    r.at(REMINDER_EVERY - S(1));
+    let cmds = round_of(&mut r, &[master(1), master(1)]);
+    assert_eq!(lasting(&cmds), Lasting::default(), "not due yet");
+    r.at(S(1));
+    let cmds = round_of(&mut r, &[master(1), master(1)]);
+    assert_eq!(
+        lasting(&cmds).cluster,
+        [Say::Reminder {
+            key: split.clone(),
+            lasted: REMINDER_EVERY,
+            rounds: 2
+        }]
+    );
+    r.at(S(1));
+    let cmds = round_of(&mut r, &[master(1), master(1)]);
+    assert!(lasting(&cmds).is_empty());
+    r.now = t0 + S(70);
+    let cmds = round_of(&mut r, &[master(1), standby(1)]);
+    assert_eq!(
+        lasting(&cmds).cluster,
+        [Say::Ended {
+            key: split,
+            lasted: S(70)
+        }]
+    );
+    assert_eq!(switch_in(&cmds), Some((0, SwitchReason::Initial)));
+}
+
+#[test]
+fn a_stale_primary_is_named_when_found_and_reminded_by_its_node() {
+    let mut timelines = Timelines::default();
+    timelines.raise(None, 2);
+    let now = Instant::now();
+    let mut p = Policy::new(settings(false, false), 2, timelines, now);
+    p.start(Some(1));
+    p.start_polling(now);
+    let mut r = Run { p, now };
+    let cmds = round_of(&mut r, &[master(1), master(2)]);
+    let said = lasting(&cmds);
+    assert_eq!(said.stale, [Say::Started(vec![0])]);
+    assert_eq!(
+        said.stale_found.iter().map(|s| s.node).collect::<Vec<_>>(),
+        [0]
+    );
+    assert_eq!(switch_in(&cmds), Some((1, SwitchReason::Confirm)));
+    r.switched(1);
+    r.at(S(30));
+    let cmds = r.round(&[master(1), master(2)]);
+    let cmds = r.reply_until_done(cmds, Some(1));
+    assert_eq!(lasting(&cmds).stale, []);
+    r.at(S(30));
+    let cmds = r.round(&[master(1), master(2)]);
+    let cmds = r.reply_until_done(cmds, Some(1));
+    assert!(matches!(
+        &lasting(&cmds).stale[..],
+        [Say::Reminder { key, .. }] if *key == [0]
+    ));
+}
+
+#[test]
+fn a_failing_switch_is_said_once_then_reminded_then_said_to_work_again() {
+    let mut r = Run::new(2, settings(false, false), None);
+    let t0 = r.now;
+    let error = || "RELOAD failed: connection refused".to_string();
+    let failed = |r: &mut Run| {
+        let started = r.now;
+        r.tell(Input::Switched(Switched::Failed {
+            to: 1,
+            error: error(),
+            started,
+            not_taken: false,
+            behind: None,
+        }))
+    };
+    let cmds = round_of(&mut r, &[standby(1), master(1)]);
+    assert_eq!(switch_in(&cmds), Some((1, SwitchReason::Initial)));
+    assert_eq!(
+        failed(&mut r)[0],
+        Command::SwitchFailing(Say::Started(SwitchError {
+            to: 1,
+            error: error()
+        }))
+    );
+    r.at(S(30));
+    let cmds = round_of(&mut r, &[standby(1), master(1)]);
+    assert!(switch_in(&cmds).is_some());
+    assert_eq!(failed(&mut r), [Command::Publish, Command::RoundDone]);
+    r.now = t0 + REMINDER_EVERY;
+    let cmds = round_of(&mut r, &[standby(1), master(1)]);
+    assert!(switch_in(&cmds).is_some());
+    assert_eq!(
+        failed(&mut r)[0],
+        Command::SwitchFailing(Say::Reminder {
+            key: SwitchError {
+                to: 1,
+                error: error()
+            },
+            lasted: REMINDER_EVERY,
+            rounds: 2
+        })
+    );
+    r.at(S(10));
+    let cmds = round_of(&mut r, &[standby(1), master(1)]);
+    assert!(switch_in(&cmds).is_some());
+    assert_eq!(
+        r.switched(1)[0],
+        Command::SwitchRecovered {
+            to: 1,
+            lasted: REMINDER_EVERY + S(10)
+        }
+    );
+    // Once: the next switch that works says nothing of it.
+    assert!(
+        !r.switched(1)
+            .iter()
+            .any(|c| matches!(c, Command::SwitchRecovered { .. }))
+    );
+}
+
+#[test]
+fn a_split_brain_whose_node_a_reload_removes_is_said_to_end_at_the_reload() {
+    let mut r = Run::new(3, settings(false, false), None);
+    let cmds = round_of(&mut r, &[master(1), master(1), standby(1)]);
+    assert_eq!(
+        lasting(&cmds).cluster,
+        [Say::Started(Condition::SplitBrain(vec![0, 1]))]
+    );
+    r.at(S(4));
+    let cmds = r.tell(Input::Reloading { removed: vec![1] });
+    assert_eq!(
+        lasting(&cmds).cluster,
+        [Say::Ended {
+            key: Condition::SplitBrain(vec![0, 1]),
+            lasted: S(4)
+        }]
+    );
+}
+
+#[test]
+fn a_split_brain_whose_nodes_a_reload_moves_goes_on_under_their_new_places() {
+    let mut r = Run::new(3, settings(false, false), None);
+    let cmds = round_of(&mut r, &[standby(1), master(1), master(1)]);
+    assert_eq!(
+        lasting(&cmds).cluster,
+        [Say::Started(Condition::SplitBrain(vec![1, 2]))]
+    );
+    assert_eq!(r.tell(Input::Reloading { removed: vec![0] }), []);
+    r.tell(Input::Reloaded {
+        from: vec![Carry::Kept(1), Carry::Kept(2)],
+        old_count: 3,
+        settings: settings(false, false),
+        console_changed: false,
+        changed: true,
+    });
+    r.at(S(1));
+    let cmds = round_of(&mut r, &[master(1), master(1)]);
+    assert!(lasting(&cmds).is_empty(), "the same split brain goes on");
 }
