@@ -19,11 +19,12 @@ use tracing::{error, info, warn};
 use crate::admin::{self, Bouncer, Console, Database, Session};
 use crate::config::{self, Config, ConfigError, Server};
 use crate::counters::{self, SwitchReason};
-use crate::decide::{Cluster, Decision, NodeId, NodeState, Refusal, Stale, Timeline};
+use crate::decide::{NodeId, NodeState, Refusal, Stale, Timeline};
 use crate::events::Kind;
 use crate::policy::machine::Policy;
 use crate::policy::messages::{
-    Answer, Carry, Command, Hold, Input, Paused, Release, Routes, Settings, Switched,
+    Answer, Carry, Command, Condition, Hold, Input, Lasting, Paused, Release, Routes, Settings,
+    SwitchError, Switched,
 };
 use crate::policy::pause::{self, HoldEnd, NoHold};
 use crate::policy::persist::Said;
@@ -31,7 +32,7 @@ use crate::policy::reload_plan::{self, ReloadPlan};
 use crate::probe::{ConnectionLost, Monitor, Observation, Probe};
 use crate::state::StateFile;
 use crate::switch::{self, SwitchPlan};
-use crate::throttle::{Say, Throttle};
+use crate::throttle::Say;
 use crate::view::{
     self, Drift, FailoverPause, NodeStatus, NotTaken, PauseEnd, PausedDatabase, Phase,
     ReloadStatus, RoundStats, Snapshot, SwitchFailure, Verdict,
@@ -49,11 +50,6 @@ mod reload;
 mod say;
 
 use monitor::{Report, Request, run_monitor};
-
-/// How often PgBouncer's admin console is tried at start-up until it answers.
-const PGBOUNCER_RETRY: Duration = Duration::from_secs(5);
-/// How often a lasting condition is logged again.
-const REMINDER_EVERY: Duration = Duration::from_secs(60);
 
 /// Names one monitor task for as long as it runs: the index of its node in the first
 /// configuration, then increasing for every monitor a reload starts. Reports and news of
@@ -102,13 +98,6 @@ impl Node {
     }
 }
 
-/// A lasting condition worth one log line when it starts and ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Condition {
-    NoMaster,
-    SplitBrain(Vec<String>),
-}
-
 pub struct Daemon<C: Console> {
     cfg: Config,
     console: C,
@@ -129,10 +118,6 @@ pub struct Daemon<C: Console> {
     switch_failure: Option<SwitchFailure>,
     /// What PgBouncer runs while it does not take the file the symlink names.
     not_taken: Option<NotTaken>,
-    conditions: Throttle<Condition>,
-    stale_log: Throttle<Vec<String>>,
-    refusal_log: Throttle<String>,
-    switch_errors: Throttle<String>,
     last_round: Option<RoundStats>,
     /// A kept admin session: when PgBouncer closes it (a restart), its routes are checked
     /// at once.
@@ -223,10 +208,6 @@ impl<C: Console> Daemon<C> {
             last_switch: None,
             switch_failure: None,
             not_taken: None,
-            conditions: Throttle::new(REMINDER_EVERY),
-            stale_log: Throttle::new(REMINDER_EVERY),
-            refusal_log: Throttle::new(REMINDER_EVERY),
-            switch_errors: Throttle::new(REMINDER_EVERY),
             last_round: None,
             watch_session: None,
             drift: None,
@@ -253,58 +234,13 @@ impl<C: Console> Daemon<C> {
         *self.shutdown.borrow()
     }
 
-    /// Run until shutdown is requested. A switch in progress always finishes first.
+    /// Run until shutdown is requested. A switch in progress always finishes first. The
+    /// start-up's steps and their order are the policy's (`policy/machine/start.rs`).
     pub async fn run(mut self) {
-        for stale in switch::remove_stale_temp_links(&self.cfg.symlink) {
-            info!(
-                "removed {}, left behind by a rebouncer stopped in the middle of a switch",
-                stale.display()
-            );
-        }
-        let linked = self.node_behind_symlink().await;
-        self.policy.start(linked);
-        match linked {
-            Some(n) => info!(
-                "PgBouncer's config {} points at node {}; it will be confirmed after the first round",
-                self.cfg.symlink.display(),
-                self.nodes[n].name
-            ),
-            None => info!(
-                "PgBouncer's config {} does not point at any node's config yet",
-                self.cfg.symlink.display()
-            ),
-        }
-        let remembered: Vec<String> = self
-            .policy
-            .memory()
-            .timelines
-            .iter()
-            .map(|h| format!("timeline {}", h.timeline))
-            .collect();
-        if !remembered.is_empty() {
-            info!(
-                "state file {}: the cluster has reached {}; a master on a lower timeline is a stale primary",
-                self.state.path().display(),
-                remembered.join(", ")
-            );
-        }
-        if self.cfg.pause_on_failover {
-            // A pause must be on disk before it is made: find out now whether it can be,
-            // not at the first failover.
-            let _ = self.state.rewrite().await;
-            let error = self.state_error();
-            self.feed(Input::Written { error }).await;
-        }
-        self.publish();
-        if !self.wait_for_pgbouncer().await {
-            return;
-        }
-        self.finish_what_the_last_run_left().await;
-        self.state_file_written();
-        self.start_leader();
-        self.check_pause_settings().await;
-        self.policy.start_polling(Instant::now().into_std());
+        self.feed(Input::Start).await;
         loop {
+            let polling = self.policy.polling();
+            let next_ping = self.policy.next_ping().map(Instant::from_std);
             let next_round = Instant::from_std(self.policy.next_round());
             let next_beat = Instant::from_std(self.policy.next_heartbeat());
             let hold_deadline = self.policy.hold_deadline().map(Instant::from_std);
@@ -315,6 +251,9 @@ impl<C: Console> Daemon<C> {
                     self.feed(Input::HoldDeadline).await;
                 }
                 Some(reload) = next_reload(&mut self.reloads) => self.reload(reload).await,
+                _ = async { sleep_until(next_ping.unwrap_or_else(Instant::now)).await }, if next_ping.is_some() => {
+                    self.feed(Input::PingDue).await;
+                }
                 Some(lost) = self.lost.recv() => {
                     let Some(node) = self.index_of(lost.node) else {
                         // A monitor a reload stopped.
@@ -332,19 +271,15 @@ impl<C: Console> Daemon<C> {
                     let next = self.apply(report);
                     self.perform_all(next).await;
                 }
-                _ = sleep_until(next_beat) => self.feed(Input::HeartbeatDue).await,
+                _ = sleep_until(next_beat), if polling => self.feed(Input::HeartbeatDue).await,
                 Some(event) = leader::next_event(&mut self.leader) => self.on_leader(event).await,
-                _ = sleep_until(next_round) => self.feed(Input::RoundDue).await,
+                _ = sleep_until(next_round), if polling => self.feed(Input::RoundDue).await,
             }
             if self.shutting_down() {
                 break;
             }
         }
         self.feed(Input::Shutdown).await;
-        info!(
-            "shutting down; PgBouncer stays pointed at {}",
-            self.active_name()
-        );
     }
 
     /// Tell the policy what happened, now.
@@ -373,6 +308,71 @@ impl<C: Console> Daemon<C> {
     /// Perform one command; the policy's answer to its result.
     async fn perform(&mut self, command: Command) -> Vec<Command> {
         match command {
+            Command::RemoveTempLinks => {
+                for stale in switch::remove_stale_temp_links(&self.cfg.symlink) {
+                    info!(
+                        "removed {}, left behind by a rebouncer stopped in the middle of a switch",
+                        stale.display()
+                    );
+                }
+            }
+            Command::SayLinked(linked) => match linked {
+                Some(n) => info!(
+                    "PgBouncer's config {} points at node {}; it will be confirmed after the first round",
+                    self.cfg.symlink.display(),
+                    self.nodes[n].name
+                ),
+                None => info!(
+                    "PgBouncer's config {} does not point at any node's config yet",
+                    self.cfg.symlink.display()
+                ),
+            },
+            Command::SayRemembered(timelines) => {
+                let remembered: Vec<String> =
+                    timelines.iter().map(|t| format!("timeline {t}")).collect();
+                info!(
+                    "state file {}: the cluster has reached {}; a master on a lower timeline is a stale primary",
+                    self.state.path().display(),
+                    remembered.join(", ")
+                );
+            }
+            Command::TryStateFile => {
+                // The error is said by the policy's answer.
+                let _ = self.state.rewrite().await;
+                let error = self.state_error();
+                return self.tell(Input::Written { error });
+            }
+            Command::PingPgBouncer => {
+                let answer = admin::ping(&self.console).await.map_err(|e| e.to_string());
+                return self.tell(Input::PgBouncer(answer));
+            }
+            Command::PgBouncerSilent { error, retry } => {
+                warn!(
+                    "waiting for PgBouncer: {error}; retrying in {} s",
+                    retry.as_secs()
+                );
+                self.status
+                    .send_modify(|s| s.phase = Phase::WaitingForPgBouncer { error });
+            }
+            Command::PgBouncerAnswers { version } => {
+                info!(
+                    "PgBouncer admin console at {} answers ({version}); starting to poll {} servers every {} s",
+                    self.console.endpoint(),
+                    self.nodes.len(),
+                    self.cfg.interval.as_secs()
+                );
+                self.status.send_modify(|s| s.phase = Phase::Running);
+            }
+            Command::FinishLastRun => {
+                self.finish_what_the_last_run_left().await;
+                self.state_file_written();
+            }
+            Command::StartLeader => self.start_leader(),
+            Command::CheckPauseSettings => self.check_pause_settings().await,
+            Command::SayShutdown => info!(
+                "shutting down; PgBouncer stays pointed at {}",
+                self.active_name()
+            ),
             Command::Check {
                 nodes,
                 fresh,
@@ -410,7 +410,13 @@ impl<C: Console> Daemon<C> {
                 return self.tell(Input::Written { error });
             }
             Command::SayStateFile(said) => self.say_state_file(said),
-            Command::LogDecision(decision) => self.log_decision(&decision),
+            Command::LogDecision(lasting) => self.log_decision(lasting),
+            Command::SwitchFailing(say) => self.say_switch_failing(say),
+            Command::SwitchRecovered { to, lasted } => info!(
+                "switch to {} succeeded after failing for {} s",
+                self.nodes[to].name,
+                lasted.as_secs()
+            ),
             Command::CannotHold(loss) => warn!(
                 "{} stopped being master ({}), but its clients are not held in PgBouncer: pause_on_failover is off \
                  until the state file can be written; they get errors until a new master is switched to",
@@ -478,40 +484,6 @@ impl<C: Console> Daemon<C> {
         let error = self.state_error();
         // Only recorded: it asks nothing.
         let _ = self.tell(Input::StateFile { error });
-    }
-
-    /// Make sure PgBouncer's admin console answers before anything else is done, retrying
-    /// every few seconds: PgBouncer may start after rebouncer. False if asked to stop.
-    async fn wait_for_pgbouncer(&mut self) -> bool {
-        loop {
-            match admin::ping(&self.console).await {
-                Ok(version) => {
-                    info!(
-                        "PgBouncer admin console at {} answers ({version}); starting to poll {} servers every {} s",
-                        self.console.endpoint(),
-                        self.nodes.len(),
-                        self.cfg.interval.as_secs()
-                    );
-                    self.status.send_modify(|s| s.phase = Phase::Running);
-                    return true;
-                }
-                Err(e) => {
-                    warn!(
-                        "waiting for PgBouncer: {e}; retrying in {} s",
-                        PGBOUNCER_RETRY.as_secs()
-                    );
-                    let error = e.to_string();
-                    self.status
-                        .send_modify(|s| s.phase = Phase::WaitingForPgBouncer { error });
-                }
-            }
-            tokio::select! {
-                _ = self.shutdown.changed() => return false,
-                // A fixed `pgbouncer` line is tried at once.
-                Some(reload) = next_reload(&mut self.reloads) => { self.reload(reload).await; }
-                _ = tokio::time::sleep(PGBOUNCER_RETRY) => {}
-            }
-        }
     }
 
     /// Ask these servers; with `until`, apply every report until those in `wait_for`

@@ -79,6 +79,30 @@ impl<K: Clone + PartialEq> Throttle<K> {
         }
         out
     }
+
+    /// The condition going on, if one is.
+    pub fn ongoing(&self) -> Option<&K> {
+        self.ongoing.as_ref().map(|o| &o.key)
+    }
+
+    /// End the condition going on now, whatever the next observation would be.
+    pub fn end(&mut self, at: Instant) -> Option<Say<K>> {
+        self.ongoing.take().map(|o| Say::Ended {
+            key: o.key,
+            lasted: at.duration_since(o.since),
+        })
+    }
+
+    /// Rename the condition going on (its subjects moved), or forget it (`None`: its
+    /// subjects are gone), without saying anything.
+    pub fn rename(&mut self, f: impl FnOnce(&K) -> Option<K>) {
+        if let Some(o) = &mut self.ongoing {
+            match f(&o.key) {
+                Some(k) => o.key = k,
+                None => self.ongoing = None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +135,29 @@ mod tests {
             }]
         );
         assert!(t.observe(None, s(71)).is_empty());
+    }
+
+    #[test]
+    fn an_ended_condition_starts_anew_and_a_renamed_one_goes_on() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut t = Throttle::new(Duration::from_secs(60));
+        t.observe(Some(1), s(0));
+        assert_eq!(
+            t.end(s(3)),
+            Some(Say::Ended {
+                key: 1,
+                lasted: Duration::from_secs(3)
+            })
+        );
+        assert_eq!(t.end(s(4)), None);
+        assert_eq!(t.observe(Some(1), s(5)), vec![Say::Started(1)]);
+        t.rename(|k| Some(k + 1));
+        assert_eq!(t.ongoing(), Some(&2));
+        assert!(t.observe(Some(2), s(6)).is_empty());
+        t.rename(|_| None);
+        assert_eq!(t.ongoing(), None);
+        assert_eq!(t.observe(Some(2), s(7)), vec![Say::Started(2)]);
     }
 
     #[test]

@@ -207,14 +207,6 @@ impl<C: Console> Daemon<C> {
                 }
                 self.last_switch = done.relinked.then(SystemTime::now).or(self.last_switch);
                 self.switch_failure = None;
-                for say in self.switch_errors.observe(None, Instant::now().into_std()) {
-                    if let Say::Ended { lasted, .. } = say {
-                        info!(
-                            "switch to {name} succeeded after failing for {} s",
-                            lasted.as_secs()
-                        );
-                    }
-                }
                 Switched::Done {
                     to,
                     started: started.into_std(),
@@ -235,10 +227,6 @@ impl<C: Console> Daemon<C> {
                     .send_modify(|s| s.counters.switch_failed(reason));
                 // The link may or may not have moved; believe only what it says now.
                 let behind = self.node_behind_symlink().await;
-                let linked = match behind {
-                    Some(n) => self.nodes[n].name.clone(),
-                    None => "no node's config".to_string(),
-                };
                 let since = self
                     .switch_failure
                     .as_ref()
@@ -249,36 +237,9 @@ impl<C: Console> Daemon<C> {
                     error: error.clone(),
                     since,
                 });
-                let key = format!("{name}: {error}");
-                for say in self
-                    .switch_errors
-                    .observe(Some(key), Instant::now().into_std())
-                {
-                    match say {
-                        Say::Started(_) => {
-                            let text = match &self.not_taken {
-                                Some(n) => format!(
-                                    "switch to {name} failed: {error}; {}; retrying less and less often, up to every {} s, \
-                                     until PgBouncer runs the symlink (restart it with the symlink as its config file)",
-                                    n.describe(),
-                                    self.cfg.interval.as_secs()
-                                ),
-                                None => format!(
-                                    "switch to {name} failed: {error}; the symlink points at {linked}; retrying every round"
-                                ),
-                            };
-                            error!("{text}");
-                            view::record_event(&self.status, Kind::SwitchFailed, Some(&name), text);
-                        }
-                        Say::Reminder { lasted, rounds, .. } => error!(
-                            "switch to {name} still failing after {} s ({rounds} attempts since the last reminder): {error}",
-                            lasted.as_secs()
-                        ),
-                        Say::Ended { .. } => {}
-                    }
-                }
                 Switched::Failed {
                     to,
+                    error,
                     started: started.into_std(),
                     not_taken,
                     behind,

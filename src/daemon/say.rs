@@ -1,36 +1,24 @@
-//! What the loop logs about a decision and the state file: each lasting condition once
-//! when it starts, as a reminder now and then, and once when it ends.
+//! What the loop logs about a decision, a failing switch and the state file: the words.
+//! When each lasting condition is said (once when it starts, as a reminder now and then,
+//! once when it ends) is the policy's (`policy/machine/reminders.rs`).
 
 use super::*;
 
 impl<C: Console> Daemon<C> {
-    pub(super) fn log_decision(&mut self, decision: &Decision) {
+    /// Log what the policy says is due of the verdict's lasting conditions.
+    pub(super) fn log_decision(&self, lasting: Lasting) {
         let names = |ids: &[NodeId]| -> Vec<String> {
             ids.iter().map(|i| self.nodes[*i].name.clone()).collect()
         };
-        let condition = match &decision.cluster {
-            Cluster::OneMaster(_) => None,
-            Cluster::NoMaster => Some(Condition::NoMaster),
-            Cluster::SplitBrain(m) => Some(Condition::SplitBrain(names(m))),
-        };
-        let now = Instant::now().into_std();
-        for say in self.conditions.observe(condition, now) {
+        for say in lasting.cluster {
             self.log_condition(say);
         }
 
-        let stale: Vec<String> = decision
-            .stale
-            .iter()
-            .map(|s| self.nodes[s.node].name.clone())
-            .collect();
         let active = self.active_name();
-        for say in self
-            .stale_log
-            .observe((!stale.is_empty()).then(|| stale.clone()), now)
-        {
+        for say in lasting.stale {
             match say {
                 Say::Started(_) => {
-                    for s in &decision.stale {
+                    for s in &lasting.stale_found {
                         let name = &self.nodes[s.node].name;
                         view::record_event(
                             &self.status,
@@ -62,10 +50,11 @@ impl<C: Console> Daemon<C> {
                 }
                 Say::Reminder { key, lasted, .. } => error!(
                     "stale primary {} still running after {} s; never routed to, PgBouncer stays pointed at {active}",
-                    key.join(", "),
+                    names(&key).join(", "),
                     lasted.as_secs()
                 ),
                 Say::Ended { key, lasted } => {
+                    let key = names(&key);
                     let text = format!(
                         "stale primary {} no longer answers as master (after {} s)",
                         key.join(", "),
@@ -84,15 +73,19 @@ impl<C: Console> Daemon<C> {
             }
         }
 
-        let refusal = decision.refusal.as_ref().map(|r| self.refusal_text(r));
-        for say in self.refusal_log.observe(refusal, now) {
+        for say in lasting.refusal {
             match say {
-                Say::Started(text) => {
+                Say::Started(r) => {
+                    let text = self.refusal_text(&r.refusal);
                     error!("{text}");
                     view::record_event(&self.status, Kind::RefusalStart, None, text);
                 }
                 Say::Reminder { key, lasted, .. } => {
-                    error!("still, after {} s: {key}", lasted.as_secs())
+                    error!(
+                        "still, after {} s: {}",
+                        lasted.as_secs(),
+                        self.refusal_text(&key.refusal)
+                    )
                 }
                 Say::Ended { lasted, .. } => {
                     let text =
@@ -161,27 +154,30 @@ impl<C: Console> Daemon<C> {
         }
     }
 
-    pub(super) fn log_condition(&self, say: Say<Condition>) {
+    fn log_condition(&self, say: Say<Condition>) {
         let active = self.active_name();
+        let names = |ids: &[NodeId]| -> Vec<String> {
+            ids.iter().map(|i| self.nodes[*i].name.clone()).collect()
+        };
         let event = match &say {
             Say::Started(Condition::NoMaster) => Some((
                 Kind::NoMasterStart,
                 "no master: no server answers as master (stale primaries aside)".to_string(),
             )),
-            Say::Started(Condition::SplitBrain(names)) => Some((
+            Say::Started(Condition::SplitBrain(m)) => Some((
                 Kind::SplitBrainStart,
-                format!("split brain: {} all answer as master", names.join(", ")),
+                format!("split brain: {} all answer as master", names(m).join(", ")),
             )),
             Say::Ended { key, lasted } => Some(match key {
                 Condition::NoMaster => (
                     Kind::NoMasterEnd,
                     format!("no master is over after {} s", lasted.as_secs()),
                 ),
-                Condition::SplitBrain(n) => (
+                Condition::SplitBrain(m) => (
                     Kind::SplitBrainEnd,
                     format!(
                         "split brain ({}) is over after {} s",
-                        n.join(", "),
+                        names(m).join(", "),
                         lasted.as_secs()
                     ),
                 ),
@@ -195,10 +191,10 @@ impl<C: Console> Daemon<C> {
             Say::Started(Condition::NoMaster) => warn!(
                 "no master: no server answers as master (stale primaries aside); not touching PgBouncer, which stays pointed at {active}"
             ),
-            Say::Started(Condition::SplitBrain(names)) => error!(
+            Say::Started(Condition::SplitBrain(m)) => error!(
                 "split brain: {} all answer as master (on the same timeline, or one that cannot be read); refusing to switch, PgBouncer stays pointed at {active}. \
                  Find the real primary and stop or demote the other",
-                names.join(", ")
+                names(&m).join(", ")
             ),
             Say::Reminder {
                 key,
@@ -207,7 +203,7 @@ impl<C: Console> Daemon<C> {
             } => {
                 let what = match key {
                     Condition::NoMaster => "no master".to_string(),
-                    Condition::SplitBrain(n) => format!("split brain ({})", n.join(", ")),
+                    Condition::SplitBrain(m) => format!("split brain ({})", names(&m).join(", ")),
                 };
                 error!(
                     "{what} for {} s now ({rounds} rounds since the last reminder); PgBouncer stays pointed at {active}",
@@ -217,10 +213,44 @@ impl<C: Console> Daemon<C> {
             Say::Ended { key, lasted } => {
                 let what = match key {
                     Condition::NoMaster => "no master".to_string(),
-                    Condition::SplitBrain(n) => format!("split brain ({})", n.join(", ")),
+                    Condition::SplitBrain(m) => format!("split brain ({})", names(&m).join(", ")),
                 };
                 info!("{what} is over after {} s", lasted.as_secs())
             }
+        }
+    }
+
+    /// Log a switch that failed: its first failure, or a reminder that it still fails.
+    pub(super) fn say_switch_failing(&self, say: Say<SwitchError>) {
+        match say {
+            Say::Started(SwitchError { to, error }) => {
+                let name = &self.nodes[to].name;
+                let text = match &self.not_taken {
+                    Some(n) => format!(
+                        "switch to {name} failed: {error}; {}; retrying less and less often, up to every {} s, \
+                         until PgBouncer runs the symlink (restart it with the symlink as its config file)",
+                        n.describe(),
+                        self.cfg.interval.as_secs()
+                    ),
+                    // The policy believes what the link names since the failure.
+                    None => format!(
+                        "switch to {name} failed: {error}; the symlink points at {}; retrying every round",
+                        self.active_name()
+                    ),
+                };
+                error!("{text}");
+                view::record_event(&self.status, Kind::SwitchFailed, Some(name), text);
+            }
+            Say::Reminder {
+                key: SwitchError { to, error },
+                lasted,
+                rounds,
+            } => error!(
+                "switch to {} still failing after {} s ({rounds} attempts since the last reminder): {error}",
+                self.nodes[to].name,
+                lasted.as_secs()
+            ),
+            Say::Ended { .. } => {}
         }
     }
 

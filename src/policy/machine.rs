@@ -16,7 +16,9 @@ use crate::decide::{self, Action, Believed, Decision, Memory, NodeId, NodeState,
 use crate::policy::checks;
 use crate::policy::drift::DriftCadence;
 use crate::policy::leader::Following;
-use crate::policy::messages::{Command, Hold, Input, Paused, Release, Routes, Settings, Switched};
+use crate::policy::messages::{
+    Command, Hold, Input, Paused, Release, Routes, Settings, SwitchError, Switched,
+};
 use crate::policy::pacing::{self, SwitchPacing};
 use crate::policy::pause::{self, Pausing, Start};
 use crate::policy::persist::Persist;
@@ -102,13 +104,18 @@ pub struct Policy {
     pass: Option<Pass>,
     next_round: Instant,
     next_heartbeat: Instant,
+    /// The start-up's progress, until polling begins.
+    boot: Boot,
     /// etcd mode: Patroni's leader key and what its rule remembers.
     leader: Option<Following>,
+    /// When each lasting condition was last said.
+    reminders: Reminders,
 }
 
 impl Policy {
     /// The policy of a new process: `nodes` servers, none heard from, the timelines the
-    /// state file remembers. Nothing is believed of PgBouncer until [`Policy::start`].
+    /// state file remembers. Nothing is believed of PgBouncer, and nothing polled, until
+    /// the start-up ([`Input::Start`], see `machine/start.rs`) has run.
     pub fn new(settings: Settings, nodes: usize, timelines: Timelines, now: Instant) -> Policy {
         Policy {
             settings,
@@ -128,21 +135,10 @@ impl Policy {
             pass: None,
             next_round: now,
             next_heartbeat: now + HEARTBEAT,
+            boot: Boot::New,
             leader: None,
+            reminders: Reminders::default(),
         }
-    }
-
-    /// PgBouncer's symlink names `linked`'s file at start: believed, to be confirmed by
-    /// the first switch, and (with no timeline remembered) waited for (see `decide`).
-    pub fn start(&mut self, linked: Option<NodeId>) {
-        self.believed.active = linked;
-        self.memory = Memory::at_start(self.memory.timelines.clone(), linked);
-    }
-
-    /// Polling begins now: the first round at once, the first heartbeat a beat later.
-    pub fn start_polling(&mut self, now: Instant) {
-        self.next_round = now;
-        self.next_heartbeat = now + HEARTBEAT;
     }
 
     pub fn settings(&self) -> &Settings {
@@ -199,6 +195,11 @@ impl Policy {
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
         match input {
+            Input::Start => self.begin_start(&mut out),
+            Input::PgBouncer(answer) => self.pgbouncer_answered(answer, now, &mut out),
+            Input::PingDue => self.ping_due(&mut out),
+            // The timers run once polling has begun.
+            Input::RoundDue | Input::HeartbeatDue if !self.polling() => {}
             Input::RoundDue => self.begin_round(now, &mut out),
             Input::ConnectionClosed { .. } => {
                 // Something changed, maybe more than that server: everyone is asked now.
@@ -265,18 +266,14 @@ impl Policy {
                     self.decide(now, &mut out);
                 }
             }
-            Input::Linked { behind } => {
-                self.believed = Believed {
-                    active: behind,
-                    confirmed: false,
-                };
-            }
+            Input::Linked { behind } => self.linked(behind, &mut out),
             Input::Written { error } => {
                 self.state_error = error;
                 self.say_state_file(now, &mut out);
                 if let Some(Stage::Written(d)) = self.stage() {
                     self.consider_loss(d, now, &mut out);
                 }
+                self.state_file_tried(&mut out);
             }
             Input::StateFile { error } => self.state_error = error,
             Input::Paused(paused) => {
@@ -290,7 +287,7 @@ impl Policy {
             }
             Input::Switched(s) => {
                 if let Some(Stage::Switching(to)) = self.stage() {
-                    self.switched(s, &mut out);
+                    self.switched(s, now, &mut out);
                     self.after_switch(to, now, &mut out);
                 }
             }
@@ -307,6 +304,7 @@ impl Policy {
                         release: Release::Removed(lost),
                     });
                 }
+                self.say_removed(&removed, now, &mut out);
             }
             Input::Reloaded {
                 from,
@@ -314,16 +312,21 @@ impl Policy {
                 settings,
                 console_changed,
                 changed,
-            } => self.reloaded(
-                &from,
-                old_count,
-                settings,
-                console_changed,
-                changed,
-                now,
-                &mut out,
-            ),
+            } => {
+                self.reloaded(
+                    &from,
+                    old_count,
+                    settings,
+                    console_changed,
+                    changed,
+                    now,
+                    &mut out,
+                );
+                self.reloaded_while_waiting(now);
+            }
             Input::Leader(key) => self.leader_heard(key, now, &mut out),
+            // Before the first round nothing was changed that would need undoing.
+            Input::Shutdown if !self.polling() => {}
             Input::Shutdown => {
                 if let Some(hold) = self.hold.take() {
                     // PgBouncer keeps a pause after its admin session is gone: nobody else
@@ -333,6 +336,7 @@ impl Policy {
                         release: Release::Shutdown,
                     });
                 }
+                out.push(Command::SayShutdown);
             }
         }
         out
@@ -577,7 +581,10 @@ impl Policy {
     /// The pause's start: when the active master is lost and nothing can be switched to
     /// right now (see [`pause::on_loss`]).
     fn consider_loss(&mut self, decision: Decision, now: Instant, out: &mut Vec<Command>) {
-        out.push(Command::LogDecision(decision.clone()));
+        let said = self
+            .reminders
+            .verdict(&decision, self.believed.active, &self.nodes, now);
+        out.push(Command::LogDecision(said));
         let states: Vec<Option<NodeState>> = self.nodes.iter().map(|n| n.state).collect();
         if pause::master_back(self.believed.active, &decision, &states) {
             self.loss_handled = false;
@@ -668,7 +675,7 @@ impl Policy {
         self.finish(now, out);
     }
 
-    fn switched(&mut self, s: Switched, out: &mut Vec<Command>) {
+    fn switched(&mut self, s: Switched, now: Instant, out: &mut Vec<Command>) {
         match s {
             Switched::Done {
                 to,
@@ -676,6 +683,7 @@ impl Policy {
                 waiting,
                 resume_failed,
             } => {
+                out.extend(self.reminders.switch_worked(to, now));
                 self.pacing.attempted(to, started, pacing::Outcome::Done);
                 self.loss_handled = false;
                 if let Some(hold) = self.hold.take() {
@@ -697,10 +705,12 @@ impl Policy {
             }
             Switched::Failed {
                 to,
+                error,
                 started,
                 not_taken,
                 behind,
             } => {
+                out.extend(self.reminders.switch_failed(SwitchError { to, error }, now));
                 let outcome = if not_taken {
                     pacing::Outcome::NotTaken
                 } else {
@@ -759,8 +769,14 @@ impl Policy {
 mod known;
 mod leader;
 mod reload;
+mod reminders;
+mod start;
 
 pub use known::Known;
+pub use reminders::REMINDER_EVERY;
+use reminders::Reminders;
+use start::Boot;
+pub use start::PGBOUNCER_RETRY;
 
 #[cfg(test)]
 mod tests;

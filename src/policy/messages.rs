@@ -7,10 +7,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::counters::SwitchReason;
-use crate::decide::{Decision, NodeId, NodeState, Timeline, Timelines};
+use crate::decide::{NodeId, NodeState, Refusal, Stale, Timeline, Timelines};
 use crate::policy::leader::{Held, Key};
 use crate::policy::pause::{HoldEnd, Loss};
 use crate::policy::persist::Said;
+use crate::throttle::Say;
 
 /// The settings the rules read; taken from the configuration at start and at each reload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +83,8 @@ pub enum Switched {
     },
     Failed {
         to: NodeId,
+        /// Why, as the operator reads it.
+        error: String,
         started: Instant,
         /// PgBouncer reloaded but runs a file other than the symlink.
         not_taken: bool,
@@ -98,6 +101,48 @@ pub enum Routes {
     Differ(String),
     /// The comparison could not be made (the executor said why).
     Unknown,
+}
+
+/// A lasting state of the cluster that is said when it starts and when it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    NoMaster,
+    SplitBrain(Vec<NodeId>),
+}
+
+/// A refusal to switch, as it is said: said anew when the node PgBouncer points at, or
+/// why the refused master turns new logins away, changes (the line names both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub refusal: Refusal,
+    pub active: Option<NodeId>,
+    /// What a new connection to the refused master found ([`Refusal::RefusesNewLogins`]).
+    pub refuses_new: Option<String>,
+}
+
+/// A switch that failed: said anew when the target or the error changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchError {
+    pub to: NodeId,
+    pub error: String,
+}
+
+/// What to log of the verdict's lasting conditions now: each once when it starts, as a
+/// reminder every [`REMINDER_EVERY`](super::machine::REMINDER_EVERY) while it lasts, and
+/// once when it ends. Empty when nothing is due.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lasting {
+    pub cluster: Vec<Say<Condition>>,
+    pub stale: Vec<Say<Vec<NodeId>>>,
+    /// The verdict's stale primaries, which a `stale` that starts names one by one.
+    pub stale_found: Vec<Stale>,
+    pub refusal: Vec<Say<Refused>>,
+}
+
+impl Lasting {
+    pub fn is_empty(&self) -> bool {
+        self.cluster.is_empty() && self.stale.is_empty() && self.refusal.is_empty()
+    }
 }
 
 /// Where an old node went in a reload: `Kept` and `Restarted` carry what is known of it,
@@ -118,6 +163,14 @@ pub enum Carry {
 /// executor only plumbs it in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
+    /// The process starts: the start-up steps begin (see `machine/start.rs`).
+    Start,
+    /// The answer to [`Command::PingPgBouncer`]: PgBouncer's version, or why its admin
+    /// console did not answer.
+    PgBouncer(Result<String, String>),
+    /// The start-up's retry timer
+    /// ([`Policy::next_ping`](super::machine::Policy::next_ping)) fired.
+    PingDue,
     /// The round timer ([`Policy::next_round`](super::machine::Policy::next_round)) fired.
     RoundDue,
     /// The heartbeat timer fired.
@@ -143,8 +196,8 @@ pub enum Input {
     Routes(Routes),
     /// The node the symlink names, the answer to [`Command::FindLinked`].
     Linked { behind: Option<NodeId> },
-    /// A write of the state file ended: the answer to [`Command::WriteTimelines`], or at
-    /// start the first write.
+    /// A write of the state file ended: the answer to [`Command::WriteTimelines`] or
+    /// [`Command::TryStateFile`].
     Written { error: Option<String> },
     /// The state file was written by another step (a pause, a switch, a resume): only
     /// recorded, said at the next decision.
@@ -188,6 +241,29 @@ pub enum Release {
 /// input before the policy goes on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
+    /// Remove the temporary links a switch cut short by a stop left beside the symlink.
+    RemoveTempLinks,
+    /// At start: say which node's file the symlink names (none: no node's).
+    SayLinked(Option<NodeId>),
+    /// At start: say the timelines the state file remembers (a master below is stale).
+    SayRemembered(Vec<u32>),
+    /// Write the state file as it stands, to learn whether it can be written; answer with
+    /// [`Input::Written`].
+    TryStateFile,
+    /// Ask PgBouncer's admin console for its version; answer with [`Input::PgBouncer`].
+    PingPgBouncer,
+    /// PgBouncer's admin console did not answer: say so, and that it is asked again after
+    /// `retry`.
+    PgBouncerSilent { error: String, retry: Duration },
+    /// PgBouncer's admin console answered: say so; polling begins.
+    PgBouncerAnswers { version: String },
+    /// Finish what the last run left: the `KILL` and `RESUME` the state file lists, and a
+    /// `server_login_retry` left at 0.
+    FinishLastRun,
+    /// etcd mode: start following Patroni's leader key.
+    StartLeader,
+    /// Say which of PgBouncer's settings defeat `pause_on_failover`.
+    CheckPauseSettings,
     /// Ask these servers (on a new connection if `fresh`). With `until`, wait for the
     /// answers of `wait_for` until then, feeding each as it comes, and answer with
     /// [`Input::ChecksOver`]; without, the answers come whenever they do.
@@ -219,8 +295,10 @@ pub enum Command {
     WriteTimelines(Timelines),
     /// Log how the state file stands.
     SayStateFile(Vec<Said>),
-    /// Log the verdict's lasting conditions (no master, split brain, stale, refusal).
-    LogDecision(Decision),
+    /// Log what is due of the verdict's lasting conditions (no master, split brain, stale
+    /// primaries, a refusal to switch): after every verdict, and at a reload that removes
+    /// a node one of them names (it ends).
+    LogDecision(Lasting),
     /// The active master was lost but pausing cannot be recorded: say that its clients
     /// are not held.
     CannotHold(Loss),
@@ -235,6 +313,11 @@ pub enum Command {
         /// The databases held by the pause under way, if one is.
         held: Option<Vec<String>>,
     },
+    /// A switch failed: its first failure ([`Say::Started`]) or a reminder that it still
+    /// fails; say it.
+    SwitchFailing(Say<SwitchError>),
+    /// A switch to `to` worked after switches failed for `lasted`; say it.
+    SwitchRecovered { to: NodeId, lasted: Duration },
     /// End this hold without a switch (`RESUME`), and say why.
     EndHold { hold: Hold, release: Release },
     /// A switch to `to` ended this hold: record how it ended.
@@ -254,4 +337,6 @@ pub enum Command {
     Publish,
     /// A round ended.
     RoundDone,
+    /// The last step of a shutdown: say where PgBouncer stays pointed.
+    SayShutdown,
 }

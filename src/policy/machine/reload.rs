@@ -68,6 +68,7 @@ impl Policy {
             .collect();
         self.memory.unheard_link = self.memory.unheard_link.and_then(remap);
         self.pacing.remap(remap);
+        self.reminders.remap(remap);
         if let Some(f) = &mut self.leader {
             f.remap(remap);
         }

@@ -292,13 +292,22 @@ fn a_failed_switch_believes_the_link_and_is_tried_again_after_its_pace() {
     let cmds = r.reply_until_done(cmds, None);
     assert_eq!(switch_in(&cmds), Some((1, SwitchReason::Initial)));
     let started = r.now;
+    let error = "RELOAD failed".to_string();
     let cmds = r.tell(Input::Switched(Switched::Failed {
         to: 1,
+        error: error.clone(),
         started,
         not_taken: false,
         behind: None,
     }));
-    assert_eq!(cmds, [Command::Publish, Command::RoundDone]);
+    assert_eq!(
+        cmds,
+        [
+            Command::SwitchFailing(crate::throttle::Say::Started(SwitchError { to: 1, error })),
+            Command::Publish,
+            Command::RoundDone
+        ]
+    );
     assert_eq!(r.p.believed(), Believed::default());
     // The next fast round comes too soon for another attempt; a second later it is made.
     r.at(MS(200));
@@ -658,6 +667,7 @@ fn a_closed_monitoring_connection_checks_every_server_now_even_one_backing_off()
 }
 
 mod leader;
+mod start;
 #[test]
 fn a_master_gone_at_its_target_check_still_raises_the_timeline() {
     let mut r = settled_on_node0(settings(true, false));
