@@ -16,6 +16,21 @@ fn run(believed: Believed, states: &[NodeState]) -> Decision {
     decide(believed, &plain(states), &Memory::default())
 }
 
+/// A round in which every node reports its timeline, with nothing remembered yet.
+fn run_on(believed: Believed, seen: &[(NodeState, u32)]) -> Decision {
+    let seen: Vec<Seen> = seen.iter().map(|&(s, t)| Seen::on(s, t)).collect();
+    decide(believed, &seen, &Memory::default())
+}
+
+fn stale(node: NodeId, timeline: u32, highest: u32, standby: Option<NodeId>) -> Stale {
+    Stale {
+        node,
+        timeline,
+        highest,
+        standby,
+    }
+}
+
 fn remembering(timeline: u32) -> Memory {
     let mut m = Memory::default();
     m.timelines.raise(None, timeline);
@@ -389,15 +404,7 @@ fn a_master_behind_the_highest_timeline_is_stale_and_never_a_target() {
         &remembering(2),
     );
     assert_eq!(d.cluster, Cluster::NoMaster);
-    assert_eq!(
-        d.stale,
-        vec![Stale {
-            node: 0,
-            timeline: 1,
-            highest: 2,
-            standby: None,
-        }]
-    );
+    assert_eq!(d.stale, vec![stale(0, 1, 2, None)]);
     assert_eq!(d.action, Action::Nothing);
 }
 
@@ -405,21 +412,9 @@ fn a_master_behind_the_highest_timeline_is_stale_and_never_a_target() {
 fn a_standby_on_a_newer_timeline_is_enough_to_make_a_master_stale() {
     // rebouncer never saw the promotion (it was down), but a standby already follows
     // timeline 2: the master on timeline 1 is an old primary.
-    let d = decide(
-        Believed::default(),
-        &[Seen::on(Master, 1), Seen::on(Standby, 2)],
-        &Memory::default(),
-    );
+    let d = run_on(Believed::default(), &[(Master, 1), (Standby, 2)]);
     assert_eq!(d.cluster, Cluster::NoMaster);
-    assert_eq!(
-        d.stale,
-        vec![Stale {
-            node: 0,
-            timeline: 1,
-            highest: 2,
-            standby: Some(1),
-        }]
-    );
+    assert_eq!(d.stale, vec![stale(0, 1, 2, Some(1))]);
     // Only the master's timeline is remembered.
     assert_eq!(d.memory.timelines.highest(None), Some(1));
 }
@@ -428,15 +423,7 @@ fn a_standby_on_a_newer_timeline_is_enough_to_make_a_master_stale() {
 fn a_standby_ahead_fences_only_while_it_reports_its_timeline() {
     // A clone promoted by mistake and restarted as a standby reports timeline 2; the
     // real primary is on 1. Once that standby stops, the primary is followed again.
-    let ahead = decide(
-        at(1),
-        &[
-            Seen::on(Master, 1),
-            Seen::on(Standby, 2),
-            Seen::on(Standby, 1),
-        ],
-        &Memory::default(),
-    );
+    let ahead = run_on(at(1), &[(Master, 1), (Standby, 2), (Standby, 1)]);
     assert_eq!(ahead.cluster, Cluster::NoMaster);
     assert_eq!(ahead.stale[0].standby, Some(1));
     let gone = decide(
@@ -451,11 +438,7 @@ fn a_standby_ahead_fences_only_while_it_reports_its_timeline() {
 
 #[test]
 fn a_standby_ahead_is_forgotten_across_a_restart() {
-    let ahead = decide(
-        at(0),
-        &[Seen::on(Master, 1), Seen::on(Standby, 2)],
-        &Memory::default(),
-    );
+    let ahead = run_on(at(0), &[(Master, 1), (Standby, 2)]);
     let text = crate::state::State {
         timelines: ahead.memory.timelines.clone(),
         ..Default::default()
@@ -500,15 +483,7 @@ fn a_standby_beyond_the_remembered_timeline_is_named_as_the_fence() {
         ],
         &remembering(2),
     );
-    assert_eq!(
-        d.stale,
-        vec![Stale {
-            node: 1,
-            timeline: 2,
-            highest: 4,
-            standby: Some(2),
-        }]
-    );
+    assert_eq!(d.stale, vec![stale(1, 2, 4, Some(2))]);
     assert_eq!(d.memory.timelines.highest(None), Some(2));
 }
 
@@ -529,15 +504,7 @@ fn a_standby_of_another_cluster_fences_nothing() {
 
 #[test]
 fn of_several_masters_the_one_on_the_highest_timeline_is_the_primary() {
-    let d = decide(
-        at(0),
-        &[
-            Seen::on(Master, 1),
-            Seen::on(Master, 2),
-            Seen::on(Standby, 2),
-        ],
-        &Memory::default(),
-    );
+    let d = run_on(at(0), &[(Master, 1), (Master, 2), (Standby, 2)]);
     assert_eq!(d.cluster, Cluster::OneMaster(1));
     assert_eq!(d.stale.iter().map(|s| s.node).collect::<Vec<_>>(), vec![0]);
     assert_eq!(d.action, Action::Switch(1));
@@ -546,11 +513,7 @@ fn of_several_masters_the_one_on_the_highest_timeline_is_the_primary() {
 #[test]
 fn several_masters_on_the_same_highest_timeline_are_split_brain() {
     // Two standbys promoted from the same primary both start timeline 2.
-    let d = decide(
-        at(1),
-        &[Seen::on(Master, 2), Seen::on(Master, 2), Seen::on(Down, 1)],
-        &Memory::default(),
-    );
+    let d = run_on(at(1), &[(Master, 2), (Master, 2), (Down, 1)]);
     assert_eq!(d.cluster, Cluster::SplitBrain(vec![0, 1]));
     assert_eq!(d.action, Action::Nothing);
 }
@@ -581,11 +544,7 @@ fn a_stale_primary_stays_stale_whatever_else_is_down() {
 fn the_remembered_timeline_survives_a_restart_through_the_state() {
     // Round 1 of the first run sees the promotion; the memory is what the state file
     // keeps; a new run starting from it still refuses the old primary.
-    let first = decide(
-        at(0),
-        &[Seen::on(Standby, 1), Seen::on(Master, 2)],
-        &Memory::default(),
-    );
+    let first = run_on(at(0), &[(Standby, 1), (Master, 2)]);
     let restarted = Memory::at_start(first.memory.timelines.clone(), None);
     let d = decide(
         Believed::default(),
