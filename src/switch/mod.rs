@@ -524,14 +524,18 @@ mod tests {
                 port: 5432,
             }],
         };
-        let routes = vec![Database {
-            name: "app".into(),
-            route: Route {
-                host: Some("10.0.0.11".into()),
-                port: 5432,
-            },
-            paused: false,
-        }];
+        // What PgBouncer reports for `app` when it sends it to `host`.
+        let routed_to = |host: &str| {
+            vec![Database {
+                name: "app".into(),
+                route: Route {
+                    host: Some(host.into()),
+                    port: 5432,
+                },
+                paused: false,
+            }]
+        };
+        let routes = routed_to("10.0.0.11");
         let e = confirm(&node, Path::new("/etc/pgbouncer/pgbouncer.ini"), &routes).unwrap_err();
         assert!(
             e.starts_with(
@@ -539,14 +543,6 @@ mod tests {
             ),
             "{e}"
         );
-        let ok = vec![Database {
-            name: "app".into(),
-            route: Route {
-                host: Some("10.0.0.12".into()),
-                port: 5432,
-            },
-            paused: false,
-        }];
-        assert!(confirm(&node, Path::new("/x"), &ok).is_ok());
+        assert!(confirm(&node, Path::new("/x"), &routed_to("10.0.0.12")).is_ok());
     }
 }
