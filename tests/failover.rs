@@ -116,6 +116,20 @@ fn failover_is_followed_without_waiting_for_the_interval() {
     );
 }
 
+/// Over 4 s, the daemon logs in to pg2 (the master PgBouncer is on) twice at the most,
+/// and PgBouncer stays on pg2.
+fn held_on_pg2_with_few_new_logins(c: &Cluster) {
+    let logins = c.monitor_logins(2);
+    std::thread::sleep(Duration::from_secs(4));
+    let new_logins = c.monitor_logins(2) - logins;
+    assert!(
+        new_logins <= 2,
+        "{new_logins} new monitoring logins to pg2 in 4 s"
+    );
+    assert_eq!(c.symlink_node(), Some(2));
+    assert_eq!(c.bouncer_target_node(), Some(2));
+}
+
 #[test]
 fn old_primary_coming_back_is_refused_as_a_stale_primary() {
     let (c, mut d) = settled_on_pg1();
@@ -128,16 +142,8 @@ fn old_primary_coming_back_is_refused_as_a_stale_primary() {
             "CRITICAL: stale primary pg1 (timeline 1, the cluster is on 2) accepts connections",
         )
     });
-    let logins = c.monitor_logins(2);
-    std::thread::sleep(Duration::from_secs(4));
     // Not a split brain: no re-check on new connections at the fast rate.
-    let new_logins = c.monitor_logins(2) - logins;
-    assert!(
-        new_logins <= 2,
-        "{new_logins} new monitoring logins to pg2 in 4 s"
-    );
-    assert_eq!(c.symlink_node(), Some(2));
-    assert_eq!(c.bouncer_target_node(), Some(2));
+    held_on_pg2_with_few_new_logins(&c);
     assert_eq!(c.bouncer_write("still on pg2").unwrap(), 2);
     // /nodes keeps the Go tool's words: pg1 does answer as master.
     assert_eq!(nodes(&d), "pg1: master\npg2: master\npg3: standby\n");
@@ -176,17 +182,9 @@ fn two_standbys_promoted_from_one_primary_are_split_brain() {
         d.nagios()
             .starts_with("CRITICAL: split brain: 2 masters (pg2, pg3)")
     });
-    let logins = c.monitor_logins(2);
-    std::thread::sleep(Duration::from_secs(4));
     // Rounds come every 0.1 s while it lasts, but each master is re-checked on a new
     // connection only when the split brain starts and then every 5 s: not 40 backends.
-    let new_logins = c.monitor_logins(2) - logins;
-    assert!(
-        new_logins <= 2,
-        "{new_logins} new monitoring logins to pg2 in 4 s"
-    );
-    assert_eq!(c.symlink_node(), Some(2));
-    assert_eq!(c.bouncer_target_node(), Some(2));
+    held_on_pg2_with_few_new_logins(&c);
     let log = d.log();
     assert_eq!(
         log.matches("split brain: pg2, pg3 all answer as master")

@@ -50,16 +50,22 @@ fn assert_log_refuses_stale_pg1(d: &Daemon) {
     );
 }
 
-/// pg1 primary, pg2 + pg3 standbys, daemon (interval=2, timeout=2) settled on pg1; then
-/// the failover: pg1 stopped, pg2 promoted, PgBouncer on pg2; then pg1 started again as
-/// it was, an old primary on timeline 1 (pg2 is on timeline 2).
-fn failover_then_old_primary_back() -> (Cluster, Daemon, RouteSampler) {
+/// pg1 primary, pg2 + pg3 standbys, the daemon (interval=2, timeout=2) started from
+/// `cfg`, and PgBouncer switched to pg1.
+fn started_on_pg1() -> (Cluster, std::path::PathBuf, Daemon) {
     let c = Cluster::start(Opts::default().standbys(2));
     let cfg = c.write_rebouncer_config(2, 2, "");
     let mut d = c.daemon(&cfg);
     d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |_| {
         c.symlink_node() == Some(1) && c.bouncer_target_node() == Some(1)
     });
+    (c, cfg, d)
+}
+
+/// [`started_on_pg1`]; then the failover: pg1 stopped, pg2 promoted, PgBouncer on pg2;
+/// then pg1 started again as it was, an old primary on timeline 1 (pg2 is on timeline 2).
+fn failover_then_old_primary_back() -> (Cluster, Daemon, RouteSampler) {
+    let (c, _, mut d) = started_on_pg1();
     c.fail_over_to_pg2(&mut d, SHORT);
     d.wait_for(SHORT, "a write through PgBouncer landing on pg2", |_| {
         c.bouncer_write("after failover") == Ok(2)
@@ -404,12 +410,7 @@ fn an_unprivileged_monitoring_role_follows_a_failover() {
 /// state file survives the restart.) A daemon without that memory switches to pg1.
 #[test]
 fn stale_primary_is_refused_after_a_daemon_restart_while_the_new_primary_is_down() {
-    let c = Cluster::start(Opts::default().standbys(2));
-    let cfg = c.write_rebouncer_config(2, 2, "");
-    let mut d = c.daemon(&cfg);
-    d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |_| {
-        c.symlink_node() == Some(1) && c.bouncer_target_node() == Some(1)
-    });
+    let (c, cfg, mut d) = started_on_pg1();
     c.fail_over_until_a_write_lands_on_pg2(&mut d, SHORT, "after failover");
     d.wait_for(SHORT, "/nodes after the failover", |d| {
         nodes(d) == "pg1: down\npg2: master\npg3: standby\n"
