@@ -446,9 +446,15 @@ mod tests {
         );
     }
 
+    /// The error of a switch to `to` that must fail, as the operator reads it.
+    async fn switch_error(t: &mut Setup, to: &Path) -> String {
+        t.switch(to, None).await.unwrap_err().to_string()
+    }
+
     #[tokio::test]
     async fn every_failed_step_says_where_it_stopped_and_where_the_link_points() {
         let mut t = setup();
+        let db2_file = t.db2.clone();
         let (link, db1, db2) = (
             t.link.display().to_string(),
             t.db1.display().to_string(),
@@ -456,11 +462,7 @@ mod tests {
         );
 
         t.fake.set_up(false);
-        let e = t
-            .switch(&t.db2.clone(), None)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = switch_error(&mut t, &db2_file).await;
         assert!(
             e.ends_with(&format!(
                 "; stopped before touching the symlink: {link} points at {db1}"
@@ -470,7 +472,7 @@ mod tests {
         t.fake.set_up(true);
 
         let missing = t.dir.path().join("db9.ini");
-        let e = t.switch(&missing, None).await.unwrap_err().to_string();
+        let e = switch_error(&mut t, &missing).await;
         assert!(
             e.ends_with(&format!(
                 "stopped before touching the symlink: {link} points at {db1}"
@@ -479,11 +481,7 @@ mod tests {
         );
 
         t.fake.fail("RELOAD", Some("timeout"));
-        let e = t
-            .switch(&t.db2.clone(), None)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = switch_error(&mut t, &db2_file).await;
         assert!(
             e.starts_with(&format!("{link} points at {db2}, but RELOAD failed: ")),
             "{e}"
