@@ -5,20 +5,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts};
+use common::{Cluster, Daemon, Opts, finally};
 
 const SHORT: Duration = Duration::from_secs(20);
 
-fn nodes(d: &common::Daemon) -> String {
+fn nodes(d: &Daemon) -> String {
     d.http_get("/nodes").unwrap_or_default()
 }
 
-/// Runs `body`, then `cleanup` even if `body` panicked (a stopped server must be resumed
-/// before the failure is reported, or the teardown waits on it).
-fn finally<T>(body: impl FnOnce() -> T, cleanup: impl FnOnce()) -> T {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
-    cleanup();
-    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+/// pg1 primary, pg2 + pg3 standbys, the daemon (interval=1, timeout=2) settled on pg1.
+fn settled_on_pg1() -> (Cluster, Daemon) {
+    let c = Cluster::start_default();
+    let cfg = c.write_rebouncer_config(1, 2, "");
+    let mut d = c.daemon(&cfg);
+    c.wait_settled_on_pg1(&mut d);
+    (c, d)
 }
 
 #[test]
@@ -55,10 +56,7 @@ fn at_start_up_pgbouncer_is_pointed_at_the_primary() {
 
 #[test]
 fn failover_is_followed_and_writes_land_on_the_new_primary() {
-    let c = Cluster::start_default();
-    let cfg = c.write_rebouncer_config(1, 2, "");
-    let mut d = c.daemon(&cfg);
-    c.wait_settled_on_pg1(&mut d);
+    let (c, mut d) = settled_on_pg1();
 
     c.stop_fast(1);
     let promoted = Instant::now();
@@ -118,17 +116,24 @@ fn failover_is_followed_without_waiting_for_the_interval() {
     );
 }
 
+/// Over 4 s, the daemon logs in to pg2 (the master PgBouncer is on) twice at the most,
+/// and PgBouncer stays on pg2.
+fn held_on_pg2_with_few_new_logins(c: &Cluster) {
+    let logins = c.monitor_logins(2);
+    std::thread::sleep(Duration::from_secs(4));
+    let new_logins = c.monitor_logins(2) - logins;
+    assert!(
+        new_logins <= 2,
+        "{new_logins} new monitoring logins to pg2 in 4 s"
+    );
+    assert_eq!(c.symlink_node(), Some(2));
+    assert_eq!(c.bouncer_target_node(), Some(2));
+}
+
 #[test]
 fn old_primary_coming_back_is_refused_as_a_stale_primary() {
-    let c = Cluster::start_default();
-    let cfg = c.write_rebouncer_config(1, 2, "");
-    let mut d = c.daemon(&cfg);
-    c.wait_settled_on_pg1(&mut d);
-    c.stop_fast(1);
-    c.promote(2);
-    d.wait_for(SHORT, "switch to pg2", |_| {
-        c.bouncer_target_node() == Some(2)
-    });
+    let (c, mut d) = settled_on_pg1();
+    c.fail_over_to_pg2(&mut d, SHORT);
 
     // The old primary restarts as it was: a second master, on the old timeline.
     c.start_node(1);
@@ -137,16 +142,8 @@ fn old_primary_coming_back_is_refused_as_a_stale_primary() {
             "CRITICAL: stale primary pg1 (timeline 1, the cluster is on 2) accepts connections",
         )
     });
-    let logins = c.monitor_logins(2);
-    std::thread::sleep(Duration::from_secs(4));
     // Not a split brain: no re-check on new connections at the fast rate.
-    let new_logins = c.monitor_logins(2) - logins;
-    assert!(
-        new_logins <= 2,
-        "{new_logins} new monitoring logins to pg2 in 4 s"
-    );
-    assert_eq!(c.symlink_node(), Some(2));
-    assert_eq!(c.bouncer_target_node(), Some(2));
+    held_on_pg2_with_few_new_logins(&c);
     assert_eq!(c.bouncer_write("still on pg2").unwrap(), 2);
     // /nodes keeps the Go tool's words: pg1 does answer as master.
     assert_eq!(nodes(&d), "pg1: master\npg2: master\npg3: standby\n");
@@ -178,31 +175,16 @@ fn old_primary_coming_back_is_refused_as_a_stale_primary() {
 #[test]
 fn two_standbys_promoted_from_one_primary_are_split_brain() {
     // Both start timeline 2 from the same history: the timelines cannot tell them apart.
-    let c = Cluster::start_default();
-    let cfg = c.write_rebouncer_config(1, 2, "");
-    let mut d = c.daemon(&cfg);
-    c.wait_settled_on_pg1(&mut d);
-    c.stop_fast(1);
-    c.promote(2);
-    d.wait_for(SHORT, "switch to pg2", |_| {
-        c.bouncer_target_node() == Some(2)
-    });
+    let (c, mut d) = settled_on_pg1();
+    c.fail_over_to_pg2(&mut d, SHORT);
     c.promote(3);
     d.wait_for(SHORT, "split brain on /nagios", |d| {
         d.nagios()
             .starts_with("CRITICAL: split brain: 2 masters (pg2, pg3)")
     });
-    let logins = c.monitor_logins(2);
-    std::thread::sleep(Duration::from_secs(4));
     // Rounds come every 0.1 s while it lasts, but each master is re-checked on a new
     // connection only when the split brain starts and then every 5 s: not 40 backends.
-    let new_logins = c.monitor_logins(2) - logins;
-    assert!(
-        new_logins <= 2,
-        "{new_logins} new monitoring logins to pg2 in 4 s"
-    );
-    assert_eq!(c.symlink_node(), Some(2));
-    assert_eq!(c.bouncer_target_node(), Some(2));
+    held_on_pg2_with_few_new_logins(&c);
     let log = d.log();
     assert_eq!(
         log.matches("split brain: pg2, pg3 all answer as master")
@@ -219,10 +201,7 @@ fn two_standbys_promoted_from_one_primary_are_split_brain() {
 
 #[test]
 fn with_no_master_pgbouncer_is_left_alone() {
-    let c = Cluster::start_default();
-    let cfg = c.write_rebouncer_config(1, 2, "");
-    let mut d = c.daemon(&cfg);
-    c.wait_settled_on_pg1(&mut d);
+    let (c, mut d) = settled_on_pg1();
 
     c.stop_fast(1);
     d.wait_for(SHORT, "no master on /nagios", |d| {
@@ -255,10 +234,7 @@ fn with_no_master_pgbouncer_is_left_alone() {
 
 #[test]
 fn a_hung_server_is_down_within_the_timeout_and_holds_up_nothing() {
-    let c = Cluster::start_default();
-    let cfg = c.write_rebouncer_config(1, 2, "");
-    let mut d = c.daemon(&cfg);
-    c.wait_settled_on_pg1(&mut d);
+    let (c, mut d) = settled_on_pg1();
     let fds_before = open_fds(d.pid());
 
     // pg3's processes stop: its port accepts, nothing answers.
@@ -296,10 +272,7 @@ fn a_hung_server_is_down_within_the_timeout_and_holds_up_nothing() {
 
 #[test]
 fn a_hung_primary_is_replaced_by_the_promoted_standby() {
-    let c = Cluster::start_default();
-    let cfg = c.write_rebouncer_config(1, 2, "");
-    let mut d = c.daemon(&cfg);
-    c.wait_settled_on_pg1(&mut d);
+    let (c, mut d) = settled_on_pg1();
 
     c.sigstop(1);
     d.wait_for(SHORT, "pg1 down", |d| nodes(d).contains("pg1: down"));
@@ -348,10 +321,7 @@ fn clients_are_not_held_back_by_failed_logins_to_the_old_primary() {
     // PgBouncer's node files keep the default server_login_retry (15 s). After logins to
     // the dead primary failed, PgBouncer would hold new logins back that long, even after
     // a RELOAD to the new primary; the switch's KILL + RESUME clears that.
-    let c = Cluster::start_default();
-    let cfg = c.write_rebouncer_config(1, 2, "");
-    let mut d = c.daemon(&cfg);
-    c.wait_settled_on_pg1(&mut d);
+    let (c, mut d) = settled_on_pg1();
     assert!(
         !c.node_file(1).exists()
             || !std::fs::read_to_string(c.node_file(1))
@@ -416,11 +386,7 @@ fn a_config_shaped_like_the_go_sample_follows_a_failover() {
     assert!(c.symlink_target().is_absolute());
     assert_eq!(c.bouncer_write("go-sample before").unwrap(), 1);
 
-    c.stop_fast(1);
-    c.promote(2);
-    d.wait_for(SHORT, "a write through PgBouncer landing on pg2", |_| {
-        c.bouncer_write("go-sample after") == Ok(2)
-    });
+    c.fail_over_until_a_write_lands_on_pg2(&mut d, SHORT, "go-sample after");
     assert_eq!(c.symlink_node(), Some(2));
     assert_eq!(c.symlink_target(), c.node_file(2));
 }

@@ -18,20 +18,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Daemon, Opts};
+use common::{BouncerWriter, Cluster, Daemon, Opts, RouteSampler, finally};
 
 const SHORT: Duration = Duration::from_secs(30);
 
 fn nodes(d: &Daemon) -> String {
     d.http_get("/nodes").unwrap_or_default()
-}
-
-/// Runs `body`, then `cleanup` even if `body` panicked (a stopped server must be resumed,
-/// a pg_hba.conf restored, before the failure is reported).
-fn finally<T>(body: impl FnOnce() -> T, cleanup: impl FnOnce()) -> T {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
-    cleanup();
-    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Log lines that contain every one of `words`.
@@ -58,21 +50,23 @@ fn assert_log_refuses_stale_pg1(d: &Daemon) {
     );
 }
 
-/// pg1 primary, pg2 + pg3 standbys, daemon (interval=2, timeout=2) settled on pg1; then
-/// the failover: pg1 stopped, pg2 promoted, PgBouncer on pg2; then pg1 started again as
-/// it was, an old primary on timeline 1 (pg2 is on timeline 2).
-fn failover_then_old_primary_back() -> (Cluster, Daemon, common::RouteSampler) {
+/// pg1 primary, pg2 + pg3 standbys, the daemon (interval=2, timeout=2) started from
+/// `cfg`, and PgBouncer switched to pg1.
+fn started_on_pg1() -> (Cluster, std::path::PathBuf, Daemon) {
     let c = Cluster::start(Opts::default().standbys(2));
     let cfg = c.write_rebouncer_config(2, 2, "");
     let mut d = c.daemon(&cfg);
     d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |_| {
         c.symlink_node() == Some(1) && c.bouncer_target_node() == Some(1)
     });
-    c.stop_fast(1);
-    c.promote(2);
-    d.wait_for(SHORT, "PgBouncer on pg2 after the failover", |_| {
-        c.bouncer_target_node() == Some(2)
-    });
+    (c, cfg, d)
+}
+
+/// [`started_on_pg1`]; then the failover: pg1 stopped, pg2 promoted, PgBouncer on pg2;
+/// then pg1 started again as it was, an old primary on timeline 1 (pg2 is on timeline 2).
+fn failover_then_old_primary_back() -> (Cluster, Daemon, RouteSampler) {
+    let (c, _, mut d) = started_on_pg1();
+    c.fail_over_to_pg2(&mut d, SHORT);
     d.wait_for(SHORT, "a write through PgBouncer landing on pg2", |_| {
         c.bouncer_write("after failover") == Ok(2)
     });
@@ -93,6 +87,44 @@ fn failover_then_old_primary_back() -> (Cluster, Daemon, common::RouteSampler) {
     // The daemon has seen it (as a master on an old timeline: a stale primary).
     d.wait_for(SHORT, "/nodes showing pg1 up again", pg1_seen_up);
     (c, d, sampler)
+}
+
+/// The nodes PgBouncer routed to while `sampler` ran, each run of one route told once.
+fn routes_seen(sampler: RouteSampler) -> Vec<Option<usize>> {
+    let mut routed: Vec<Option<usize>> = sampler.stop().into_iter().map(|s| s.1).collect();
+    routed.dedup();
+    routed
+}
+
+/// Stops the client `writer` (writing rows tagged `tag`) and the `sampler`: no write
+/// reached the stale primary pg1, as the client saw it or in pg1's rows, and PgBouncer
+/// was never routed nor linked to it.
+fn assert_pg1_never_written(
+    c: &Cluster,
+    d: &Daemon,
+    tag: &str,
+    writer: BouncerWriter,
+    sampler: RouteSampler,
+) {
+    let writes = writer.stop();
+    let routed = routes_seen(sampler);
+    eprintln!("{}", writes.summary());
+
+    let on_pg1_rows = c.rows_tagged(1, tag).expect("count rows on pg1");
+    eprintln!("PgBouncer routes seen (deduplicated): {routed:?}");
+    assert_eq!(
+        (writes.on(1), on_pg1_rows),
+        (0, 0),
+        "client writes reached the stale primary pg1 (client view, rows on pg1): {}\n{}",
+        writes.summary(),
+        d.diagnostics()
+    );
+    assert!(
+        !routed.contains(&Some(1)),
+        "PgBouncer was pointed at the stale primary pg1: routes {routed:?}\n{}",
+        d.diagnostics()
+    );
+    assert_ne!(c.symlink_node(), Some(1));
 }
 
 /// /nodes shows pg1 up again: any state but `down`, since what the returning old primary
@@ -137,30 +169,7 @@ fn stale_primary_never_gets_writes_while_the_new_primary_hangs() {
         nodes(d).contains("pg2: master")
     });
     std::thread::sleep(Duration::from_secs(4));
-    let writes = writer.stop();
-    let samples = sampler.stop();
-    eprintln!("{}", writes.summary());
-
-    let on_pg1_rows = c.rows_tagged(1, tag).expect("count rows on pg1");
-    let routed: Vec<Option<usize>> = {
-        let mut v: Vec<Option<usize>> = samples.iter().map(|s| s.1).collect();
-        v.dedup();
-        v
-    };
-    eprintln!("PgBouncer routes seen (deduplicated): {routed:?}");
-    assert_eq!(
-        (writes.on(1), on_pg1_rows),
-        (0, 0),
-        "client writes reached the stale primary pg1 (client view, rows on pg1): {}\n{}",
-        writes.summary(),
-        d.diagnostics()
-    );
-    assert!(
-        !routed.contains(&Some(1)),
-        "PgBouncer was pointed at the stale primary pg1: routes {routed:?}\n{}",
-        d.diagnostics()
-    );
-    assert_ne!(c.symlink_node(), Some(1));
+    assert_pg1_never_written(&c, &d, tag, writer, sampler);
     assert_eq!(c.bouncer_target_node(), Some(2));
 
     assert_log_refuses_stale_pg1(&d);
@@ -202,27 +211,7 @@ fn stale_primary_never_gets_writes_while_the_new_primary_refuses_logins() {
     c.wait_until(SHORT, "pg2 accepting new logins again", |c| {
         !c.login_rejected(2, "postgres")
     });
-    let writes = writer.stop();
-    let samples = sampler.stop();
-    eprintln!("{}", writes.summary());
-
-    let on_pg1_rows = c.rows_tagged(1, tag).expect("count rows on pg1");
-    let mut routed: Vec<Option<usize>> = samples.iter().map(|s| s.1).collect();
-    routed.dedup();
-    eprintln!("PgBouncer routes seen (deduplicated): {routed:?}");
-    assert_eq!(
-        (writes.on(1), on_pg1_rows),
-        (0, 0),
-        "client writes reached the stale primary pg1 (client view, rows on pg1): {}\n{}",
-        writes.summary(),
-        d.diagnostics()
-    );
-    assert!(
-        !routed.contains(&Some(1)),
-        "PgBouncer was pointed at the stale primary pg1: routes {routed:?}\n{}",
-        d.diagnostics()
-    );
-    assert_ne!(c.symlink_node(), Some(1));
+    assert_pg1_never_written(&c, &d, tag, writer, sampler);
     assert_log_refuses_stale_pg1(&d);
 }
 
@@ -393,11 +382,7 @@ fn an_unprivileged_monitoring_role_follows_a_failover() {
         "the daemon logs in as rebouncer"
     );
 
-    c.stop_fast(1);
-    c.promote(2);
-    d.wait_for(SHORT, "a write through PgBouncer landing on pg2", |_| {
-        c.bouncer_write("unprivileged") == Ok(2)
-    });
+    c.fail_over_until_a_write_lands_on_pg2(&mut d, SHORT, "unprivileged");
     d.wait_for(SHORT, "/nodes after the failover", |d| {
         nodes(d) == "pg1: down\npg2: master\npg3: standby\n"
     });
@@ -411,8 +396,7 @@ fn an_unprivileged_monitoring_role_follows_a_failover() {
     c.start_node(1);
     d.wait_for(SHORT, "pg1 seen up again", pg1_seen_up);
     std::thread::sleep(Duration::from_secs(5));
-    let mut routed: Vec<Option<usize>> = sampler.stop().into_iter().map(|s| s.1).collect();
-    routed.dedup();
+    let routed = routes_seen(sampler);
     assert!(!routed.contains(&Some(1)), "routes {routed:?}");
     assert_eq!(c.bouncer_write("unprivileged after"), Ok(2));
     assert!(d.nagios().starts_with("CRITICAL"), "{}", d.nagios());
@@ -426,17 +410,8 @@ fn an_unprivileged_monitoring_role_follows_a_failover() {
 /// state file survives the restart.) A daemon without that memory switches to pg1.
 #[test]
 fn stale_primary_is_refused_after_a_daemon_restart_while_the_new_primary_is_down() {
-    let c = Cluster::start(Opts::default().standbys(2));
-    let cfg = c.write_rebouncer_config(2, 2, "");
-    let mut d = c.daemon(&cfg);
-    d.wait_for(SHORT, "PgBouncer switched to pg1 at start-up", |_| {
-        c.symlink_node() == Some(1) && c.bouncer_target_node() == Some(1)
-    });
-    c.stop_fast(1);
-    c.promote(2);
-    d.wait_for(SHORT, "a write through PgBouncer landing on pg2", |_| {
-        c.bouncer_write("after failover") == Ok(2)
-    });
+    let (c, cfg, mut d) = started_on_pg1();
+    c.fail_over_until_a_write_lands_on_pg2(&mut d, SHORT, "after failover");
     d.wait_for(SHORT, "/nodes after the failover", |d| {
         nodes(d) == "pg1: down\npg2: master\npg3: standby\n"
     });
@@ -457,8 +432,7 @@ fn stale_primary_is_refused_after_a_daemon_restart_while_the_new_primary_is_down
     });
     std::thread::sleep(Duration::from_secs(10));
     let writes = writer.stop();
-    let mut routed: Vec<Option<usize>> = sampler.stop().into_iter().map(|s| s.1).collect();
-    routed.dedup();
+    let routed = routes_seen(sampler);
     eprintln!("{}; PgBouncer routes seen: {routed:?}", writes.summary());
     let on_pg1_rows = c.rows_tagged(1, tag).expect("count rows on pg1");
     assert_eq!(

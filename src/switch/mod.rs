@@ -446,9 +446,15 @@ mod tests {
         );
     }
 
+    /// The error of a switch to `to` that must fail, as the operator reads it.
+    async fn switch_error(t: &mut Setup, to: &Path) -> String {
+        t.switch(to, None).await.unwrap_err().to_string()
+    }
+
     #[tokio::test]
     async fn every_failed_step_says_where_it_stopped_and_where_the_link_points() {
         let mut t = setup();
+        let db2_file = t.db2.clone();
         let (link, db1, db2) = (
             t.link.display().to_string(),
             t.db1.display().to_string(),
@@ -456,11 +462,7 @@ mod tests {
         );
 
         t.fake.set_up(false);
-        let e = t
-            .switch(&t.db2.clone(), None)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = switch_error(&mut t, &db2_file).await;
         assert!(
             e.ends_with(&format!(
                 "; stopped before touching the symlink: {link} points at {db1}"
@@ -470,7 +472,7 @@ mod tests {
         t.fake.set_up(true);
 
         let missing = t.dir.path().join("db9.ini");
-        let e = t.switch(&missing, None).await.unwrap_err().to_string();
+        let e = switch_error(&mut t, &missing).await;
         assert!(
             e.ends_with(&format!(
                 "stopped before touching the symlink: {link} points at {db1}"
@@ -479,11 +481,7 @@ mod tests {
         );
 
         t.fake.fail("RELOAD", Some("timeout"));
-        let e = t
-            .switch(&t.db2.clone(), None)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = switch_error(&mut t, &db2_file).await;
         assert!(
             e.starts_with(&format!("{link} points at {db2}, but RELOAD failed: ")),
             "{e}"
@@ -524,14 +522,18 @@ mod tests {
                 port: 5432,
             }],
         };
-        let routes = vec![Database {
-            name: "app".into(),
-            route: Route {
-                host: Some("10.0.0.11".into()),
-                port: 5432,
-            },
-            paused: false,
-        }];
+        // What PgBouncer reports for `app` when it sends it to `host`.
+        let routed_to = |host: &str| {
+            vec![Database {
+                name: "app".into(),
+                route: Route {
+                    host: Some(host.into()),
+                    port: 5432,
+                },
+                paused: false,
+            }]
+        };
+        let routes = routed_to("10.0.0.11");
         let e = confirm(&node, Path::new("/etc/pgbouncer/pgbouncer.ini"), &routes).unwrap_err();
         assert!(
             e.starts_with(
@@ -539,14 +541,6 @@ mod tests {
             ),
             "{e}"
         );
-        let ok = vec![Database {
-            name: "app".into(),
-            route: Route {
-                host: Some("10.0.0.12".into()),
-                port: 5432,
-            },
-            paused: false,
-        }];
-        assert!(confirm(&node, Path::new("/x"), &ok).is_ok());
+        assert!(confirm(&node, Path::new("/x"), &routed_to("10.0.0.12")).is_ok());
     }
 }

@@ -36,6 +36,7 @@ mod daemon;
 mod pgbouncer;
 mod postgres;
 mod process;
+mod scenario;
 
 // Each test uses a part of the fixture; the rest of these re-exports is unused there.
 #[allow(unused_imports)]
@@ -52,3 +53,5 @@ pub use pgbouncer::*;
 pub use postgres::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use scenario::*;

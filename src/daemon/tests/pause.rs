@@ -6,16 +6,21 @@ use super::world::*;
 use crate::daemon::*;
 use crate::state::State;
 
+/// The pause ends within `within` with `outcome`, PgBouncer still on pg1's config.
+async fn resumed_on_pg1(w: &World, within: Duration, outcome: &str) {
+    w.until(within, |w| w.bouncer.paused().is_empty(), "resumed")
+        .await;
+    assert_eq!(w.routed(), Some(1));
+    assert!(
+        last_hold_outcome(w).is_some_and(|o| o.contains(outcome)),
+        "{:?}",
+        w.snapshot().failover_pause
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn clients_are_held_while_there_is_no_master_and_released_by_the_switch() {
-    let w = world_with(
-        &[Master(1), Standby(1), Standby(1)],
-        1,
-        State::default(),
-        PAUSING,
-    )
-    .await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1), Standby(1)]).await;
     assert!(
         w.nagios()
             .starts_with("WARNING: database(s) appdb paused by rebouncer for 0 s"),
@@ -52,8 +57,7 @@ async fn clients_are_held_while_there_is_no_master_and_released_by_the_switch() 
 
 #[tokio::test(start_paused = true)]
 async fn a_reload_that_shortens_pause_timeout_applies_to_the_pause_under_way() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1)]).await;
     w.reload("pause_on_failover=on\npause_timeout=3\n", &w.lines(&[1, 2]))
         .await;
     w.until(
@@ -72,8 +76,7 @@ async fn a_reload_that_shortens_pause_timeout_applies_to_the_pause_under_way() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_master_within_pause_timeout_clients_are_released_to_their_errors() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1)]).await;
     let paused = Instant::now();
     w.until(S(11), |w| w.bouncer.paused().is_empty(), "resumed")
         .await;
@@ -107,24 +110,10 @@ async fn without_a_master_within_pause_timeout_clients_are_released_to_their_err
 
 #[tokio::test(start_paused = true)]
 async fn a_split_brain_while_paused_releases_the_clients_without_a_switch() {
-    let w = world_with(
-        &[Master(1), Standby(1), Standby(1)],
-        1,
-        State::default(),
-        PAUSING,
-    )
-    .await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1), Standby(1)]).await;
     w.set(2, Master(2));
     w.set(3, Master(2));
-    w.until(S(1), |w| w.bouncer.paused().is_empty(), "resumed")
-        .await;
-    assert_eq!(w.routed(), Some(1));
-    assert!(
-        last_hold_outcome(&w).is_some_and(|o| o.contains("split brain (pg2, pg3)")),
-        "{:?}",
-        w.snapshot().failover_pause
-    );
+    resumed_on_pg1(&w, S(1), "split brain (pg2, pg3)").await;
     w.during(S(5), |w| w.routed() == Some(1), "no switch in split brain")
         .await;
     w.stop().await;
@@ -138,14 +127,7 @@ async fn only_a_stale_primary_while_paused_releases_the_clients_without_a_switch
     paused_after_pg1_is_lost(&w).await;
     // An old primary, restored from a backup on timeline 1, starts as a master.
     w.set(3, Master(1));
-    w.until(S(2), |w| w.bouncer.paused().is_empty(), "resumed")
-        .await;
-    assert_eq!(w.routed(), Some(1));
-    assert!(
-        last_hold_outcome(&w).is_some_and(|o| o.contains("only a stale primary (pg3)")),
-        "{:?}",
-        w.snapshot().failover_pause
-    );
+    resumed_on_pg1(&w, S(2), "only a stale primary (pg3)").await;
     w.during(S(5), |w| w.routed() == Some(1), "never to the stale pg3")
         .await;
     w.stop().await;
@@ -153,17 +135,9 @@ async fn only_a_stale_primary_while_paused_releases_the_clients_without_a_switch
 
 #[tokio::test(start_paused = true)]
 async fn a_master_that_comes_back_ends_the_pause_without_a_switch() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1)]).await;
     w.set(1, Master(1));
-    w.until(S(1), |w| w.bouncer.paused().is_empty(), "resumed")
-        .await;
-    assert_eq!(w.routed(), Some(1));
-    assert!(
-        last_hold_outcome(&w).is_some_and(|o| o.contains("pg1 answers as master again")),
-        "{:?}",
-        w.snapshot().failover_pause
-    );
+    resumed_on_pg1(&w, S(1), "pg1 answers as master again").await;
     // A second loss pauses again.
     w.set(1, Down);
     w.until(S(2), |w| w.bouncer.paused() == ["appdb"], "paused again")
@@ -173,7 +147,7 @@ async fn a_master_that_comes_back_ends_the_pause_without_a_switch() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pause_that_hangs_is_given_up_and_resumed() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+    let w = pausing(&[Master(1), Standby(1)]).await;
     w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
         .await;
     // A real PAUSE waits for running transactions; this one never completes.
@@ -200,8 +174,7 @@ async fn a_pause_that_hangs_is_given_up_and_resumed() {
 
 #[tokio::test(start_paused = true)]
 async fn shutting_down_while_paused_resumes_first() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1)]).await;
     let bouncer = w.bouncer.clone();
     let root = w.root.clone();
     let dir = w.root.clone();
@@ -218,8 +191,7 @@ async fn shutting_down_while_paused_resumes_first() {
 
 #[tokio::test(start_paused = true)]
 async fn a_resume_that_fails_at_the_end_of_a_pause_is_retried_every_round() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1)]).await;
     // The admin console breaks just as the hold ends.
     w.bouncer.fail_after("RESUME", "connection closed", 0, 4);
     w.set(1, Master(1));
@@ -235,8 +207,7 @@ async fn a_resume_that_fails_at_the_end_of_a_pause_is_retried_every_round() {
 
 #[tokio::test(start_paused = true)]
 async fn clients_still_held_after_pause_timeout_because_resume_fails_are_critical() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1)]).await;
     w.bouncer.fail("RESUME", Some("connection closed"));
     w.set(2, Master(2));
     w.until(S(2), |w| w.routed() == Some(2), "switched to pg2")
@@ -272,13 +243,10 @@ async fn clients_still_held_after_pause_timeout_because_resume_fails_are_critica
 
 #[tokio::test(start_paused = true)]
 async fn no_pause_without_a_record_of_it_in_the_state_file() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+    let w = pausing(&[Master(1), Standby(1)]).await;
     w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
         .await;
-    // The state file cannot be replaced any more (here: a directory took its name).
-    let file = w.root.join("rebouncer.state");
-    std::fs::remove_file(&file).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    w.block_state_file();
     w.set(1, Down);
     sleep(S(3)).await;
     assert_eq!(w.bouncer.count("PAUSE"), 0, "{:?}", w.bouncer.log());

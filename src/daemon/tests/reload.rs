@@ -252,14 +252,7 @@ async fn a_timeout_change_restarts_every_monitor_and_keeps_what_is_known() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pause_for_a_server_the_reload_removes_ends_at_once() {
-    let w = world_with(
-        &[Master(1), Standby(1), Standby(1)],
-        1,
-        State::default(),
-        PAUSING,
-    )
-    .await;
-    paused_after_pg1_is_lost(&w).await;
+    let w = paused_without_pg1(&[Master(1), Standby(1), Standby(1)]).await;
     w.reload(PAUSING, &w.lines(&[2, 3])).await;
     assert!(w.bouncer.paused().is_empty(), "resumed");
     assert!(held_in_file(&w).is_empty());

@@ -37,10 +37,7 @@ async fn a_failover_is_counted_and_kept_in_the_event_history() {
     let w = world(&[Master(1), Standby(1)], 2, State::default()).await;
     w.until(S(3), |w| w.nagios().starts_with("OK"), "settled on pg1")
         .await;
-    w.set(1, Down);
-    w.set(2, Master(2));
-    w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
-        .await;
+    w.fail_over_to_pg2().await;
     let s = w.snapshot();
     let reason = |r: SwitchReason| {
         let i = SwitchReason::ALL.iter().position(|x| *x == r).unwrap();
@@ -82,11 +79,7 @@ async fn a_stale_primary_is_never_switched_to_while_the_new_primary_hangs() {
     // back unchanged (timeline 1); then pg2 hangs for 15 s.
     let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
     w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
-    w.set(1, Down);
-    w.set(2, Master(2));
-    w.set(3, Standby(2));
-    w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
-        .await;
+    w.fail_over_to_pg2().await;
     w.set(1, Master(1));
     w.until(
         S(4),
@@ -118,11 +111,7 @@ async fn a_stale_primary_is_never_switched_to_while_the_new_primary_hangs() {
 async fn a_returning_stale_primary_never_shows_as_a_split_brain() {
     let w = world(&[Master(1), Standby(1), Standby(1)], 1, State::default()).await;
     w.until(S(2), |w| w.routed() == Some(1), "pg1").await;
-    w.set(1, Down);
-    w.set(2, Master(2));
-    w.set(3, Standby(2));
-    w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
-        .await;
+    w.fail_over_to_pg2().await;
     // Every version of the view published from here on, as a page reader sees it.
     let mut rx = w.status.clone();
     rx.borrow_and_update();

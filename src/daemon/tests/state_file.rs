@@ -6,31 +6,27 @@ use super::world::*;
 use crate::daemon::*;
 use crate::state::State;
 
-#[tokio::test(start_paused = true)]
-async fn a_state_file_that_cannot_be_written_is_a_warning_not_a_stop() {
-    let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
-    w.until(S(3), |w| w.nagios().starts_with("OK"), "settled")
-        .await;
-    // A directory now stands where the file was: the next timeline change cannot be
-    // written, and rebouncer goes on with it in memory.
-    let path = w.root.join("rebouncer.state");
-    std::fs::remove_file(&path).unwrap();
-    std::fs::create_dir(&path).unwrap();
+/// The state file made unwritable, then a failover: the new timeline cannot be written,
+/// and rebouncer goes on with it in memory. Returns the state file's path.
+async fn failed_over_with_the_state_file_blocked(w: &World) -> std::path::PathBuf {
+    let path = w.block_state_file();
     std::fs::write(path.join("x"), "").unwrap();
-    w.set(1, Down);
-    w.set(2, Master(2));
-    w.until(
-        S(4),
-        |w| w.routed() == Some(2),
-        "failover followed all the same",
-    )
-    .await;
+    w.fail_over_to_pg2().await;
     w.until(
         S(1),
         |w| w.snapshot().state_error.is_some(),
         "write error shown",
     )
     .await;
+    path
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_file_that_cannot_be_written_is_a_warning_not_a_stop() {
+    let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
+    w.until(S(3), |w| w.nagios().starts_with("OK"), "settled")
+        .await;
+    failed_over_with_the_state_file_blocked(&w).await;
     let root = crate::pages::text::root(&w.snapshot(), SystemTime::now());
     assert!(
         root.contains("State file: cannot write state file"),
@@ -43,20 +39,7 @@ async fn a_state_file_that_cannot_be_written_is_a_warning_not_a_stop() {
 async fn a_state_file_that_could_not_be_written_is_written_once_it_can_be() {
     let w = world(&[Master(1), Standby(1)], 1, State::default()).await;
     settled_on_pg1(&w).await;
-    let path = w.root.join("rebouncer.state");
-    std::fs::remove_file(&path).unwrap();
-    std::fs::create_dir(&path).unwrap();
-    std::fs::write(path.join("x"), "").unwrap();
-    w.set(1, Down);
-    w.set(2, Master(2));
-    w.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
-        .await;
-    w.until(
-        S(1),
-        |w| w.snapshot().state_error.is_some(),
-        "write error shown",
-    )
-    .await;
+    let path = failed_over_with_the_state_file_blocked(&w).await;
     w.set(1, Standby(2));
     // Nothing changes from now on; the operator fixes the file system.
     sleep(S(3)).await;
@@ -78,11 +61,9 @@ async fn a_state_file_that_could_not_be_written_is_written_once_it_can_be() {
 /// pages say pausing is off, and nothing that was never paused is "resumed".
 #[tokio::test(start_paused = true)]
 async fn an_unwritable_state_file_turns_pausing_off_and_says_so() {
-    let w = world_with(&[Master(1), Standby(1)], 1, State::default(), PAUSING).await;
+    let w = pausing(&[Master(1), Standby(1)]).await;
     settled_on_pg1(&w).await;
-    let file = w.root.join("rebouncer.state");
-    std::fs::remove_file(&file).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    w.block_state_file();
     w.set(1, Down);
     sleep(S(3)).await;
     assert_eq!(w.bouncer.count("PAUSE"), 0, "{:?}", w.bouncer.log());

@@ -391,12 +391,42 @@ impl World {
         self.reload_text(&ini_text(&self.root, global, servers_ini))
             .await;
     }
+    /// pg1 goes down and pg2 is promoted (timeline 2), every other server following it
+    /// as a standby; returns once PgBouncer is on pg2.
+    pub(super) async fn fail_over_to_pg2(&self) {
+        self.set(1, Down);
+        self.set(2, Master(2));
+        for node in 3..=self.servers.len() {
+            self.set(node, Standby(2));
+        }
+        self.until(S(4), |w| w.routed() == Some(2), "failover to pg2")
+            .await;
+    }
+    /// A directory takes the state file's name: no write can replace it any more.
+    pub(super) fn block_state_file(&self) -> std::path::PathBuf {
+        let path = self.root.join("rebouncer.state");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        path
+    }
 }
 
 pub(super) use Is::{Down, Hung, Master, Standby};
 pub(super) const S: fn(u64) -> Duration = Duration::from_secs;
 
 pub(super) const PAUSING: &str = "pause_on_failover=on\npause_timeout=10\n";
+
+/// A cluster of `start` with PgBouncer on pg1 and [`PAUSING`] on.
+pub(super) async fn pausing(start: &[Is]) -> World {
+    world_with(start, 1, State::default(), PAUSING).await
+}
+
+/// A [`pausing`] world settled on pg1, then pg1 lost: PgBouncer is paused.
+pub(super) async fn paused_without_pg1(start: &[Is]) -> World {
+    let w = pausing(start).await;
+    paused_after_pg1_is_lost(&w).await;
+    w
+}
 
 pub(super) async fn settled_on_pg1(w: &World) {
     w.until(S(3), |w| w.routed() == Some(1), "pg1").await;
