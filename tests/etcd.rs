@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::etcd::Etcd;
+use common::etcd::{Etcd, EtcdCluster};
 use rebouncer::etcd::{Event, Member, Settings, watch_leader};
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
@@ -29,6 +29,14 @@ async fn next(rx: &mut Receiver<Event>, within: Duration) -> Event {
         Ok(None) => panic!("the watch task ended"),
         Err(_) => panic!("no event within {within:?}"),
     }
+}
+
+/// The next event is the leader `name` as of `revision` (within 5 s).
+async fn expect_leader(rx: &mut Receiver<Event>, name: &str, revision: i64) {
+    assert_eq!(
+        next(rx, Duration::from_secs(5)).await,
+        leader(name, revision)
+    );
 }
 
 fn leader(name: &str, revision: i64) -> Event {
@@ -307,4 +315,71 @@ async fn over_tls_with_a_client_certificate() {
         }
         other => panic!("expected etcd to refuse a client without a certificate, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_listed_first_is_passed_over() {
+    let e = Etcd::start();
+    let r1 = e.put(LEADER, "m1");
+    // A loopback port nothing listens on: every connection to it is refused.
+    let dead = common::alloc_port();
+    let mut s = Settings::new(
+        &format!("http://127.0.0.1:{dead},{}", e.endpoint()),
+        "/service",
+        "main",
+    )
+    .unwrap();
+    s.timeout = Duration::from_secs(1);
+    s.check_interval = Duration::from_millis(500);
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    // The live endpoint's answer first: one endpoint down is no outage of etcd.
+    expect_leader(&mut rx, "m1", r1).await;
+    let r2 = e.put(LEADER, "m2");
+    expect_leader(&mut rx, "m2", r2).await;
+}
+
+#[tokio::test]
+async fn the_watch_moves_to_the_next_member_without_missing_a_change() {
+    let c = EtcdCluster::start(3);
+    // The client lists the two followers first and the Raft leader last, so that freezing
+    // or stopping the member it watches never leaves the cluster without a leader.
+    let mut order: Vec<&Etcd> = c.members.iter().collect();
+    order.sort_by_key(|m| m.raft_leader());
+    let (first, second, leader_member) = (order[0], order[1], order[2]);
+    let endpoints: Vec<String> = order.iter().map(|m| m.endpoint()).collect();
+    let within = Duration::from_secs(10);
+    let r1 = leader_member.put(LEADER, "m1");
+    let mut s = Settings::new(&endpoints.join(","), "/service", "main").unwrap();
+    s.timeout = Duration::from_secs(1);
+    s.check_interval = Duration::from_millis(500);
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    expect_leader(&mut rx, "m1", r1).await;
+    // A change seen proves the watch is in place on the first member.
+    let r2 = second.put_retrying(LEADER, "m2", within);
+    expect_leader(&mut rx, "m2", r2).await;
+
+    // The watched member goes silent; the other two keep a quorum and take two changes
+    // before the client notices (its periodic read: every 0.5 s, 1 s limit). On the next
+    // member the watch resumes after the last revision it saw: both changes, in order,
+    // and no outage reported.
+    first.freeze();
+    let r3 = leader_member.put_retrying(LEADER, "m3", within);
+    let r4 = second.put_retrying(LEADER, "m1", within);
+    expect_leader(&mut rx, "m3", r3).await;
+    expect_leader(&mut rx, "m1", r4).await;
+    first.thaw();
+
+    // The member watched now (the second) is stopped: the connection ends at once, and
+    // the watch goes on from the third.
+    let r5 = leader_member.put_retrying(LEADER, "m2", within);
+    expect_leader(&mut rx, "m2", r5).await;
+    // The first member back in the quorum, so that the stop below leaves two.
+    common::wait_until(within, "the first member answering again", || {
+        first
+            .get(LEADER)
+            .is_ok_and(|v| v.is_some_and(|(_, r)| r == r5))
+    });
+    second.stop();
+    let r6 = leader_member.put_retrying(LEADER, "m3", within);
+    expect_leader(&mut rx, "m3", r6).await;
 }
