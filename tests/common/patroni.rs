@@ -23,9 +23,9 @@
 
 use super::etcd::Etcd;
 use super::{
-    Daemon, DaemonCmd, QUERY_TIMEOUT, WriteLog, WriteRecord, alloc_port, base_dir, children_of,
-    command_as, http_request, pgbouncer_bin, pgrep_f, pid_alive, poll_until, psql_conninfo,
-    rebouncer_bin, run_timeout, server_user, signal, tail, tcp_conninfo,
+    BouncerWriter, Daemon, DaemonCmd, QUERY_TIMEOUT, alloc_port, base_dir, children_of, command_as,
+    http_request, pgbouncer_bin, pgrep_f, pid_alive, poll_until, psql_conninfo, rebouncer_bin,
+    run_timeout, server_user, signal, tail, tcp_conninfo,
 };
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -625,43 +625,16 @@ impl Patroni {
 
     // --- clients ----------------------------------------------------------------------
 
-    /// Writes rows tagged `tag` into appdb's `t` through PgBouncer, one new connection per
-    /// write (each limited to `per_write`), 50 ms apart, until stopped; records which
-    /// member took each write.
-    pub fn start_writer(&self, tag: &str, per_write: Duration) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Writes rows tagged `tag` into appdb's `t` through PgBouncer (see
+    /// [`BouncerWriter::start`]); records which member took each write.
+    pub fn start_writer(&self, tag: &str, per_write: Duration) -> BouncerWriter {
         let ports: Vec<u16> = self.members.iter().map(|m| m.pg_port).collect();
-        let conninfo = tcp_conninfo(self.bouncer_port, "appdb");
-        let sql = format!("INSERT INTO t(node) VALUES ('{tag}') RETURNING inet_server_port()");
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut log = WriteLog::default();
-            while !s.load(Ordering::SeqCst) {
-                let at = Instant::now();
-                let r = psql_conninfo(&conninfo, &sql, per_write);
-                let took = at.elapsed();
-                let (node, error) = match r.map(|o| o.trim().parse::<u16>()) {
-                    Ok(Ok(p)) => match ports.iter().position(|q| *q == p) {
-                        Some(n) => (Some(n + 1), None),
-                        None => (None, Some(format!("unknown port {p}"))),
-                    },
-                    Ok(Err(e)) => (None, Some(format!("bad output: {e}"))),
-                    Err(e) => (None, Some(e)),
-                };
-                log.records.push(WriteRecord {
-                    at,
-                    took,
-                    node,
-                    error,
-                });
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            log
-        });
-        Writer {
-            stop,
-            handle: Some(handle),
-        }
+        BouncerWriter::start(
+            tcp_conninfo(self.bouncer_port, "appdb"),
+            ports,
+            tag,
+            per_write,
+        )
     }
 
     /// Rows of appdb's `t` tagged `tag` on member i, read directly (None when it does not
@@ -757,28 +730,6 @@ impl Patroni {
 impl Drop for Patroni {
     fn drop(&mut self) {
         self.teardown();
-    }
-}
-
-/// A client writing through PgBouncer (see [`Patroni::start_writer`]).
-pub struct Writer {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<WriteLog>>,
-}
-
-impl Writer {
-    pub fn stop(mut self) -> WriteLog {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap_or_default()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 
