@@ -39,6 +39,18 @@ async fn expect_leader(rx: &mut Receiver<Event>, name: &str, revision: i64) {
     );
 }
 
+/// The next event is the key deleted as of `revision` (within 5 s); `what` for the message.
+async fn expect_no_leader(rx: &mut Receiver<Event>, revision: i64, what: &str) {
+    assert_eq!(
+        next(rx, Duration::from_secs(5)).await,
+        Event::Leader {
+            member: None,
+            revision
+        },
+        "{what}"
+    );
+}
+
 fn leader(name: &str, revision: i64) -> Event {
     Event::Leader {
         member: Some(Member {
@@ -67,19 +79,9 @@ async fn put_and_delete_of_the_leader_key_are_seen_through_the_watch() {
         "the key as it is at the start, with the member's conn_url"
     );
     let r2 = e.put(LEADER, "m2");
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m2", r2)
-    );
+    expect_leader(&mut rx, "m2", r2).await;
     let r3 = e.delete(LEADER);
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        Event::Leader {
-            member: None,
-            revision: r3
-        },
-        "a deleted key is no leader"
-    );
+    expect_no_leader(&mut rx, r3, "a deleted key is no leader").await;
     // An unrelated key does not wake the watch; the next change of ours comes next.
     e.put("/service/main/members/m3", &member_record(5434));
     let r4 = e.put(LEADER, "m3");
@@ -105,10 +107,7 @@ async fn changes_made_before_the_client_reconnects_are_replayed_in_order() {
     s.backoff_min = Duration::from_secs(2);
     s.backoff_max = Duration::from_secs(2);
     let (mut rx, _task) = watch_leader(s).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
 
     e.stop();
     match next(&mut rx, Duration::from_secs(5)).await {
@@ -124,19 +123,10 @@ async fn changes_made_before_the_client_reconnects_are_replayed_in_order() {
         next(&mut rx, Duration::from_secs(15)).await,
         leader("m2", r2)
     );
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m3", r3)
-    );
+    expect_leader(&mut rx, "m3", r3).await;
     // And it keeps watching.
     let r4 = e.delete(LEADER);
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        Event::Leader {
-            member: None,
-            revision: r4
-        }
-    );
+    expect_no_leader(&mut rx, r4, "").await;
 }
 
 #[tokio::test]
@@ -144,10 +134,7 @@ async fn an_unchanged_key_is_reported_again_when_etcd_returns() {
     let e = Etcd::start();
     let r1 = e.put(LEADER, "m1");
     let (mut rx, _task) = watch_leader(settings(&e)).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
     e.stop();
     assert!(matches!(
         next(&mut rx, Duration::from_secs(5)).await,
@@ -190,10 +177,7 @@ async fn a_watch_from_compacted_history_reads_the_key_again() {
     }
     // The watch goes on from the read.
     let r4 = e.put(LEADER, "m1");
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r4)
-    );
+    expect_leader(&mut rx, "m1", r4).await;
 }
 
 #[tokio::test]
@@ -205,17 +189,8 @@ async fn a_watch_from_a_remembered_revision_replays_what_followed() {
     let mut s = settings(&e);
     s.start_revision = Some(r1 + 1);
     let (mut rx, _task) = watch_leader(s).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m2", r2)
-    );
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        Event::Leader {
-            member: None,
-            revision: r3
-        }
-    );
+    expect_leader(&mut rx, "m2", r2).await;
+    expect_no_leader(&mut rx, r3, "").await;
 }
 
 #[tokio::test]
@@ -223,16 +198,10 @@ async fn a_silent_etcd_is_reported_unreachable() {
     let e = Etcd::start();
     let r1 = e.put(LEADER, "m1");
     let (mut rx, _task) = watch_leader(settings(&e)).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
     // A change seen proves the watch is in place before etcd goes silent.
     let r2 = e.put(LEADER, "m2");
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m2", r2)
-    );
+    expect_leader(&mut rx, "m2", r2).await;
     // Stopped processes keep every connection open and answer nothing: what a partition
     // looks like from here. The periodic read (every 0.5 s, 1 s limit) notices.
     e.freeze();
@@ -263,10 +232,7 @@ async fn with_authentication_the_user_and_password_are_used() {
     let mut s = settings(&e);
     s.user = Some(("root".into(), "s3cret".into()));
     let (mut rx, _task) = watch_leader(s).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
 
     let mut s = settings(&e);
     s.user = Some(("root".into(), "wrong".into()));
@@ -297,15 +263,9 @@ async fn over_tls_with_a_client_certificate() {
         s
     };
     let (mut rx, _task) = watch_leader(https(true)).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
     let r2 = e.put(LEADER, "m2");
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m2", r2)
-    );
+    expect_leader(&mut rx, "m2", r2).await;
 
     // etcd asks for a client certificate: without one, nothing is read.
     let (mut rx, _task) = watch_leader(https(false)).unwrap();

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::cluster::Cluster;
+use super::pgbouncer::route_port;
 use super::process::{pg_bin, run_timeout};
 
 /// Runs one statement with `psql -X -A -t -q -v ON_ERROR_STOP=1 -w -d <conninfo> -c <sql>`
@@ -437,14 +438,7 @@ impl Cluster {
                 let at = Instant::now();
                 let node = psql_conninfo(&conninfo, "SHOW DATABASES", Duration::from_secs(5))
                     .ok()
-                    .and_then(|out| {
-                        out.lines().find_map(|l| {
-                            let f: Vec<&str> = l.split('|').collect();
-                            (f.first() == Some(&"postgres"))
-                                .then(|| f.get(2)?.parse::<u16>().ok())
-                                .flatten()
-                        })
-                    })
+                    .and_then(|out| route_port(&out, "postgres"))
                     .and_then(|p| node_of(&ports, p));
                 samples.push((at, node));
                 std::thread::sleep(Duration::from_millis(100));
