@@ -28,6 +28,18 @@
 //! symlink names pg2 (sampled every 10 ms) and until it logged PgBouncer confirmed on pg2
 //! (its log watched every 20 ms): median, p99, max over the fleet.
 //!
+//! The etcd mode (`fleet_etcd_mode_footprint_and_switchover`, run with `etcd` as the test
+//! filter): N app servers following the leader key of a 3-member Patroni cluster, the
+//! steady-state cost per member, then a `patronictl switchover` while a client writes
+//! through `REBOUNCER_FLEET_CLIENTS` (default 10) of the PgBouncers, each write a new
+//! connection 50 ms after the last. Times are from the leader key naming the new leader
+//! (etcd read every 5 ms): per daemon, when it heard the key, when a check confirmed the
+//! candidate and its switch began, when its symlink moved, when its PgBouncer took the
+//! `RELOAD` (PgBouncer's log) and when it logged PgBouncer confirmed; per client, the
+//! writes that failed and when its first write on the new leader was answered; and when
+//! the new leader's PostgreSQL logged that it accepts connections as a primary, the floor
+//! under every daemon's time. Each table line says the machine's load average.
+//!
 //! Every PgBouncer and daemon is its own process, as on N app servers; they share this
 //! machine's two cores with the database servers, so the failover figures at large N
 //! include the fleet competing with itself for CPU, which real app servers do not.
