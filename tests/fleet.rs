@@ -746,6 +746,8 @@ struct Switchover {
     /// Per app server, times since the key named the new leader (0 for what came before
     /// the benchmark's read of the key saw it).
     steps: Vec<Steps>,
+    /// When the key named the new leader.
+    key_instant: Instant,
     /// Per sampled PgBouncer, what its client's writes did.
     writes: Vec<common::WriteLog>,
     /// Per sampled PgBouncer, from the key naming the new leader until its client's first
@@ -877,11 +879,50 @@ fn measure_switchover(
     Switchover {
         key_at,
         promoted,
+        key_instant,
         steps,
         writes,
         back,
         load,
     }
+}
+
+/// "failed writes begun from -0.40 to +1.20 s of the key: 3 x FATAL: ..." for the log.
+fn failures(w: &common::WriteLog, key: Instant) -> String {
+    let at = |r: &common::WriteRecord| {
+        if r.at >= key {
+            (r.at - key).as_secs_f64()
+        } else {
+            -(key - r.at).as_secs_f64()
+        }
+    };
+    let failed: Vec<&common::WriteRecord> = w.records.iter().filter(|r| r.node.is_none()).collect();
+    let mut kinds: Vec<(String, usize)> = Vec::new();
+    for r in &failed {
+        let e = r
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("");
+        match kinds.iter_mut().find(|(k, _)| k == e) {
+            Some((_, c)) => *c += 1,
+            None => kinds.push((e.to_string(), 1)),
+        }
+    }
+    let (first, last) = (
+        failed.iter().map(|r| at(r)).fold(f64::MAX, f64::min),
+        failed.iter().map(|r| at(r)).fold(f64::MIN, f64::max),
+    );
+    format!(
+        "failed writes begun from {first:+.2} to {last:+.2} s of the key: {}",
+        kinds
+            .iter()
+            .map(|(k, c)| format!("{c} x {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// The rows of the table of steps: each step since the key changed, and alone (from the
@@ -1005,7 +1046,11 @@ fn fleet_etcd_mode_footprint_and_switchover() {
         switches.push(line);
         for w in &sw.writes {
             if w.failed() > 0 {
-                eprintln!("[fleet] N={n}: a client: {}", w.summary());
+                eprintln!(
+                    "[fleet] N={n}: a client: {}; {}",
+                    w.summary(),
+                    failures(w, sw.key_instant)
+                );
             }
         }
         for line in step_rows(n, &sw.steps) {
