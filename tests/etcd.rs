@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::etcd::Etcd;
+use common::etcd::{Etcd, EtcdCluster};
 use rebouncer::etcd::{Event, Member, Settings, watch_leader};
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
@@ -29,6 +29,26 @@ async fn next(rx: &mut Receiver<Event>, within: Duration) -> Event {
         Ok(None) => panic!("the watch task ended"),
         Err(_) => panic!("no event within {within:?}"),
     }
+}
+
+/// The next event is the leader `name` as of `revision` (within 5 s).
+async fn expect_leader(rx: &mut Receiver<Event>, name: &str, revision: i64) {
+    assert_eq!(
+        next(rx, Duration::from_secs(5)).await,
+        leader(name, revision)
+    );
+}
+
+/// The next event is the key deleted as of `revision` (within 5 s); `what` for the message.
+async fn expect_no_leader(rx: &mut Receiver<Event>, revision: i64, what: &str) {
+    assert_eq!(
+        next(rx, Duration::from_secs(5)).await,
+        Event::Leader {
+            member: None,
+            revision
+        },
+        "{what}"
+    );
 }
 
 fn leader(name: &str, revision: i64) -> Event {
@@ -59,19 +79,9 @@ async fn put_and_delete_of_the_leader_key_are_seen_through_the_watch() {
         "the key as it is at the start, with the member's conn_url"
     );
     let r2 = e.put(LEADER, "m2");
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m2", r2)
-    );
+    expect_leader(&mut rx, "m2", r2).await;
     let r3 = e.delete(LEADER);
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        Event::Leader {
-            member: None,
-            revision: r3
-        },
-        "a deleted key is no leader"
-    );
+    expect_no_leader(&mut rx, r3, "a deleted key is no leader").await;
     // An unrelated key does not wake the watch; the next change of ours comes next.
     e.put("/service/main/members/m3", &member_record(5434));
     let r4 = e.put(LEADER, "m3");
@@ -97,10 +107,7 @@ async fn changes_made_before_the_client_reconnects_are_replayed_in_order() {
     s.backoff_min = Duration::from_secs(2);
     s.backoff_max = Duration::from_secs(2);
     let (mut rx, _task) = watch_leader(s).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
 
     e.stop();
     match next(&mut rx, Duration::from_secs(5)).await {
@@ -116,19 +123,10 @@ async fn changes_made_before_the_client_reconnects_are_replayed_in_order() {
         next(&mut rx, Duration::from_secs(15)).await,
         leader("m2", r2)
     );
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m3", r3)
-    );
+    expect_leader(&mut rx, "m3", r3).await;
     // And it keeps watching.
     let r4 = e.delete(LEADER);
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        Event::Leader {
-            member: None,
-            revision: r4
-        }
-    );
+    expect_no_leader(&mut rx, r4, "").await;
 }
 
 #[tokio::test]
@@ -136,10 +134,7 @@ async fn an_unchanged_key_is_reported_again_when_etcd_returns() {
     let e = Etcd::start();
     let r1 = e.put(LEADER, "m1");
     let (mut rx, _task) = watch_leader(settings(&e)).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
     e.stop();
     assert!(matches!(
         next(&mut rx, Duration::from_secs(5)).await,
@@ -182,10 +177,7 @@ async fn a_watch_from_compacted_history_reads_the_key_again() {
     }
     // The watch goes on from the read.
     let r4 = e.put(LEADER, "m1");
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r4)
-    );
+    expect_leader(&mut rx, "m1", r4).await;
 }
 
 #[tokio::test]
@@ -197,17 +189,8 @@ async fn a_watch_from_a_remembered_revision_replays_what_followed() {
     let mut s = settings(&e);
     s.start_revision = Some(r1 + 1);
     let (mut rx, _task) = watch_leader(s).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m2", r2)
-    );
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        Event::Leader {
-            member: None,
-            revision: r3
-        }
-    );
+    expect_leader(&mut rx, "m2", r2).await;
+    expect_no_leader(&mut rx, r3, "").await;
 }
 
 #[tokio::test]
@@ -215,16 +198,10 @@ async fn a_silent_etcd_is_reported_unreachable() {
     let e = Etcd::start();
     let r1 = e.put(LEADER, "m1");
     let (mut rx, _task) = watch_leader(settings(&e)).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
     // A change seen proves the watch is in place before etcd goes silent.
     let r2 = e.put(LEADER, "m2");
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m2", r2)
-    );
+    expect_leader(&mut rx, "m2", r2).await;
     // Stopped processes keep every connection open and answer nothing: what a partition
     // looks like from here. The periodic read (every 0.5 s, 1 s limit) notices.
     e.freeze();
@@ -255,10 +232,7 @@ async fn with_authentication_the_user_and_password_are_used() {
     let mut s = settings(&e);
     s.user = Some(("root".into(), "s3cret".into()));
     let (mut rx, _task) = watch_leader(s).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
 
     let mut s = settings(&e);
     s.user = Some(("root".into(), "wrong".into()));
@@ -289,15 +263,9 @@ async fn over_tls_with_a_client_certificate() {
         s
     };
     let (mut rx, _task) = watch_leader(https(true)).unwrap();
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m1", r1)
-    );
+    expect_leader(&mut rx, "m1", r1).await;
     let r2 = e.put(LEADER, "m2");
-    assert_eq!(
-        next(&mut rx, Duration::from_secs(5)).await,
-        leader("m2", r2)
-    );
+    expect_leader(&mut rx, "m2", r2).await;
 
     // etcd asks for a client certificate: without one, nothing is read.
     let (mut rx, _task) = watch_leader(https(false)).unwrap();
@@ -307,4 +275,71 @@ async fn over_tls_with_a_client_certificate() {
         }
         other => panic!("expected etcd to refuse a client without a certificate, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_listed_first_is_passed_over() {
+    let e = Etcd::start();
+    let r1 = e.put(LEADER, "m1");
+    // A loopback port nothing listens on: every connection to it is refused.
+    let dead = common::alloc_port();
+    let mut s = Settings::new(
+        &format!("http://127.0.0.1:{dead},{}", e.endpoint()),
+        "/service",
+        "main",
+    )
+    .unwrap();
+    s.timeout = Duration::from_secs(1);
+    s.check_interval = Duration::from_millis(500);
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    // The live endpoint's answer first: one endpoint down is no outage of etcd.
+    expect_leader(&mut rx, "m1", r1).await;
+    let r2 = e.put(LEADER, "m2");
+    expect_leader(&mut rx, "m2", r2).await;
+}
+
+#[tokio::test]
+async fn the_watch_moves_to_the_next_member_without_missing_a_change() {
+    let c = EtcdCluster::start(3);
+    // The client lists the two followers first and the Raft leader last, so that freezing
+    // or stopping the member it watches never leaves the cluster without a leader.
+    let mut order: Vec<&Etcd> = c.members.iter().collect();
+    order.sort_by_key(|m| m.raft_leader());
+    let (first, second, leader_member) = (order[0], order[1], order[2]);
+    let endpoints: Vec<String> = order.iter().map(|m| m.endpoint()).collect();
+    let within = Duration::from_secs(10);
+    let r1 = leader_member.put(LEADER, "m1");
+    let mut s = Settings::new(&endpoints.join(","), "/service", "main").unwrap();
+    s.timeout = Duration::from_secs(1);
+    s.check_interval = Duration::from_millis(500);
+    let (mut rx, _task) = watch_leader(s).unwrap();
+    expect_leader(&mut rx, "m1", r1).await;
+    // A change seen proves the watch is in place on the first member.
+    let r2 = second.put_retrying(LEADER, "m2", within);
+    expect_leader(&mut rx, "m2", r2).await;
+
+    // The watched member goes silent; the other two keep a quorum and take two changes
+    // before the client notices (its periodic read: every 0.5 s, 1 s limit). On the next
+    // member the watch resumes after the last revision it saw: both changes, in order,
+    // and no outage reported.
+    first.freeze();
+    let r3 = leader_member.put_retrying(LEADER, "m3", within);
+    let r4 = second.put_retrying(LEADER, "m1", within);
+    expect_leader(&mut rx, "m3", r3).await;
+    expect_leader(&mut rx, "m1", r4).await;
+    first.thaw();
+
+    // The member watched now (the second) is stopped: the connection ends at once, and
+    // the watch goes on from the third.
+    let r5 = leader_member.put_retrying(LEADER, "m2", within);
+    expect_leader(&mut rx, "m2", r5).await;
+    // The first member back in the quorum, so that the stop below leaves two.
+    common::wait_until(within, "the first member answering again", || {
+        first
+            .get(LEADER)
+            .is_ok_and(|v| v.is_some_and(|(_, r)| r == r5))
+    });
+    second.stop();
+    let r6 = leader_member.put_retrying(LEADER, "m3", within);
+    expect_leader(&mut rx, "m3", r6).await;
 }

@@ -28,6 +28,18 @@
 //! symlink names pg2 (sampled every 10 ms) and until it logged PgBouncer confirmed on pg2
 //! (its log watched every 20 ms): median, p99, max over the fleet.
 //!
+//! The etcd mode (`fleet_etcd_mode_footprint_and_switchover`, run with `etcd` as the test
+//! filter): N app servers following the leader key of a 3-member Patroni cluster, the
+//! steady-state cost per member, then a `patronictl switchover` while a client writes
+//! through `REBOUNCER_FLEET_CLIENTS` (default 10) of the PgBouncers, each write a new
+//! connection 50 ms after the last. Times are from the leader key naming the new leader
+//! (etcd read every 5 ms): per daemon, when it heard the key, when a check confirmed the
+//! candidate and its switch began, when its symlink moved, when its PgBouncer took the
+//! `RELOAD` (PgBouncer's log) and when it logged PgBouncer confirmed; per client, the
+//! writes that failed and when its first write on the new leader was answered; and when
+//! the new leader's PostgreSQL logged that it accepts connections as a primary, the floor
+//! under every daemon's time. Each table line says the machine's load average.
+//!
 //! Every PgBouncer and daemon is its own process, as on N app servers; they share this
 //! machine's two cores with the database servers, so the failover figures at large N
 //! include the fleet competing with itself for CPU, which real app servers do not.
@@ -42,7 +54,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -77,6 +89,9 @@ impl AppServer {
     fn log(&self) -> PathBuf {
         self.dir.join("rebouncer.log")
     }
+    fn bouncer_log(&self) -> PathBuf {
+        self.dir.join("pgbouncer.log")
+    }
 }
 
 impl Drop for AppServer {
@@ -105,10 +120,11 @@ fn bouncer_ini(dir: &Path, listen: u16, node_port: u16) -> String {
     )
 }
 
-/// Starts `n` app servers against `c`, all routed to pg1, and waits until every daemon
-/// says OK.
-fn start_fleet(c: &Cluster, n: usize, keep: bool, interval: u64) -> Vec<AppServer> {
-    let base = c.root().join("fleet");
+/// `n` app servers under `<root>/fleet`, each a PgBouncer with one node file per server
+/// (`pg<i>.ini`, node i on `node_ports[i - 1]`) and its symlink on `pg<initial>.ini`;
+/// returns once every PgBouncer listens. No daemon yet.
+fn spawn_app_servers(root: &Path, n: usize, node_ports: &[u16], initial: usize) -> Vec<AppServer> {
+    let base = root.join("fleet");
     fs::create_dir_all(&base).unwrap();
     chown_server(&base);
     let mut fleet = Vec::with_capacity(n);
@@ -117,15 +133,19 @@ fn start_fleet(c: &Cluster, n: usize, keep: bool, interval: u64) -> Vec<AppServe
         fs::create_dir_all(dir.join("nodes")).unwrap();
         chown_server(&dir);
         let port = common::alloc_port();
-        for node in 1..=c.len() {
+        for (i, node_port) in node_ports.iter().enumerate() {
             fs::write(
-                dir.join("nodes").join(format!("pg{node}.ini")),
-                bouncer_ini(&dir, port, c.port(node)),
+                dir.join("nodes").join(format!("pg{}.ini", i + 1)),
+                bouncer_ini(&dir, port, *node_port),
             )
             .unwrap();
         }
         fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
-        std::os::unix::fs::symlink(dir.join("nodes/pg1.ini"), dir.join("pgbouncer.ini")).unwrap();
+        std::os::unix::fs::symlink(
+            dir.join(format!("nodes/pg{initial}.ini")),
+            dir.join("pgbouncer.ini"),
+        )
+        .unwrap();
         let bouncer = common::command_as(common::pgbouncer_bin(), common::server_user(), &dir)
             .arg(dir.join("pgbouncer.ini"))
             .stdin(Stdio::null())
@@ -143,17 +163,30 @@ fn start_fleet(c: &Cluster, n: usize, keep: bool, interval: u64) -> Vec<AppServe
     common::wait_until(Duration::from_secs(60), "every PgBouncer listening", || {
         fleet.iter().all(|a| common::port_open(a.bouncer_port))
     });
+    fleet
+}
+
+/// Starts a daemon beside every PgBouncer, one after the other across `spread`, each with
+/// `global` (extra `[global]` lines) and `servers` (`pg<i>=<conninfo>`); waits until every
+/// daemon's `/nagios` says OK.
+fn start_daemons(
+    fleet: &mut [AppServer],
+    interval: u64,
+    global: &str,
+    servers: &[String],
+    spread: Duration,
+) {
+    let n = fleet.len();
     for a in fleet.iter_mut() {
         let mut cfg = format!(
             "[global]\npgbouncer=host=127.0.0.1 port={} dbname=pgbouncer user=postgres sslmode=disable\n\
-             symlink={}\nconfigdir={}\ninterval={interval}\ntimeout=3\nkeep_connections={}\n\n[servers]\n",
+             symlink={}\nconfigdir={}\ninterval={interval}\ntimeout=3\n{global}\n[servers]\n",
             a.bouncer_port,
             a.symlink().display(),
             a.dir.join("nodes").display(),
-            if keep { "on" } else { "off" },
         );
-        for node in 1..=c.len() {
-            cfg += &format!("pg{node}={}\n", c.conninfo(node));
+        for (i, conninfo) in servers.iter().enumerate() {
+            cfg += &format!("pg{}={conninfo}\n", i + 1);
         }
         let config = a.dir.join("rebouncer.ini");
         fs::write(&config, cfg).unwrap();
@@ -172,19 +205,35 @@ fn start_fleet(c: &Cluster, n: usize, keep: bool, interval: u64) -> Vec<AppServe
             env: vec![("STATE_DIRECTORY".into(), a.dir.display().to_string())],
         };
         a.daemon = Some(cmd.spawn());
-        // Started one after the other across one interval, so that their rounds fall at
-        // random moments relative to each other, as on app servers started at different
-        // times, rather than all together.
-        std::thread::sleep(Duration::from_secs(interval) / n as u32);
+        // Started one after the other, so that their rounds fall at random moments
+        // relative to each other, as on app servers started at different times, rather
+        // than all together.
+        std::thread::sleep(spread / n as u32);
     }
     common::wait_until(
         Duration::from_secs(180),
-        "every daemon's /nagios OK on pg1",
+        "every daemon's /nagios OK",
         || {
             fleet
                 .iter()
                 .all(|a| a.daemon.as_ref().unwrap().nagios().starts_with("OK"))
         },
+    );
+}
+
+/// Starts `n` app servers against `c`, all routed to pg1, and waits until every daemon
+/// says OK.
+fn start_fleet(c: &Cluster, n: usize, keep: bool, interval: u64) -> Vec<AppServer> {
+    let ports: Vec<u16> = (1..=c.len()).map(|i| c.port(i)).collect();
+    let mut fleet = spawn_app_servers(c.root(), n, &ports, 1);
+    let servers: Vec<String> = (1..=c.len()).map(|i| c.conninfo(i)).collect();
+    let global = format!("keep_connections={}\n", if keep { "on" } else { "off" });
+    start_daemons(
+        &mut fleet,
+        interval,
+        &global,
+        &servers,
+        Duration::from_secs(interval),
     );
     fleet
 }
@@ -276,81 +325,200 @@ fn measure_steady(c: &Cluster, window: Duration) -> Vec<NodeCost> {
         .collect()
 }
 
+/// What the benchmark saw of one app server's switch to the new primary, as times since
+/// the watch began.
+#[derive(Clone, Debug, Default)]
+struct Steps {
+    /// The daemon logged the leader key naming the new leader (etcd mode only).
+    heard: Option<Duration>,
+    /// The daemon logged that it switches PgBouncer there: a check on a new connection
+    /// found it the master, and the switch begins.
+    checked: Option<Duration>,
+    /// The symlink names the new primary's node file (read every 10 ms).
+    linked: Option<Duration>,
+    /// PgBouncer logged the `RELOAD` (its own millisecond timestamp).
+    reloaded: Option<Duration>,
+    /// The daemon logged PgBouncer confirmed there by `SHOW DATABASES`.
+    confirmed: Option<Duration>,
+    /// The switch as the daemon timed it: from its start (before the symlink) to the
+    /// confirmation, from the confirmation line's "in N ms".
+    switch_took: Option<Duration>,
+}
+
+/// Where a file was read up to; [`Tail::read`] gives the whole lines written since.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl Tail {
+    fn from_end(path: PathBuf) -> Tail {
+        let offset = fs::metadata(&path).map_or(0, |m| m.len());
+        Tail { path, offset }
+    }
+
+    fn read(&mut self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = fs::File::open(&self.path) else {
+            return String::new();
+        };
+        let mut b = Vec::new();
+        if f.seek(SeekFrom::Start(self.offset)).is_err() || f.read_to_end(&mut b).is_err() {
+            return String::new();
+        }
+        // Keep only whole lines behind us.
+        let whole = b.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1);
+        self.offset += whole as u64;
+        String::from_utf8_lossy(&b[..whole]).into_owned()
+    }
+}
+
+/// The time of a line of PgBouncer's or PostgreSQL's log (`2026-12-07 01:50:12.345 UTC
+/// [pid] LOG ...`: PgBouncer's own format, PostgreSQL's with `log_line_prefix = '%m [%p] '`).
+fn log_time(line: &str) -> Option<SystemTime> {
+    use chrono::TimeZone;
+    let at =
+        chrono::NaiveDateTime::parse_from_str(line.get(..23)?, "%Y-%m-%d %H:%M:%S%.3f").ok()?;
+    let zone = line.get(24..)?.split_whitespace().next()?;
+    let t = if zone == "UTC" {
+        chrono::Utc.from_utc_datetime(&at).into()
+    } else {
+        SystemTime::from(chrono::Local.from_local_datetime(&at).single()?)
+    };
+    Some(t)
+}
+
+/// Follows every app server's switch to node `to` (the daemons' server `pg<to>`; Patroni's
+/// member `member` in etcd mode) on a thread of its own: symlinks read every 10 ms, the
+/// daemons' logs every 20 ms.
+struct Watch {
+    t0: Instant,
+    t0_wall: SystemTime,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Steps>>,
+    bouncer_logs: Vec<Tail>,
+}
+
+fn watch_switch(fleet: &[AppServer], to: usize, member: Option<&str>) -> Watch {
+    let links: Vec<(PathBuf, PathBuf)> = fleet
+        .iter()
+        .map(|a| (a.symlink(), a.node_file(to)))
+        .collect();
+    let mut logs: Vec<Tail> = fleet.iter().map(|a| Tail::from_end(a.log())).collect();
+    let bouncer_logs = fleet
+        .iter()
+        .map(|a| Tail::from_end(a.bouncer_log()))
+        .collect();
+    let heard = member.map(|m| format!("Patroni's leader key names {m} "));
+    let checked = format!(" to pg{to}; switching PgBouncer");
+    let confirmed = format!("PgBouncer now points at pg{to} ");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let (t0, t0_wall) = (Instant::now(), SystemTime::now());
+    let handle = std::thread::spawn(move || {
+        let mut steps = vec![Steps::default(); links.len()];
+        let mut last_log_pass = Instant::now() - Duration::from_secs(1);
+        while !s.load(Ordering::SeqCst) {
+            for (k, (link, target)) in links.iter().enumerate() {
+                if steps[k].linked.is_none() && fs::read_link(link).ok().as_ref() == Some(target) {
+                    steps[k].linked = Some(t0.elapsed());
+                }
+            }
+            if last_log_pass.elapsed() >= Duration::from_millis(20) {
+                last_log_pass = Instant::now();
+                for (k, log) in logs.iter_mut().enumerate() {
+                    let st = &mut steps[k];
+                    if st.confirmed.is_some() {
+                        continue;
+                    }
+                    let new = log.read();
+                    let at = t0.elapsed();
+                    for l in new.lines() {
+                        if st.heard.is_none() && heard.as_ref().is_some_and(|h| l.contains(h)) {
+                            st.heard = Some(at);
+                        }
+                        if st.checked.is_none() && l.contains(&checked) {
+                            st.checked = Some(at);
+                        }
+                        if st.confirmed.is_none() && l.contains(&confirmed) {
+                            st.confirmed = Some(at);
+                            st.switch_took = l
+                                .split(" in ")
+                                .nth(1)
+                                .and_then(|r| r.split(" ms").next()?.parse().ok())
+                                .map(Duration::from_millis);
+                        }
+                    }
+                }
+            }
+            if steps
+                .iter()
+                .all(|st| st.confirmed.is_some() && st.linked.is_some())
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        steps
+    });
+    Watch {
+        t0,
+        t0_wall,
+        stop,
+        handle,
+        bouncer_logs,
+    }
+}
+
+impl Watch {
+    /// Waits until every app server is confirmed on the new primary or `limit` has passed
+    /// since the watch began, then adds when each PgBouncer took its `RELOAD`.
+    fn finish(mut self, limit: Duration) -> Vec<Steps> {
+        while !self.handle.is_finished() && self.t0.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let mut steps = self.handle.join().unwrap();
+        for (st, log) in steps.iter_mut().zip(self.bouncer_logs.iter_mut()) {
+            st.reloaded = log
+                .read()
+                .lines()
+                .find(|l| l.contains("RELOAD command issued"))
+                .and_then(log_time)
+                .map(|t| t.duration_since(self.t0_wall).unwrap_or_default());
+        }
+        steps
+    }
+}
+
 struct Failover {
-    linked: Vec<Option<Duration>>,
-    confirmed: Vec<Option<Duration>>,
+    steps: Vec<Steps>,
     promote_took: Duration,
 }
 
 /// Stops pg1, promotes pg2, and times each daemon's symlink and confirmed switch from the
 /// start of the promotion.
 fn measure_failover(c: &Cluster, fleet: &[AppServer], limit: Duration) -> Failover {
-    let n = fleet.len();
-    let links: Vec<(PathBuf, PathBuf)> = fleet
-        .iter()
-        .map(|a| (a.symlink(), a.node_file(2)))
-        .collect();
-    let logs: Vec<PathBuf> = fleet.iter().map(|a| a.log()).collect();
-    let offsets: Vec<u64> = logs
-        .iter()
-        .map(|l| fs::metadata(l).map(|m| m.len()).unwrap_or(0))
-        .collect();
     c.stop_fast(1);
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let s = stop.clone();
-    let watcher = std::thread::spawn(move || {
-        let mut linked = vec![None; n];
-        let mut confirmed = vec![None; n];
-        let mut offsets = offsets;
-        let mut last_log_pass = Instant::now() - Duration::from_secs(1);
-        while !s.load(Ordering::SeqCst) {
-            for (k, (link, want)) in links.iter().enumerate() {
-                if linked[k].is_none() && fs::read_link(link).ok().as_ref() == Some(want) {
-                    linked[k] = Some(t0.elapsed());
-                }
-            }
-            if last_log_pass.elapsed() >= Duration::from_millis(20) {
-                last_log_pass = Instant::now();
-                for (k, log) in logs.iter().enumerate() {
-                    if confirmed[k].is_some() {
-                        continue;
-                    }
-                    let Ok(b) = fs::read(log) else { continue };
-                    let from = (offsets[k] as usize).min(b.len());
-                    let new = String::from_utf8_lossy(&b[from..]);
-                    if new.contains("PgBouncer now points at pg2") {
-                        confirmed[k] = Some(t0.elapsed());
-                    }
-                    // Keep only whole lines behind us.
-                    offsets[k] = (from + new.rfind('\n').map(|i| i + 1).unwrap_or(0)) as u64;
-                }
-            }
-            if confirmed.iter().all(|c| c.is_some()) && linked.iter().all(|l| l.is_some()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (linked, confirmed)
-    });
+    let watch = watch_switch(fleet, 2, None);
     c.promote(2);
-    let promote_took = t0.elapsed();
-    let t = Instant::now();
-    while !watcher.is_finished() && t.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.store(true, Ordering::SeqCst);
-    let (linked, confirmed) = watcher.join().unwrap();
+    let promote_took = watch.t0.elapsed();
     Failover {
-        linked,
-        confirmed,
+        steps: watch.finish(promote_took + limit),
         promote_took,
     }
 }
 
 /// "median / p99 / max" in seconds, and how many never got there.
 fn spread(v: &[Option<Duration>]) -> String {
-    let mut d: Vec<f64> = v.iter().flatten().map(|d| d.as_secs_f64()).collect();
+    let secs: Vec<Option<f64>> = v.iter().map(|d| d.map(|d| d.as_secs_f64())).collect();
+    spread_secs(&secs)
+}
+
+/// [`spread`] of figures in seconds that may be negative (the difference of two
+/// observations of different resolution).
+fn spread_secs(v: &[Option<f64>]) -> String {
+    let mut d: Vec<f64> = v.iter().flatten().copied().collect();
     let missing = v.len() - d.len();
     if d.is_empty() {
         return format!("none of {}", v.len());
@@ -364,9 +532,22 @@ fn spread(v: &[Option<Duration>]) -> String {
         d[d.len() - 1]
     );
     if missing > 0 {
-        s += &format!(" ({missing} of {} not within the limit)", v.len());
+        s += &format!(" ({missing} of {} not seen)", v.len());
     }
     s
+}
+
+/// One step's times over the fleet.
+fn pick(steps: &[Steps], f: impl Fn(&Steps) -> Option<Duration>) -> Vec<Option<Duration>> {
+    steps.iter().map(f).collect()
+}
+
+/// The 1-minute load average of this machine, as `uptime` prints it.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// The cluster: pg1 primary, pg2 and pg3 standbys, max_connections = `max_conn`, the
@@ -442,8 +623,8 @@ fn fleet_footprint_and_failover() {
             let f = measure_failover(&c, &fleet, Duration::from_secs(interval * 3 + 60));
             let line = format!(
                 "| {n} | {mode} | {} | {} |",
-                spread(&f.linked),
-                spread(&f.confirmed)
+                spread(&pick(&f.steps, |s| s.linked)),
+                spread(&pick(&f.steps, |s| s.confirmed))
             );
             eprintln!("{line}  (pg_ctl promote took {:.2?})", f.promote_took);
             failovers.push(line);
@@ -501,91 +682,24 @@ fn raise_max_connections(p: &Patroni, max_conn: usize) {
 /// `n` app servers following Patroni's leader key (members mapped to `pg1..pg3`),
 /// all routed to the leader; waits until every daemon says OK.
 fn start_etcd_fleet(p: &Patroni, n: usize, interval: u64) -> Vec<AppServer> {
-    let leader = p.leader().unwrap();
-    let base = p.root().join("fleet");
-    fs::create_dir_all(&base).unwrap();
-    chown_server(&base);
-    let mut fleet = Vec::with_capacity(n);
-    for k in 0..n {
-        let dir = base.join(k.to_string());
-        fs::create_dir_all(dir.join("nodes")).unwrap();
-        chown_server(&dir);
-        let port = common::alloc_port();
-        for node in 1..=p.len() {
-            fs::write(
-                dir.join("nodes").join(format!("pg{node}.ini")),
-                bouncer_ini(&dir, port, p.port(node)),
-            )
-            .unwrap();
-        }
-        fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
-        std::os::unix::fs::symlink(
-            dir.join(format!("nodes/pg{leader}.ini")),
-            dir.join("pgbouncer.ini"),
-        )
-        .unwrap();
-        let bouncer = common::command_as(common::pgbouncer_bin(), common::server_user(), &dir)
-            .arg(dir.join("pgbouncer.ini"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pgbouncer");
-        fleet.push(AppServer {
-            dir,
-            bouncer,
-            bouncer_port: port,
-            daemon: None,
-        });
-    }
-    common::wait_until(Duration::from_secs(60), "every PgBouncer listening", || {
-        fleet.iter().all(|a| common::port_open(a.bouncer_port))
-    });
+    let ports: Vec<u16> = (1..=p.len()).map(|i| p.port(i)).collect();
+    let mut fleet = spawn_app_servers(p.root(), n, &ports, p.leader().unwrap());
     let members: Vec<String> = (1..=p.len())
         .map(|i| format!("{}:pg{i}", p.name(i)))
         .collect();
-    for a in fleet.iter_mut() {
-        let mut cfg = format!(
-            "[global]\npgbouncer=host=127.0.0.1 port={} dbname=pgbouncer user=postgres sslmode=disable\n\
-             symlink={}\nconfigdir={}\ninterval={interval}\ntimeout=3\n\
-             etcd_endpoints={}\netcd_scope={}\netcd_members={}\n\n[servers]\n",
-            a.bouncer_port,
-            a.symlink().display(),
-            a.dir.join("nodes").display(),
-            p.etcd.endpoint(),
-            common::patroni::SCOPE,
-            members.join(", "),
-        );
-        for node in 1..=p.len() {
-            cfg += &format!("pg{node}={}\n", p.conninfo(node));
-        }
-        let config = a.dir.join("rebouncer.ini");
-        fs::write(&config, cfg).unwrap();
-        let cmd = DaemonCmd {
-            bin: common::rebouncer_bin(),
-            config,
-            http: format!("127.0.0.1:{}", common::alloc_port()),
-            pidfile: a.dir.join("rebouncer.pid"),
-            logfile: Some(a.log()),
-            extra_args: Vec::new(),
-            raw_args: None,
-            user: None,
-            cwd: a.dir.clone(),
-            out: a.dir.join("rebouncer.out"),
-            err: a.dir.join("rebouncer.err"),
-            env: vec![("STATE_DIRECTORY".into(), a.dir.display().to_string())],
-        };
-        a.daemon = Some(cmd.spawn());
-        std::thread::sleep(Duration::from_secs(1) / n as u32);
-    }
-    common::wait_until(
-        Duration::from_secs(180),
-        "every daemon's /nagios OK on the leader",
-        || {
-            fleet
-                .iter()
-                .all(|a| a.daemon.as_ref().unwrap().nagios().starts_with("OK"))
-        },
+    let global = format!(
+        "etcd_endpoints={}\netcd_scope={}\netcd_members={}\n",
+        p.etcd.endpoint(),
+        common::patroni::SCOPE,
+        members.join(", "),
+    );
+    let servers: Vec<String> = (1..=p.len()).map(|i| p.conninfo(i)).collect();
+    start_daemons(
+        &mut fleet,
+        interval,
+        &global,
+        &servers,
+        Duration::from_secs(1),
     );
     fleet
 }
@@ -615,63 +729,74 @@ fn measure_etcd_steady(p: &Patroni, window: Duration) -> Vec<(usize, f64)> {
         .collect()
 }
 
-/// A `patronictl switchover` to `to`, timing each daemon from the moment the leader key
-/// names `to` (etcd read every 5 ms) until its symlink names `to` and until it logged
-/// PgBouncer confirmed there. Returns (key naming `to` after the switchover began,
-/// linked, confirmed); times of daemons that were faster than the key's poll are 0.
+/// The app servers whose PgBouncer carries client load: `clients` of them spread over
+/// the fleet (every one when the fleet is that small).
+fn sampled(n: usize, clients: usize) -> Vec<usize> {
+    let k = clients.min(n);
+    (0..k).map(|j| j * n / k).collect()
+}
+
+/// What a switchover under client load did.
+struct Switchover {
+    /// When the leader key named the new leader, after `patronictl switchover` began.
+    key_at: Duration,
+    /// From the key naming the new leader until its PostgreSQL logged that it accepts
+    /// connections as a primary (negative: before the key).
+    promoted: Option<f64>,
+    /// Per app server, times since the key named the new leader (0 for what came before
+    /// the benchmark's read of the key saw it).
+    steps: Vec<Steps>,
+    /// When the key named the new leader.
+    key_instant: Instant,
+    /// Per sampled PgBouncer, what its client's writes did.
+    writes: Vec<common::WriteLog>,
+    /// Per sampled PgBouncer, from the key naming the new leader until its client's first
+    /// write there was answered.
+    back: Vec<Option<Duration>>,
+    /// The 1-minute load average at the end of the switchover.
+    load: String,
+}
+
+/// A `patronictl switchover` to `to` while a client writes through each of `clients`
+/// PgBouncers (a new connection per write, 50 ms apart). Times from the moment the leader
+/// key names `to` (etcd read every 5 ms).
 fn measure_switchover(
     p: &Patroni,
     fleet: &[AppServer],
     from: usize,
     to: usize,
+    clients: usize,
     limit: Duration,
-) -> (Duration, Vec<Option<Duration>>, Vec<Option<Duration>>) {
-    let n = fleet.len();
-    let links: Vec<(PathBuf, PathBuf)> = fleet
-        .iter()
-        .map(|a| (a.symlink(), a.node_file(to)))
+) -> Switchover {
+    let ports: Vec<u16> = (1..=p.len()).map(|i| p.port(i)).collect();
+    let writers: Vec<common::BouncerWriter> = sampled(fleet.len(), clients)
+        .into_iter()
+        .map(|k| {
+            common::BouncerWriter::start(
+                common::tcp_conninfo(fleet[k].bouncer_port, "appdb"),
+                ports.clone(),
+                &format!("fleet{k}"),
+                Duration::from_secs(5),
+            )
+        })
         .collect();
-    let logs: Vec<PathBuf> = fleet.iter().map(|a| a.log()).collect();
-    let mut offsets: Vec<u64> = logs
-        .iter()
-        .map(|l| fs::metadata(l).map(|m| m.len()).unwrap_or(0))
-        .collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let s = stop.clone();
-    let watcher = std::thread::spawn(move || {
-        let mut linked = vec![None; n];
-        let mut confirmed = vec![None; n];
-        let mut last_log_pass = Instant::now() - Duration::from_secs(1);
-        let want = format!("PgBouncer now points at pg{to}");
-        while !s.load(Ordering::SeqCst) {
-            for (k, (link, target)) in links.iter().enumerate() {
-                if linked[k].is_none() && fs::read_link(link).ok().as_ref() == Some(target) {
-                    linked[k] = Some(t0.elapsed());
-                }
-            }
-            if last_log_pass.elapsed() >= Duration::from_millis(20) {
-                last_log_pass = Instant::now();
-                for (k, log) in logs.iter().enumerate() {
-                    if confirmed[k].is_some() {
-                        continue;
-                    }
-                    let Ok(b) = fs::read(log) else { continue };
-                    let from = (offsets[k] as usize).min(b.len());
-                    let new = String::from_utf8_lossy(&b[from..]);
-                    if new.contains(&want) {
-                        confirmed[k] = Some(t0.elapsed());
-                    }
-                    offsets[k] = (from + new.rfind('\n').map(|i| i + 1).unwrap_or(0)) as u64;
-                }
-            }
-            if confirmed.iter().all(|c| c.is_some()) && linked.iter().all(|l| l.is_some()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (linked, confirmed)
-    });
+    // The load is flowing: every client has written on the old leader.
+    let tags: Vec<String> = writers.iter().map(|w| w.tag.clone()).collect();
+    common::wait_until(
+        Duration::from_secs(30),
+        "every client's first write on the leader",
+        || {
+            let counts = common::psql_conninfo(
+                &common::tcp_conninfo(p.port(from), "appdb"),
+                "SELECT count(DISTINCT node) FROM t WHERE node LIKE 'fleet%'",
+                Duration::from_secs(5),
+            );
+            counts.ok().and_then(|c| c.parse::<usize>().ok()) >= Some(tags.len())
+        },
+    );
+    let mut promotion_log = Tail::from_end(p.member_log_path(to));
+    let watch = watch_switch(fleet, to, Some(&p.name(to)));
+    let (t0, t0_wall) = (watch.t0, watch.t0_wall);
     let (from_name, to_name) = (p.name(from), p.name(to));
     let mut ctl = p.patronictl();
     ctl.args([
@@ -693,32 +818,179 @@ fn measure_switchover(
     }
     let key_at =
         key_at.unwrap_or_else(|| panic!("the key never named {to_name}\n{}", p.diagnostics()));
-    while !watcher.is_finished() && t0.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.store(true, Ordering::SeqCst);
-    let (linked, confirmed) = watcher.join().unwrap();
+    let steps = watch.finish(limit);
+    let load = load_average();
     let _ = switch.join();
-    let since_key = |v: Vec<Option<Duration>>| -> Vec<Option<Duration>> {
-        v.into_iter()
-            .map(|d| d.map(|d| d.saturating_sub(key_at)))
-            .collect()
-    };
-    (key_at, since_key(linked), since_key(confirmed))
+    // Every client writing on the new leader, or the limit.
+    common::poll_until(limit.saturating_sub(t0.elapsed()), || {
+        common::psql_conninfo(
+            &common::tcp_conninfo(p.port(to), "appdb"),
+            "SELECT count(DISTINCT node) FROM t WHERE node LIKE 'fleet%'",
+            Duration::from_secs(5),
+        )
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+            >= Some(tags.len())
+    });
+    let writes: Vec<common::WriteLog> = writers.into_iter().map(|w| w.stop()).collect();
+    let promoted = promotion_log
+        .read()
+        .lines()
+        .find(|l| l.contains("database system is ready to accept connections"))
+        .and_then(log_time)
+        .map(|t| {
+            let since_t0 = match t.duration_since(t0_wall) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            since_t0 - key_at.as_secs_f64()
+        });
+    let key_instant = t0 + key_at;
+    let back = writes
+        .iter()
+        .map(|w| {
+            w.records
+                .iter()
+                .find(|r| r.node == Some(to))
+                .map(|r| (r.at + r.took).saturating_duration_since(key_instant))
+        })
+        .collect();
+    let since_key = |d: Option<Duration>| d.map(|d| d.saturating_sub(key_at));
+    let steps = steps
+        .into_iter()
+        .map(|s| Steps {
+            heard: since_key(s.heard),
+            // The log is read every 20 ms and a switch often takes less: the line saying
+            // it begins is mostly read with the one saying it is done. The daemon's own
+            // time of the switch, taken from when it was done, places its start better.
+            checked: since_key(match (s.confirmed, s.switch_took) {
+                (Some(c), Some(t)) => {
+                    let start = c.saturating_sub(t);
+                    Some(s.checked.map_or(start, |seen| seen.min(start)))
+                }
+                _ => s.checked,
+            }),
+            linked: since_key(s.linked),
+            reloaded: since_key(s.reloaded),
+            confirmed: since_key(s.confirmed),
+            switch_took: s.switch_took,
+        })
+        .collect();
+    Switchover {
+        key_at,
+        promoted,
+        key_instant,
+        steps,
+        writes,
+        back,
+        load,
+    }
 }
 
-/// The etcd mode's fleet: steady-state cost per member and a Patroni switchover timed from
-/// the leader key. Run with
+/// "failed writes begun from -0.40 to +1.20 s of the key: 3 x FATAL: ..." for the log.
+fn failures(w: &common::WriteLog, key: Instant) -> String {
+    let at = |r: &common::WriteRecord| {
+        if r.at >= key {
+            (r.at - key).as_secs_f64()
+        } else {
+            -(key - r.at).as_secs_f64()
+        }
+    };
+    let failed: Vec<&common::WriteRecord> = w.records.iter().filter(|r| r.node.is_none()).collect();
+    let mut kinds: Vec<(String, usize)> = Vec::new();
+    for r in &failed {
+        let e = r
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("");
+        match kinds.iter_mut().find(|(k, _)| k == e) {
+            Some((_, c)) => *c += 1,
+            None => kinds.push((e.to_string(), 1)),
+        }
+    }
+    let (first, last) = (
+        failed.iter().map(|r| at(r)).fold(f64::MAX, f64::min),
+        failed.iter().map(|r| at(r)).fold(f64::MIN, f64::max),
+    );
+    format!(
+        "failed writes begun from {first:+.2} to {last:+.2} s of the key: {}",
+        kinds
+            .iter()
+            .map(|(k, c)| format!("{c} x {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The rows of the table of steps: each step since the key changed, and alone (from the
+/// step before it, per daemon).
+fn step_rows(n: usize, steps: &[Steps]) -> Vec<String> {
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    type Get = fn(&Steps) -> Option<Duration>;
+    let order: [(&str, Get); 5] = [
+        ("heard the key (its log, read every 20 ms)", |s| s.heard),
+        (
+            "candidate confirmed by a check on a new connection; switch begins (its log, less the switch's own time)",
+            |s| s.checked,
+        ),
+        ("symlink swapped (read every 10 ms)", |s| s.linked),
+        ("PgBouncer took the RELOAD (PgBouncer's log, ms)", |s| {
+            s.reloaded
+        }),
+        ("confirmed by SHOW DATABASES (its log)", |s| s.confirmed),
+    ];
+    let mut rows = Vec::new();
+    for (i, (what, get)) in order.iter().enumerate() {
+        let since: Vec<Option<f64>> = steps.iter().map(|s| secs(get(s))).collect();
+        let alone: Vec<Option<f64>> = if i == 0 {
+            since.clone()
+        } else {
+            let prev = order[i - 1].1;
+            steps
+                .iter()
+                .map(|s| Some(secs(get(s))? - secs(prev(s))?))
+                .collect()
+        };
+        rows.push(format!(
+            "| {n} | {what} | {} | {} |",
+            spread_secs(&since),
+            spread_secs(&alone)
+        ));
+    }
+    rows.push(format!(
+        "| {n} | the switch by the daemon's own clock (symlink, RELOAD, SHOW DATABASES, KILL of the old server's connections) | | {} |",
+        spread(&pick(steps, |s| s.switch_took))
+    ));
+    rows
+}
+
+/// The etcd mode's fleet: steady-state cost per member, and a Patroni switchover under
+/// client load timed from the leader key. Run with
 ///
-///     REBOUNCER_FLEET_N=10,200 cargo test --release --test fleet etcd -- --ignored --nocapture
+///     REBOUNCER_FLEET_N=10,50 REBOUNCER_FLEET_SECS=20 cargo test --release --test fleet etcd -- --ignored --nocapture
+///
+/// `REBOUNCER_FLEET_CLIENTS` (default 10): how many PgBouncers carry a writing client
+/// during the switchover.
 #[test]
 #[ignore = "benchmark: minutes of real servers; run by hand (see the file's header)"]
 fn fleet_etcd_mode_footprint_and_switchover() {
     let window = Duration::from_secs(env_num("REBOUNCER_FLEET_SECS", 60));
     let interval = env_num("REBOUNCER_FLEET_INTERVAL", 10);
+    let clients = env_num("REBOUNCER_FLEET_CLIENTS", 10) as usize;
     let mut table = vec![
-        "| N | member | backends held | new connections/min | new connections during the switchover | switchover: every symlink on the new leader (median / p99 / max) | every PgBouncer confirmed there (median / p99 / max) |".to_string(),
+        "| N | member | backends held | new connections/min | new connections during the switchover |".to_string(),
+        "|---|---|---|---|---|".to_string(),
+    ];
+    let mut switches = vec![
+        "| N | load (1 min) | new leader's PostgreSQL a primary (its log) | every PgBouncer confirmed on the new leader (median / p99 / max) | PgBouncers with a client | writes failed / made | clients writing on the new leader again (median / p99 / max) |".to_string(),
         "|---|---|---|---|---|---|---|".to_string(),
+    ];
+    let mut phases = vec![
+        "| N | step, per daemon | since the key changed (median / p99 / max) | from the step before (median / p99 / max) |".to_string(),
+        "|---|---|---|---|".to_string(),
     ];
     for n in fleet_sizes() {
         let t = Instant::now();
@@ -726,8 +998,9 @@ fn fleet_etcd_mode_footprint_and_switchover() {
         raise_max_connections(&p, (3 * n + 50).max(100));
         let fleet = start_etcd_fleet(&p, n, interval);
         eprintln!(
-            "[fleet] N={n} etcd mode: cluster and fleet up in {:.1?}; measuring {window:?}",
-            t.elapsed()
+            "[fleet] N={n} etcd mode: cluster and fleet up in {:.1?}; measuring {window:?} (load {})",
+            t.elapsed(),
+            load_average()
         );
         std::thread::sleep(Duration::from_secs(2));
         let costs = measure_etcd_steady(&p, window);
@@ -735,8 +1008,7 @@ fn fleet_etcd_mode_footprint_and_switchover() {
         let to = from % 3 + 1;
         let log_len = |i: usize| fs::metadata(p.member_log_path(i)).map_or(0, |m| m.len() as usize);
         let marks: Vec<usize> = (1..=p.len()).map(log_len).collect();
-        let (key_at, linked, confirmed) =
-            measure_switchover(&p, &fleet, from, to, Duration::from_secs(120));
+        let sw = measure_switchover(&p, &fleet, from, to, clients, Duration::from_secs(120));
         // The checks the switchover cost, per member (every daemon done by now).
         std::thread::sleep(Duration::from_secs(2));
         let switch_logins: Vec<usize> = (1..=p.len())
@@ -746,30 +1018,53 @@ fn fleet_etcd_mode_footprint_and_switchover() {
             })
             .collect();
         eprintln!(
-            "[fleet] N={n}: the key named {} {key_at:.2?} after patronictl switchover started",
-            p.name(to)
+            "[fleet] N={n}: the key named {} {:.2?} after patronictl switchover started",
+            p.name(to),
+            sw.key_at
         );
         for (i, (held, per_min)) in costs.iter().enumerate() {
-            // The switchover's times are the fleet's, written once.
-            let times = if i == 0 {
-                format!("{} | {}", spread(&linked), spread(&confirmed))
-            } else {
-                " | ".to_string()
-            };
             let line = format!(
-                "| {n} | {} | {held} | {per_min:.0} | {} | {times} |",
+                "| {n} | {} | {held} | {per_min:.0} | {} |",
                 p.name(i + 1),
                 switch_logins[i]
             );
             eprintln!("{line}");
             table.push(line);
         }
+        let failed: usize = sw.writes.iter().map(|w| w.failed()).sum();
+        let made: usize = sw.writes.iter().map(|w| w.total()).sum();
+        let line = format!(
+            "| {n} | {} | {} | {} | {} | {failed} / {made} | {} |",
+            sw.load,
+            sw.promoted
+                .map_or("not seen".to_string(), |p| format!("{p:.2} s")),
+            spread(&pick(&sw.steps, |s| s.confirmed)),
+            sw.writes.len(),
+            spread(&sw.back)
+        );
+        eprintln!("{line}");
+        switches.push(line);
+        for w in &sw.writes {
+            if w.failed() > 0 {
+                eprintln!(
+                    "[fleet] N={n}: a client: {}; {}",
+                    w.summary(),
+                    failures(w, sw.key_instant)
+                );
+            }
+        }
+        for line in step_rows(n, &sw.steps) {
+            eprintln!("{line}");
+            phases.push(line);
+        }
         drop(fleet);
         drop(p);
     }
     println!(
-        "\nFleet benchmark, etcd mode: window {}s, times from the leader key naming the new leader\n\n{}\n",
+        "\nFleet benchmark, etcd mode: window {}s; a patronictl switchover with a client writing through {clients} PgBouncers (all when N is smaller), times from the leader key naming the new leader\n\nSteady state and checks, per member\n\n{}\n\nSwitchover\n\n{}\n\nWhere the time goes\n\n{}\n",
         window.as_secs(),
-        table.join("\n")
+        table.join("\n"),
+        switches.join("\n"),
+        phases.join("\n")
     );
 }

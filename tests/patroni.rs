@@ -12,6 +12,31 @@ mod common;
 use common::patroni::{LinkSample, Patroni};
 use std::time::{Duration, Instant};
 
+/// Waits until the symlink names member `m` and PgBouncer routes there; `what` names `m`
+/// in the message.
+fn wait_routed(p: &Patroni, d: &mut common::Daemon, m: usize, within: Duration, what: &str) {
+    d.wait_for(
+        within,
+        &format!("symlink and PgBouncer on {what} {}", p.name(m)),
+        |_| p.symlink_member() == Some(m) && p.bouncer_target_member() == Some(m),
+    );
+}
+
+/// Starts the daemon on `cfg` and waits until it routed PgBouncer to the bootstrap
+/// leader; returns the daemon and that leader.
+fn start_daemon(p: &Patroni, cfg: &std::path::Path) -> (common::Daemon, usize) {
+    let mut d = p.daemon(cfg);
+    let first = p.leader().expect("a leader after start");
+    wait_routed(
+        p,
+        &mut d,
+        first,
+        Duration::from_secs(30),
+        "the bootstrap leader",
+    );
+    (d, first)
+}
+
 /// Runs `event` with a writer and a symlink sampler going, then checks that the daemon
 /// routed PgBouncer from `old` straight to the new leader and that writes go through
 /// there. Returns the new leader.
@@ -36,13 +61,12 @@ fn follow(
     event();
     let new = p.wait_new_leader(old, Duration::from_secs(60));
     let t_leader = t_event.elapsed();
-    d.wait_for(
+    wait_routed(
+        p,
+        d,
+        new,
         Duration::from_secs(30),
-        &format!(
-            "{what}: symlink and PgBouncer on the new leader {}",
-            p.name(new)
-        ),
-        |_| p.symlink_member() == Some(new) && p.bouncer_target_member() == Some(new),
+        &format!("{what}: the new leader"),
     );
     let routed = Instant::now();
     // Writes that start a second after the route was confirmed must all go through.
@@ -168,13 +192,7 @@ fn assert_route_moved_once(
 fn polling_mode_follows_patroni_switchover_failover_and_a_killed_leader() {
     let p = Patroni::start();
     let cfg = p.write_rebouncer_config(2, 2, "");
-    let mut d = p.daemon(&cfg);
-    let first = p.leader().expect("a leader after start");
-    d.wait_for(
-        Duration::from_secs(30),
-        &format!("PgBouncer on the bootstrap leader {}", p.name(first)),
-        |_| p.symlink_member() == Some(first) && p.bouncer_target_member() == Some(first),
-    );
+    let (mut d, first) = start_daemon(&p, &cfg);
 
     // A planned switchover to the next member.
     let to = first % 3 + 1;
@@ -230,13 +248,7 @@ fn etcd_mode_follows_the_leader_key_and_switches_nothing_without_it() {
             common::patroni::SCOPE
         ),
     );
-    let mut d = p.daemon(&cfg);
-    let first = p.leader().expect("a leader after start");
-    d.wait_for(
-        Duration::from_secs(30),
-        &format!("PgBouncer on the bootstrap leader {}", p.name(first)),
-        |_| p.symlink_member() == Some(first) && p.bouncer_target_member() == Some(first),
-    );
+    let (mut d, first) = start_daemon(&p, &cfg);
     d.wait_for(Duration::from_secs(30), "/nagios OK", |d| {
         d.nagios().starts_with("OK")
     });
@@ -303,9 +315,7 @@ fn etcd_mode_follows_the_leader_key_and_switches_nothing_without_it() {
     );
     p.wait_healthy(Duration::from_secs(60));
     let leader = p.leader().unwrap();
-    d.wait_for(Duration::from_secs(20), "PgBouncer on the leader", |_| {
-        p.symlink_member() == Some(leader) && p.bouncer_target_member() == Some(leader)
-    });
+    wait_routed(&p, &mut d, leader, Duration::from_secs(20), "the leader");
 
     // Patroni killed alone: its PostgreSQL keeps running as a writable primary; after the
     // TTL another member takes the key and is promoted to a new timeline.

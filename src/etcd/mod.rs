@@ -8,6 +8,9 @@
 //! - **Resuming.** Every change carries its revision; after a lost connection the watch
 //!   restarts at the last revision seen + 1, so a change made while the client was away is
 //!   replayed, in order, not skipped.
+//! - **Endpoints.** A session that fails moves on to the next endpoint at once; etcd is
+//!   reported unreachable only when every endpoint has failed in a row. One member down
+//!   is no outage: the watch resumes on the next one from the last revision seen + 1.
 //! - **Compaction.** When that history is gone (etcd compacted it), etcd cancels the watch
 //!   with the compaction's revision: the key is read again and watched from that read.
 //! - **Silence.** A partition can leave a TCP connection open with nothing coming through,
@@ -103,7 +106,8 @@ impl Endpoint {
 /// How to reach etcd and which Patroni cluster to follow.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Tried in turn: the next one after each failure.
+    /// Tried in turn: the next one at once after each failure, back-off only once every
+    /// one has failed.
     pub endpoints: Vec<Endpoint>,
     /// Patroni's `namespace` (default `/service`).
     pub namespace: String,
@@ -302,6 +306,8 @@ struct Lost {
 impl Watcher {
     async fn run(mut self) {
         let mut backoff = self.s.backoff_min;
+        // Why each endpoint tried since the last session that watched failed.
+        let mut failures: Vec<String> = Vec::new();
         loop {
             let lost = self.session().await;
             if self.tx.is_closed() {
@@ -311,6 +317,17 @@ impl Watcher {
             self.token = None;
             if lost.watched {
                 backoff = self.s.backoff_min;
+                failures.clear();
+            }
+            failures.push(lost.reason);
+            if self.s.endpoints.len() > 1 {
+                self.endpoint = (self.endpoint + 1) % self.s.endpoints.len();
+            }
+            // Another endpoint not tried yet may answer: try it now, and say nothing.
+            // One member down is no outage: the watch goes on from the next member, from
+            // the last revision seen + 1.
+            if failures.len() < self.s.endpoints.len() {
+                continue;
             }
             if !self.reported_unreachable {
                 self.reported_unreachable = true;
@@ -318,13 +335,11 @@ impl Watcher {
                 let _ = self
                     .tx
                     .send(Event::Unreachable {
-                        reason: lost.reason,
+                        reason: failures.join("; "),
                     })
                     .await;
             }
-            if self.s.endpoints.len() > 1 {
-                self.endpoint = (self.endpoint + 1) % self.s.endpoints.len();
-            }
+            failures.clear();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.s.backoff_max);
         }

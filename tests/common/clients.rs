@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::cluster::Cluster;
+use super::pgbouncer::route_port;
 use super::process::{pg_bin, run_timeout};
 
 /// Runs one statement with `psql -X -A -t -q -v ON_ERROR_STOP=1 -w -d <conninfo> -c <sql>`
@@ -159,6 +160,54 @@ pub struct BouncerWriter {
 }
 
 impl BouncerWriter {
+    /// Writes rows tagged `tag` through the PgBouncer at `conninfo` (database `appdb`) in a
+    /// loop, each a new connection with a `per_write` limit (psql is killed after it), then
+    /// a 50 ms pause; `ports` are the servers' ports, node i at `ports[i - 1]`.
+    pub fn start(
+        conninfo: String,
+        ports: Vec<u16>,
+        tag: &str,
+        per_write: Duration,
+    ) -> BouncerWriter {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sql = format!(
+            "INSERT INTO t(node) VALUES ('{}') RETURNING inet_server_port()",
+            tag.replace('\'', "''")
+        );
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut log = WriteLog::default();
+            while !s.load(Ordering::SeqCst) {
+                let at = Instant::now();
+                let r = psql_conninfo(&conninfo, &sql, per_write);
+                let took = at.elapsed();
+                let (node, error) = match r {
+                    Ok(out) => match out.trim().parse::<u16>() {
+                        Ok(p) => match node_of(&ports, p) {
+                            Some(n) => (Some(n), None),
+                            None => (None, Some(format!("unknown port {p}"))),
+                        },
+                        Err(e) => (None, Some(format!("bad output {out:?}: {e}"))),
+                    },
+                    Err(e) => (None, Some(e)),
+                };
+                log.records.push(WriteRecord {
+                    at,
+                    took,
+                    node,
+                    error,
+                });
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            log
+        });
+        BouncerWriter {
+            stop,
+            handle: Some(handle),
+            tag: tag.to_string(),
+        }
+    }
+
     /// Stops the loop (after the write in flight, at most `per_write` later) and returns
     /// what it saw.
     pub fn stop(mut self) -> WriteLog {
@@ -366,49 +415,15 @@ impl Cluster {
         .map_err(|e| format!("{e}"))
     }
 
-    /// Starts a [`BouncerWriter`]: writes rows tagged `tag` through PgBouncer in a loop,
-    /// each a new connection with a `per_write` limit (psql is killed after it; PgBouncer's
-    /// own query_wait_timeout is 8 s), then 50 ms pause.
+    /// Starts a [`BouncerWriter`] on this cluster's PgBouncer (see [`BouncerWriter::start`]).
     pub fn start_writer(&self, tag: &str, per_write: Duration) -> BouncerWriter {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
-        let conninfo = tcp_conninfo(self.bouncer_port, "appdb");
-        let sql = format!(
-            "INSERT INTO t(node) VALUES ('{}') RETURNING inet_server_port()",
-            tag.replace('\'', "''")
-        );
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut log = WriteLog::default();
-            while !s.load(Ordering::SeqCst) {
-                let at = Instant::now();
-                let r = psql_conninfo(&conninfo, &sql, per_write);
-                let took = at.elapsed();
-                let (node, error) = match r {
-                    Ok(out) => match out.trim().parse::<u16>() {
-                        Ok(p) => match node_of(&ports, p) {
-                            Some(n) => (Some(n), None),
-                            None => (None, Some(format!("unknown port {p}"))),
-                        },
-                        Err(e) => (None, Some(format!("bad output {out:?}: {e}"))),
-                    },
-                    Err(e) => (None, Some(e)),
-                };
-                log.records.push(WriteRecord {
-                    at,
-                    took,
-                    node,
-                    error,
-                });
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            log
-        });
-        BouncerWriter {
-            stop,
-            handle: Some(handle),
-            tag: tag.to_string(),
-        }
+        BouncerWriter::start(
+            tcp_conninfo(self.bouncer_port, "appdb"),
+            ports,
+            tag,
+            per_write,
+        )
     }
 
     /// Starts a [`RouteSampler`] on PgBouncer's admin console.
@@ -423,14 +438,7 @@ impl Cluster {
                 let at = Instant::now();
                 let node = psql_conninfo(&conninfo, "SHOW DATABASES", Duration::from_secs(5))
                     .ok()
-                    .and_then(|out| {
-                        out.lines().find_map(|l| {
-                            let f: Vec<&str> = l.split('|').collect();
-                            (f.first() == Some(&"postgres"))
-                                .then(|| f.get(2)?.parse::<u16>().ok())
-                                .flatten()
-                        })
-                    })
+                    .and_then(|out| route_port(&out, "postgres"))
                     .and_then(|p| node_of(&ports, p));
                 samples.push((at, node));
                 std::thread::sleep(Duration::from_millis(100));

@@ -455,50 +455,61 @@ impl Cluster {
     }
 
     pub fn teardown(&mut self) {
-        // Immediate shutdown of every postmaster at once (what `pg_ctl stop -m immediate`
-        // does: SIGQUIT), after SIGCONT in case a test left it stopped; SIGKILL after 10 s.
         let pms: Vec<u32> = self
             .nodes
             .iter()
             .filter_map(|n| read_postmaster_pid(&n.data).filter(|p| is_postmaster_of(*p, &n.data)))
             .collect();
-        for pid in &pms {
-            let kids: Vec<String> = children_of(*pid).iter().map(|k| k.to_string()).collect();
-            let _ = signal_many(&kids, "CONT");
-            let _ = signal(&pid.to_string(), "CONT");
-            let _ = signal(&pid.to_string(), "QUIT");
-        }
-        if !poll_until(Duration::from_secs(10), || {
-            pms.iter().all(|p| !pid_alive(*p))
-        }) {
-            for pid in &pms {
-                let _ = signal(&pid.to_string(), "KILL");
-            }
-        }
+        quit_postmasters(&pms);
         self.bouncer_kill();
-        // Safety net: anything whose command line mentions our dir (postmasters not yet
-        // registered when a start-up panicked, a daemon still running, ...).
-        let pat = self.root.to_string_lossy().into_owned();
-        for _ in 0..3 {
-            let left = pgrep_f(&pat);
-            if left.is_empty() {
-                break;
-            }
-            for p in &left {
-                let _ = signal(&p.to_string(), "CONT");
-                let _ = signal(&p.to_string(), "KILL");
-            }
-            poll_until(Duration::from_secs(3), || {
-                left.iter().all(|p| !pid_alive(*p))
-            });
+        sweep_and_remove(&self.root, self.tmp.take());
+    }
+}
+
+/// Immediate shutdown of every postmaster in `pms` at once (what `pg_ctl stop -m
+/// immediate` does: SIGQUIT), after SIGCONT to it and its children in case a test left
+/// them stopped; SIGKILL after 10 s.
+pub fn quit_postmasters(pms: &[u32]) {
+    for pid in pms {
+        let kids: Vec<String> = children_of(*pid).iter().map(|k| k.to_string()).collect();
+        let _ = signal_many(&kids, "CONT");
+        let _ = signal(&pid.to_string(), "CONT");
+        let _ = signal(&pid.to_string(), "QUIT");
+    }
+    if !poll_until(Duration::from_secs(10), || {
+        pms.iter().all(|p| !pid_alive(*p))
+    }) {
+        for pid in pms {
+            let _ = signal(&pid.to_string(), "KILL");
         }
-        let _ = fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700));
-        if let Some(tmp) = self.tmp.take() {
-            if env_flag("REBOUNCER_KEEP_TMP") {
-                eprintln!("[fixture] kept {}", tmp.keep().display());
-            } else if let Err(e) = tmp.close() {
-                eprintln!("[fixture] removing {}: {e}", self.root.display());
-            }
+    }
+}
+
+/// The last of a fixture's teardown. Safety net: anything whose command line mentions
+/// `root` (postmasters not yet registered when a start-up panicked, a daemon still
+/// running, ...) is SIGKILLed; then the directory is removed, or kept with
+/// `REBOUNCER_KEEP_TMP=1`.
+pub fn sweep_and_remove(root: &Path, tmp: Option<tempfile::TempDir>) {
+    let pat = root.to_string_lossy().into_owned();
+    for _ in 0..3 {
+        let left = pgrep_f(&pat);
+        if left.is_empty() {
+            break;
+        }
+        for p in &left {
+            let _ = signal(&p.to_string(), "CONT");
+            let _ = signal(&p.to_string(), "KILL");
+        }
+        poll_until(Duration::from_secs(3), || {
+            left.iter().all(|p| !pid_alive(*p))
+        });
+    }
+    let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o700));
+    if let Some(tmp) = tmp {
+        if env_flag("REBOUNCER_KEEP_TMP") {
+            eprintln!("[fixture] kept {}", tmp.keep().display());
+        } else if let Err(e) = tmp.close() {
+            eprintln!("[fixture] removing {}: {e}", root.display());
         }
     }
 }

@@ -312,6 +312,67 @@ impl Drop for Daemon {
     }
 }
 
+/// A rebouncer config in the Go format:
+/// ```text
+/// [global]
+/// pgbouncer=<pgbouncer>
+/// symlink=<symlink>
+/// configdir=<configdir>
+/// interval=N
+/// timeout=N
+/// <extra_global lines>
+///
+/// [servers]
+/// <name>=<conninfo>
+/// ...
+/// ```
+pub fn rebouncer_config(
+    pgbouncer: &str,
+    symlink: &Path,
+    configdir: &Path,
+    interval: u64,
+    timeout: u64,
+    extra_global: &str,
+    servers: &[(String, String)],
+) -> String {
+    let mut s = format!(
+        "[global]\npgbouncer={pgbouncer}\nsymlink={}\nconfigdir={}\ninterval={interval}\ntimeout={timeout}\n",
+        symlink.display(),
+        configdir.display()
+    );
+    for l in extra_global.lines() {
+        s += l.trim_start();
+        s.push('\n');
+    }
+    s += "\n[servers]\n";
+    for (name, ci) in servers {
+        s += &format!("{name}={ci}\n");
+    }
+    s
+}
+
+/// A daemon command line for a fixture whose files are in `root` (default flags, allocated
+/// HTTP port; log, pidfile and state file in `root`; stdout and stderr in
+/// `rebouncer-<n>.out` and `.err`), to adjust and spawn.
+pub fn daemon_cmd_in(root: &Path, config: &Path, n: usize) -> DaemonCmd {
+    DaemonCmd {
+        bin: rebouncer_bin(),
+        config: config.to_path_buf(),
+        http: format!("127.0.0.1:{}", alloc_port()),
+        pidfile: root.join("rebouncer.pid"),
+        logfile: Some(root.join("rebouncer.log")),
+        extra_args: Vec::new(),
+        raw_args: None,
+        user: None,
+        cwd: root.to_path_buf(),
+        out: root.join(format!("rebouncer-{n}.out")),
+        err: root.join(format!("rebouncer-{n}.err")),
+        // The state file goes into the fixture's directory, as systemd's
+        // StateDirectory= would arrange: tests never share timeline memory.
+        env: vec![("STATE_DIRECTORY".into(), root.display().to_string())],
+    }
+}
+
 impl Cluster {
     /// The default `[servers]` lines: `(pg<i>, conninfo(i))` for every node.
     pub fn servers(&self) -> Vec<(String, String)> {
@@ -328,21 +389,15 @@ impl Cluster {
         extra_global: &str,
         servers: &[(String, String)],
     ) -> String {
-        let mut s = format!(
-            "[global]\npgbouncer={}\nsymlink={}\nconfigdir={}\ninterval={interval}\ntimeout={timeout}\n",
-            self.pgbouncer_conninfo(),
-            self.symlink().display(),
-            self.configdir().display()
-        );
-        for l in extra_global.lines() {
-            s += l.trim_start();
-            s.push('\n');
-        }
-        s += "\n[servers]\n";
-        for (name, ci) in servers {
-            s += &format!("{name}={ci}\n");
-        }
-        s
+        rebouncer_config(
+            &self.pgbouncer_conninfo(),
+            &self.symlink(),
+            &self.configdir(),
+            interval,
+            timeout,
+            extra_global,
+            servers,
+        )
     }
 
     /// Writes `<tmp>/rebouncer.ini`:
@@ -385,22 +440,7 @@ impl Cluster {
     /// A daemon command line (default flags, allocated HTTP port) to adjust and spawn.
     pub fn daemon_cmd(&self, config: &Path) -> DaemonCmd {
         let n = self.daemons.fetch_add(1, Ordering::SeqCst);
-        DaemonCmd {
-            bin: rebouncer_bin(),
-            config: config.to_path_buf(),
-            http: format!("127.0.0.1:{}", alloc_port()),
-            pidfile: self.root.join("rebouncer.pid"),
-            logfile: Some(self.root.join("rebouncer.log")),
-            extra_args: Vec::new(),
-            raw_args: None,
-            user: None,
-            cwd: self.root.clone(),
-            out: self.root.join(format!("rebouncer-{n}.out")),
-            err: self.root.join(format!("rebouncer-{n}.err")),
-            // The state file goes into this cluster's directory, as systemd's
-            // StateDirectory= would arrange: tests never share timeline memory.
-            env: vec![("STATE_DIRECTORY".into(), self.root.display().to_string())],
-        }
+        daemon_cmd_in(&self.root, config, n)
     }
 
     /// Spawns the daemon with default flags and waits until its HTTP server answers.

@@ -1,7 +1,7 @@
 //! A real etcd (Debian's `etcd-server`, 3.4) on two free loopback ports, for the tests of
 //! the etcd client and for the Patroni fixture ([`super::patroni`]).
 //!
-//! One member, `http://127.0.0.1:<client port>`, data in `<dir>/etcd`, log in
+//! One member (or an [`EtcdCluster`] of several), `http://127.0.0.1:<client port>`, data in `<dir>/etcd`, log in
 //! `<dir>/etcd.log`. Run as the server user when the tests run as root, like PostgreSQL.
 //! [`Etcd::stop`] and [`Etcd::start_again`] keep the ports and the data directory, so a
 //! client sees "the same etcd, down for a while". Dropping the handle kills the process;
@@ -36,6 +36,10 @@ pub struct Etcd {
     child: Mutex<Option<Child>>,
     /// With TLS: the https client port (the plain one stays for the fixture's own calls).
     tls: Option<EtcdTls>,
+    /// The member's name, `e1` alone.
+    name: String,
+    /// etcd's `--initial-cluster` when a member of an [`EtcdCluster`] (None: alone).
+    initial_cluster: Option<String>,
 }
 
 /// Certificates made by [`Etcd::start_tls`].
@@ -145,6 +149,8 @@ impl Etcd {
             peer_port: 0,
             child: Mutex::new(None),
             tls,
+            name: "e1".into(),
+            initial_cluster: None,
         };
         let mut last = String::new();
         for _ in 0..4 {
@@ -160,6 +166,12 @@ impl Etcd {
     }
 
     fn try_start(&self) -> Result<(), String> {
+        let mark = self.spawn()?;
+        self.wait_ready(mark)
+    }
+
+    /// Starts the process; returns how long its log was before (see [`Etcd::wait_ready`]).
+    fn spawn(&self) -> Result<u64, String> {
         let log = self.log_path();
         let logf = fs::OpenOptions::new()
             .create(true)
@@ -190,20 +202,35 @@ impl Etcd {
                 .arg(&bundle);
         }
         let child = cmd
-            .args(["--name", "e1", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.join("etcd"))
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("e1={peer}")])
+            .args([
+                "--initial-cluster",
+                &self
+                    .initial_cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{}={peer}", self.name)),
+            ])
             .args(["--log-level", "warn", "--logger", "zap"])
+            // A member back from a freeze asks before it calls an election, so it does
+            // not unseat the leader the others kept.
+            .args(self.initial_cluster.as_ref().map(|_| "--pre-vote"))
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", etcd_bin().display()))?;
         *self.child.lock().unwrap() = Some(child);
+        Ok(mark)
+    }
+
+    /// Waits until etcd answers a read (for a member of a cluster: once a quorum runs).
+    fn wait_ready(&self, mark: u64) -> Result<(), String> {
+        let log = self.log_path();
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
             if !self.running() {
@@ -339,6 +366,47 @@ impl Etcd {
         header_revision(&v)
     }
 
+    /// [`Etcd::put`] through a cluster that may be electing a leader (a member frozen or
+    /// stopped): retried for up to `within`. A write whose answer timed out may still have
+    /// been made, so before each retry the key is read, and a write found made is not made
+    /// twice (a second one would be a change of its own).
+    pub fn put_retrying(&self, key: &str, value: &str, within: Duration) -> i64 {
+        let t = Instant::now();
+        let mod_revision = || loop {
+            match self.get(key) {
+                Ok(v) => return v,
+                Err(e) if t.elapsed() > within => panic!("etcd get {key}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let before = mod_revision().map_or(0, |(_, r)| r);
+        loop {
+            let body = serde_json::json!({"key": b64(key), "value": b64(value)});
+            match self.json("/v3/kv/put", body) {
+                Ok(v) => return header_revision(&v),
+                Err(e) if t.elapsed() > within => panic!("etcd put {key}: {e}"),
+                Err(_) => {}
+            }
+            if let Some((v, r)) = mod_revision()
+                && v == value
+                && r > before
+            {
+                return r;
+            }
+        }
+    }
+
+    /// The member leads the Raft group (`/v3/maintenance/status`).
+    pub fn raft_leader(&self) -> bool {
+        let v = self
+            .json("/v3/maintenance/status", serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("etcd status: {e}"));
+        // 64-bit ids, written as strings.
+        v["leader"]
+            .as_str()
+            .is_some_and(|l| l != "0" && Some(l) == v["header"]["member_id"].as_str())
+    }
+
     /// Deletes `key`; returns the revision after the delete.
     pub fn delete(&self, key: &str) -> i64 {
         let v = self
@@ -449,6 +517,87 @@ fn as_i64(v: &serde_json::Value) -> i64 {
 
 fn header_revision(v: &serde_json::Value) -> i64 {
     as_i64(&v["header"]["revision"])
+}
+
+/// Several etcd members forming one cluster, each in its own directory under a
+/// temporary one (removed on drop): for a client that lists every member and must carry
+/// on when the one it talks to is gone.
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl EtcdCluster {
+    /// `n` members `e1..e<n>`; returns once every one answers.
+    pub fn start(n: usize) -> EtcdCluster {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("rebouncer-it-{}-etcd-", std::process::id()))
+            .tempdir_in(base_dir())
+            .expect("create etcd temp dir");
+        let mut members: Vec<Etcd> = (1..=n)
+            .map(|i| {
+                let dir = tmp.path().join(format!("e{i}"));
+                fs::create_dir(&dir).unwrap();
+                if let Some(u) = server_user() {
+                    let _ = std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid));
+                }
+                Etcd {
+                    tmp: None,
+                    dir,
+                    client_port: alloc_port(),
+                    peer_port: alloc_port(),
+                    child: Mutex::new(None),
+                    tls: None,
+                    name: format!("e{i}"),
+                    initial_cluster: None,
+                }
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in members.iter_mut() {
+            m.initial_cluster = Some(initial.clone());
+        }
+        let c = EtcdCluster {
+            members,
+            tmp: Some(tmp),
+        };
+        // Every member must be running before any can answer: they need a quorum.
+        let marks: Vec<u64> = c
+            .members
+            .iter()
+            .map(|m| m.spawn().unwrap_or_else(|e| panic!("etcd {}: {e}", m.name)))
+            .collect();
+        for (m, mark) in c.members.iter().zip(marks) {
+            if let Err(e) = m.wait_ready(mark) {
+                panic!("etcd cluster member {}: {e}", m.name);
+            }
+        }
+        c
+    }
+
+    /// Every member's client URL, comma-separated, in order.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.endpoint())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &self.members {
+            m.kill();
+        }
+        if let Some(tmp) = self.tmp.take() {
+            let _ = tmp.close();
+        }
+    }
 }
 
 impl Drop for Etcd {

@@ -23,12 +23,12 @@
 
 use super::etcd::Etcd;
 use super::{
-    Daemon, DaemonCmd, QUERY_TIMEOUT, WriteLog, WriteRecord, alloc_port, base_dir, children_of,
-    command_as, http_request, pgbouncer_bin, pgrep_f, pid_alive, poll_until, psql_conninfo,
-    rebouncer_bin, run_timeout, server_user, signal, tail, tcp_conninfo,
+    BouncerFiles, BouncerWriter, Daemon, DaemonCmd, QUERY_TIMEOUT, alloc_port, base_dir,
+    children_of, command_as, daemon_cmd_in, http_request, pgbouncer_bin, pid_alive, poll_until,
+    psql_conninfo, quit_postmasters, rebouncer_config, route_port, run_timeout, server_user,
+    signal, sweep_and_remove, tail, tcp_conninfo,
 };
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -482,44 +482,26 @@ impl Patroni {
 
     // --- PgBouncer ------------------------------------------------------------------
 
-    pub fn symlink(&self) -> PathBuf {
-        self.root.join("pgbouncer.ini")
+    fn files(&self) -> BouncerFiles<'_> {
+        BouncerFiles(&self.root)
     }
-    pub fn configdir(&self) -> PathBuf {
-        self.root.join("nodes")
-    }
-    pub fn node_file(&self, i: usize) -> PathBuf {
-        self.configdir().join(format!("{}.ini", self.name(i)))
-    }
-    pub fn dummy_file(&self) -> PathBuf {
-        self.root.join("initial.ini")
+    fn node_file(&self, i: usize) -> PathBuf {
+        self.files().node_file(&self.name(i))
     }
     /// The member whose node file the symlink names (None: the dummy or anything else).
     pub fn symlink_member(&self) -> Option<usize> {
-        let t = fs::read_link(self.symlink()).ok()?;
+        let t = fs::read_link(self.files().symlink()).ok()?;
         (1..=self.len()).find(|i| t == self.node_file(*i))
     }
-    pub fn bouncer_port(&self) -> u16 {
-        self.bouncer_port
-    }
-    pub fn pgbouncer_conninfo(&self) -> String {
+    fn pgbouncer_conninfo(&self) -> String {
         tcp_conninfo(self.bouncer_port, "pgbouncer")
     }
-    pub fn bouncer_log_path(&self) -> PathBuf {
-        self.root.join("pgbouncer.log")
-    }
-    pub fn admin(&self, cmd: &str) -> Result<String, String> {
+    fn admin(&self, cmd: &str) -> Result<String, String> {
         psql_conninfo(&self.pgbouncer_conninfo(), cmd, QUERY_TIMEOUT)
     }
     /// Member PgBouncer sends `postgres` to (`SHOW DATABASES`).
     pub fn bouncer_target_member(&self) -> Option<usize> {
-        let out = self.admin("SHOW DATABASES").ok()?;
-        let port = out.lines().find_map(|l| {
-            let f: Vec<&str> = l.split('|').collect();
-            (f.first() == Some(&"postgres"))
-                .then(|| f.get(2)?.parse::<u16>().ok())
-                .flatten()
-        })?;
+        let port = route_port(&self.admin("SHOW DATABASES").ok()?, "postgres")?;
         self.member_of_port(port)
     }
 
@@ -528,17 +510,17 @@ impl Patroni {
     }
 
     fn start_bouncer(&mut self) {
-        fs::create_dir_all(self.configdir()).unwrap();
+        fs::create_dir_all(self.files().configdir()).unwrap();
         fs::write(self.root.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
-        std::os::unix::fs::symlink(self.dummy_file(), self.symlink()).unwrap();
+        std::os::unix::fs::symlink(self.files().dummy_file(), self.files().symlink()).unwrap();
         for attempt in 0..4 {
             self.bouncer_port = alloc_port();
             for i in 1..=self.len() {
                 fs::write(self.node_file(i), self.bouncer_ini(Some(self.port(i)))).unwrap();
             }
-            fs::write(self.dummy_file(), self.bouncer_ini(None)).unwrap();
+            fs::write(self.files().dummy_file(), self.bouncer_ini(None)).unwrap();
             let child = command_as(pgbouncer_bin(), server_user(), &self.root)
-                .arg(self.symlink())
+                .arg(self.files().symlink())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -548,7 +530,7 @@ impl Patroni {
             let listening = format!("listening on 127.0.0.1:{}", self.bouncer_port);
             let mut taken = false;
             let up = poll_until(Duration::from_secs(15), || {
-                let log = fs::read_to_string(self.bouncer_log_path()).unwrap_or_default();
+                let log = fs::read_to_string(self.files().log()).unwrap_or_default();
                 taken = log.contains(&format!("cannot listen on 127.0.0.1:{}", self.bouncer_port));
                 taken || (log.contains(&listening) && self.admin("SHOW VERSION").is_ok())
             });
@@ -560,7 +542,7 @@ impl Patroni {
                 panic!(
                     "pgbouncer did not start on port {}:\n{}",
                     self.bouncer_port,
-                    tail(&self.bouncer_log_path(), 15)
+                    tail(&self.files().log(), 15)
                 );
             }
         }
@@ -579,22 +561,20 @@ impl Patroni {
     /// symlink, `configdir`, `interval`, `timeout`, the extra `[global]` lines, and one
     /// `[servers]` line per member (`m<i>=<conninfo>`).
     pub fn write_rebouncer_config(&self, interval: u64, timeout: u64, extra: &str) -> PathBuf {
-        let mut s = format!(
-            "[global]\npgbouncer={}\nsymlink={}\nconfigdir={}\ninterval={interval}\ntimeout={timeout}\n",
-            self.pgbouncer_conninfo(),
-            self.symlink().display(),
-            self.configdir().display()
+        let servers: Vec<(String, String)> = (1..=self.len())
+            .map(|i| (self.name(i), self.conninfo(i)))
+            .collect();
+        let text = rebouncer_config(
+            &self.pgbouncer_conninfo(),
+            &self.files().symlink(),
+            &self.files().configdir(),
+            interval,
+            timeout,
+            extra,
+            &servers,
         );
-        for l in extra.lines() {
-            s += l.trim_start();
-            s.push('\n');
-        }
-        s += "\n[servers]\n";
-        for i in 1..=self.len() {
-            s += &format!("{}={}\n", self.name(i), self.conninfo(i));
-        }
         let p = self.root.join("rebouncer.ini");
-        fs::write(&p, s).unwrap();
+        fs::write(&p, text).unwrap();
         p
     }
 
@@ -602,20 +582,7 @@ impl Patroni {
     /// directory) to adjust and spawn.
     pub fn daemon_cmd(&self, config: &Path) -> DaemonCmd {
         let n = self.daemons.fetch_add(1, Ordering::SeqCst);
-        DaemonCmd {
-            bin: rebouncer_bin(),
-            config: config.to_path_buf(),
-            http: format!("127.0.0.1:{}", alloc_port()),
-            pidfile: self.root.join("rebouncer.pid"),
-            logfile: Some(self.root.join("rebouncer.log")),
-            extra_args: Vec::new(),
-            raw_args: None,
-            user: None,
-            cwd: self.root.clone(),
-            out: self.root.join(format!("rebouncer-{n}.out")),
-            err: self.root.join(format!("rebouncer-{n}.err")),
-            env: vec![("STATE_DIRECTORY".into(), self.root.display().to_string())],
-        }
+        daemon_cmd_in(&self.root, config, n)
     }
 
     /// Spawns the daemon and waits until its HTTP server answers.
@@ -625,43 +592,16 @@ impl Patroni {
 
     // --- clients ----------------------------------------------------------------------
 
-    /// Writes rows tagged `tag` into appdb's `t` through PgBouncer, one new connection per
-    /// write (each limited to `per_write`), 50 ms apart, until stopped; records which
-    /// member took each write.
-    pub fn start_writer(&self, tag: &str, per_write: Duration) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Writes rows tagged `tag` into appdb's `t` through PgBouncer (see
+    /// [`BouncerWriter::start`]); records which member took each write.
+    pub fn start_writer(&self, tag: &str, per_write: Duration) -> BouncerWriter {
         let ports: Vec<u16> = self.members.iter().map(|m| m.pg_port).collect();
-        let conninfo = tcp_conninfo(self.bouncer_port, "appdb");
-        let sql = format!("INSERT INTO t(node) VALUES ('{tag}') RETURNING inet_server_port()");
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut log = WriteLog::default();
-            while !s.load(Ordering::SeqCst) {
-                let at = Instant::now();
-                let r = psql_conninfo(&conninfo, &sql, per_write);
-                let took = at.elapsed();
-                let (node, error) = match r.map(|o| o.trim().parse::<u16>()) {
-                    Ok(Ok(p)) => match ports.iter().position(|q| *q == p) {
-                        Some(n) => (Some(n + 1), None),
-                        None => (None, Some(format!("unknown port {p}"))),
-                    },
-                    Ok(Err(e)) => (None, Some(format!("bad output: {e}"))),
-                    Err(e) => (None, Some(e)),
-                };
-                log.records.push(WriteRecord {
-                    at,
-                    took,
-                    node,
-                    error,
-                });
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            log
-        });
-        Writer {
-            stop,
-            handle: Some(handle),
-        }
+        BouncerWriter::start(
+            tcp_conninfo(self.bouncer_port, "appdb"),
+            ports,
+            tag,
+            per_write,
+        )
     }
 
     /// Rows of appdb's `t` tagged `tag` on member i, read directly (None when it does not
@@ -681,7 +621,7 @@ impl Patroni {
     /// Samples the member the symlink names every 20 ms until stopped.
     pub fn start_link_sampler(&self) -> LinkSampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let link = self.symlink();
+        let link = self.files().symlink();
         let files: Vec<PathBuf> = (1..=self.len()).map(|i| self.node_file(i)).collect();
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -712,73 +652,16 @@ impl Patroni {
         let pms: Vec<u32> = (1..=self.members.len())
             .filter_map(|i| self.postmaster_pid(i))
             .collect();
-        for pid in &pms {
-            let kids: Vec<String> = children_of(*pid).iter().map(|k| k.to_string()).collect();
-            for k in &kids {
-                let _ = signal(k, "CONT");
-            }
-            let _ = signal(&pid.to_string(), "CONT");
-            let _ = signal(&pid.to_string(), "QUIT");
-        }
-        if !poll_until(Duration::from_secs(10), || {
-            pms.iter().all(|p| !pid_alive(*p))
-        }) {
-            for pid in &pms {
-                let _ = signal(&pid.to_string(), "KILL");
-            }
-        }
+        quit_postmasters(&pms);
         self.bouncer_kill();
         self.etcd.kill();
-        let pat = self.root.to_string_lossy().into_owned();
-        for _ in 0..3 {
-            let left = pgrep_f(&pat);
-            if left.is_empty() {
-                break;
-            }
-            for p in &left {
-                let _ = signal(&p.to_string(), "CONT");
-                let _ = signal(&p.to_string(), "KILL");
-            }
-            poll_until(Duration::from_secs(3), || {
-                left.iter().all(|p| !pid_alive(*p))
-            });
-        }
-        let _ = fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700));
-        if let Some(tmp) = self.tmp.take() {
-            if env_flag("REBOUNCER_KEEP_TMP") {
-                eprintln!("[fixture] kept {}", tmp.keep().display());
-            } else if let Err(e) = tmp.close() {
-                eprintln!("[fixture] removing {}: {e}", self.root.display());
-            }
-        }
+        sweep_and_remove(&self.root, self.tmp.take());
     }
 }
 
 impl Drop for Patroni {
     fn drop(&mut self) {
         self.teardown();
-    }
-}
-
-/// A client writing through PgBouncer (see [`Patroni::start_writer`]).
-pub struct Writer {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<WriteLog>>,
-}
-
-impl Writer {
-    pub fn stop(mut self) -> WriteLog {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap_or_default()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 

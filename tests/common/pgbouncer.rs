@@ -11,25 +11,70 @@ use super::clients::{QUERY_TIMEOUT, psql_conninfo, psql_rows, tcp_conninfo};
 use super::cluster::Cluster;
 use super::process::{command_as, pgbouncer_bin, pgbouncer_fast_exit_signal, server_user, signal};
 
+/// Where a fixture keeps its PgBouncer's files, under the fixture's directory.
+pub struct BouncerFiles<'a>(pub &'a Path);
+
+impl BouncerFiles<'_> {
+    /// The managed symlink `<root>/pgbouncer.ini` (PgBouncer's config file).
+    pub fn symlink(&self) -> PathBuf {
+        self.0.join("pgbouncer.ini")
+    }
+
+    /// `<root>/nodes`, the daemon's `configdir`.
+    pub fn configdir(&self) -> PathBuf {
+        self.0.join("nodes")
+    }
+
+    /// `<root>/nodes/<name>.ini`
+    pub fn node_file(&self, name: &str) -> PathBuf {
+        self.configdir().join(format!("{name}.ini"))
+    }
+
+    /// `<root>/initial.ini`: no databases, the config PgBouncer starts on when the daemon
+    /// has to switch at start-up.
+    pub fn dummy_file(&self) -> PathBuf {
+        self.0.join("initial.ini")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.0.join("pgbouncer.log")
+    }
+}
+
+/// The port PgBouncer sends `db` to, from the rows of its `SHOW DATABASES` (psql's
+/// unaligned, tuples-only output).
+pub fn route_port(show_databases: &str, db: &str) -> Option<u16> {
+    show_databases.lines().find_map(|l| {
+        let f: Vec<&str> = l.split('|').collect();
+        (f.first() == Some(&db))
+            .then(|| f.get(2)?.parse().ok())
+            .flatten()
+    })
+}
+
 impl Cluster {
+    fn files(&self) -> BouncerFiles<'_> {
+        BouncerFiles(&self.root)
+    }
+
     /// The managed symlink `<tmp>/pgbouncer.ini` (PgBouncer's config file).
     pub fn symlink(&self) -> PathBuf {
-        self.root.join("pgbouncer.ini")
+        self.files().symlink()
     }
 
     /// `<tmp>/nodes`, the daemon's `configdir`.
     pub fn configdir(&self) -> PathBuf {
-        self.root.join("nodes")
+        self.files().configdir()
     }
 
     /// `<tmp>/nodes/pg<i>.ini`
     pub fn node_file(&self, i: usize) -> PathBuf {
-        self.configdir().join(format!("{}.ini", self.name(i)))
+        self.files().node_file(&self.name(i))
     }
 
     /// `<tmp>/initial.ini` (see [`Link::Dummy`]).
     pub fn dummy_file(&self) -> PathBuf {
-        self.root.join("initial.ini")
+        self.files().dummy_file()
     }
 
     pub fn symlink_target(&self) -> PathBuf {
@@ -52,7 +97,7 @@ impl Cluster {
     }
 
     pub fn bouncer_log_path(&self) -> PathBuf {
-        self.root.join("pgbouncer.log")
+        self.files().log()
     }
 
     pub fn bouncer_log(&self) -> String {
@@ -72,13 +117,7 @@ impl Cluster {
     /// Port of the `postgres` database according to PgBouncer's `SHOW DATABASES`
     /// (None when PgBouncer is down or has no such database).
     pub fn bouncer_target_port(&self) -> Option<u16> {
-        let out = self.admin("SHOW DATABASES").ok()?;
-        out.lines().find_map(|l| {
-            let f: Vec<&str> = l.split('|').collect();
-            (f.first() == Some(&"postgres"))
-                .then(|| f.get(2)?.parse().ok())
-                .flatten()
-        })
+        route_port(&self.admin("SHOW DATABASES").ok()?, "postgres")
     }
 
     /// The `paused` column of `SHOW DATABASES` for `db` ("1" or "0"; "" when PgBouncer
