@@ -21,7 +21,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use crate::node::{Highest, SystemId, Timelines};
 
@@ -219,6 +219,10 @@ pub struct StateFile {
     /// Set while a write runs, including one that outlived its bound: no second write
     /// starts until it returns, so an old text can never land after a newer one.
     writing: Arc<AtomicBool>,
+    /// When this run saw each database of `resume_pending` listed: it is recorded before
+    /// the `PAUSE` or `KILL` that pauses it, so its pause began no earlier. What the file
+    /// listed at start counts from the start: the file says what is paused, not since when.
+    listed_since: Vec<(String, Instant)>,
 }
 
 impl StateFile {
@@ -234,13 +238,35 @@ impl StateFile {
                 });
             }
         };
-        Ok(StateFile {
+        let mut file = StateFile {
             path: path.to_path_buf(),
             state,
             write_error: None,
             write_bound: DEFAULT_WRITE_BOUND,
             writing: Arc::new(AtomicBool::new(false)),
-        })
+            listed_since: Vec::new(),
+        };
+        file.note_listed();
+        Ok(file)
+    }
+
+    /// Each database the state lists as resume pending, with when this run first saw it
+    /// listed (since it was last not listed).
+    pub fn listed_since(&self) -> &[(String, Instant)] {
+        &self.listed_since
+    }
+
+    /// Keep [`StateFile::listed_since`] in step with `resume_pending`. On tokio's clock,
+    /// which the tests pause and advance.
+    fn note_listed(&mut self) {
+        let now = tokio::time::Instant::now().into_std();
+        let listed = &self.state.resume_pending;
+        self.listed_since.retain(|(db, _)| listed.contains(db));
+        for db in listed {
+            if !self.listed_since.iter().any(|(d, _)| d == db) {
+                self.listed_since.push((db.clone(), now));
+            }
+        }
     }
 
     /// Report a write that has not returned after `bound` as failed.
@@ -270,6 +296,7 @@ impl StateFile {
             return Ok(());
         }
         self.state = next;
+        self.note_listed();
         self.write().await
     }
 
@@ -280,10 +307,10 @@ impl StateFile {
         &mut self,
         change: impl FnOnce(&mut State),
     ) -> Result<(), StateError> {
-        let before = self.state.clone();
+        let before = (self.state.clone(), self.listed_since.clone());
         let result = self.update(change).await;
         if result.is_err() {
-            self.state = before;
+            (self.state, self.listed_since) = before;
         }
         result
     }
@@ -423,6 +450,47 @@ mod tests {
         assert!(e.to_string().starts_with("cannot write state file"), "{e}");
         assert_eq!(f.state().resume_pending, vec!["appdb".to_string()]);
         assert_eq!(f.write_error(), Some(e.to_string().as_str()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_held_database_is_known_since_it_was_last_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("rebouncer.state");
+        fs::write(&path, "held left\n").unwrap();
+        let t0 = tokio::time::Instant::now().into_std();
+        let mut f = StateFile::load(&path).unwrap();
+        let since = |f: &StateFile| -> Vec<(String, Duration)> {
+            f.listed_since()
+                .iter()
+                .map(|(db, at)| (db.clone(), at.duration_since(t0)))
+                .collect()
+        };
+        let secs = |db: &str, s: u64| (db.to_string(), Duration::from_secs(s));
+        // Left by an earlier run: known since this one started.
+        assert_eq!(since(&f), [secs("left", 0)]);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        f.update(|s| s.mark_resume_pending(["appdb".to_string(), "left".to_string()]))
+            .await
+            .unwrap();
+        assert_eq!(since(&f), [secs("left", 0), secs("appdb", 3)]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        f.update(|s| s.resume_pending.retain(|db| db != "left"))
+            .await
+            .unwrap();
+        assert_eq!(since(&f), [secs("appdb", 3)]);
+        f.update(|s| s.mark_resume_pending(["left".to_string()]))
+            .await
+            .unwrap();
+        assert_eq!(since(&f), [secs("appdb", 3), secs("left", 5)]);
+
+        // A record undone because it could not be written was never listed.
+        let mut f = StateFile::load(&d.path().join("missing-dir/rebouncer.state")).unwrap();
+        assert!(
+            f.update_or_undo(|s| s.mark_resume_pending(["appdb".to_string()]))
+                .await
+                .is_err()
+        );
+        assert!(f.listed_since().is_empty());
     }
 
     #[test]

@@ -351,6 +351,57 @@ fn sigkill_while_paused_is_resumed_by_the_next_rebouncer() {
     assert!(none_paused(&c), "{}", d.log());
 }
 
+/// Ending a pause lowers PgBouncer's `server_login_retry` to 0 around the `RESUME` and sets
+/// it back after; a rebouncer killed in between leaves it at 0, and only a `RELOAD` would
+/// read the file's value again. Here no master is left, so the next rebouncer has nothing
+/// to switch to and sends no `RELOAD`: only its start-up repair can put the value back.
+/// The node files set 7, not PgBouncer's default 15, so that the value seen afterwards can
+/// only have come from the file.
+#[test]
+fn a_server_login_retry_left_at_0_by_a_killed_rebouncer_is_set_back_from_the_file() {
+    let (c, mut d) = settled_with("pause_on_failover=on\npause_timeout=60", |c| {
+        for i in 1..=2 {
+            let file = c.node_file(i);
+            let text = fs::read_to_string(&file).unwrap();
+            assert!(
+                !text.contains("server_login_retry") && text.trim_end().ends_with("= 8"),
+                "the [pgbouncer] section should end the fixture's node file: {text}"
+            );
+            fs::write(&file, format!("{text}server_login_retry = 7\n")).unwrap();
+        }
+    });
+    // The first rebouncer's start-up switch RELOADed the file.
+    assert_eq!(login_retry(&c), "7");
+    let state = c.root().join("rebouncer.state");
+    c.stop_fast(1);
+    d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));
+    d.kill9();
+    // Where a rebouncer killed after `SET server_login_retry = '0'` and before its `SET`
+    // back leaves PgBouncer.
+    c.admin("SET server_login_retry = '0'").unwrap();
+    assert_eq!(login_retry(&c), "0");
+    let file = fs::read_to_string(&state).unwrap_or_default();
+    assert!(file.contains("held appdb\n"), "{file}");
+    // Both rebouncers write the same log file.
+    let earlier = d.log().len();
+
+    let cfg = c.root().join("rebouncer.ini");
+    let mut d = c.daemon(&cfg);
+    d.wait_for(SHORT, "server_login_retry back at 7", |_| {
+        login_retry(&c) == "7"
+    });
+    d.wait_for(SHORT, "appdb and postgres resumed", |_| none_paused(&c));
+    let log = d.log().split_off(earlier);
+    assert!(
+        log.lines().any(|l| l.contains("server_login_retry was 0")
+            && l.contains(&format!("set back to 7 from {}", c.symlink().display()))),
+        "{log}"
+    );
+    // Nothing to switch to: the value came from the repair, not from a RELOAD.
+    assert_eq!(c.bouncer_target_node(), Some(1));
+    assert!(!log.contains("PgBouncer now points at"), "{log}");
+}
+
 #[test]
 fn without_a_promotion_clients_are_released_after_pause_timeout_and_get_errors() {
     let (c, mut d) = settled("pause_on_failover=on\npause_timeout=4");

@@ -229,6 +229,8 @@ impl<C: Console> Daemon<C> {
         if databases.is_empty() {
             return skip(&"none of its databases is there to pause");
         }
+        // Taken before this hold lists its own databases: their pause begins with it.
+        let held_since = pause::held_since(self.state.listed_since(), &now);
         let add = databases.clone();
         // Kept in memory only if on disk: a record that stayed in memory without its PAUSE
         // would be "resumed" at the next round, a RESUME of something never paused.
@@ -267,16 +269,38 @@ impl<C: Console> Daemon<C> {
         drop(pauses);
         match outcome {
             Ok(Ok(())) => {
+                let timeout = self.cfg.pause_timeout;
+                let wait = match held_since {
+                    Some(h) if h < started.into_std() => {
+                        let left = pause::hold_deadline(started.into_std(), Some(h), timeout)
+                            .saturating_duration_since(Instant::now().into_std());
+                        format!(
+                            "clients wait at most {:.1} s more for a new master: a database rebouncer holds was \
+                             paused already {:.1} s before (a RESUME that failed left it so), and pause_timeout \
+                             ({} s) counts from then",
+                            left.as_secs_f64(),
+                            started
+                                .into_std()
+                                .saturating_duration_since(h)
+                                .as_secs_f64(),
+                            timeout.as_secs()
+                        )
+                    }
+                    _ => format!(
+                        "clients wait up to {} s (pause_timeout) for a new master",
+                        timeout.as_secs()
+                    ),
+                };
                 warn!(
-                    "{name} stopped being master ({why}): PAUSE {} in PgBouncer done in {} ms; clients wait up to {} s (pause_timeout) for a new master",
+                    "{name} stopped being master ({why}): PAUSE {} in PgBouncer done in {} ms; {wait}",
                     databases.join(", "),
                     started.elapsed().as_millis(),
-                    self.cfg.pause_timeout.as_secs()
                 );
                 Some(Paused {
                     databases,
                     started: started.into_std(),
                     since: SystemTime::now(),
+                    held_since,
                 })
             }
             Ok(Err(e)) => {

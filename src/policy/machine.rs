@@ -621,7 +621,12 @@ impl Policy {
                 lost,
                 started: p.started,
                 since: p.since,
-                deadline: p.started + self.settings.pause_timeout,
+                held_since: p.held_since,
+                deadline: pause::hold_deadline(
+                    p.started,
+                    p.held_since,
+                    self.settings.pause_timeout,
+                ),
             });
         }
     }

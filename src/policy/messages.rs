@@ -58,6 +58,8 @@ pub struct Hold {
     pub started: Instant,
     /// When it started, as the pages show it.
     pub since: SystemTime,
+    /// See [`Paused::held_since`]: the deadline counts from there if earlier.
+    pub held_since: Option<Instant>,
     pub deadline: Instant,
 }
 
@@ -67,6 +69,10 @@ pub struct Paused {
     pub databases: Vec<String>,
     pub started: Instant,
     pub since: SystemTime,
+    /// Since when clients already waited on a database an earlier pause left paused (a
+    /// `RESUME` that failed), which this hold keeps paused (see
+    /// [`crate::policy::pause::held_since`]).
+    pub held_since: Option<Instant>,
 }
 
 /// How a switch ended.

@@ -1,7 +1,7 @@
 //! When clients are held in PgBouncer (`pause_on_failover`) while the active master is
 //! gone, and when the hold ends.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::decide::{Action, Believed, Cluster, Decision, NodeId, NodeState, Refusal};
 
@@ -165,6 +165,32 @@ pub fn master_back(
     })
 }
 
+/// Since when a hold about to start keeps clients waiting already: the earliest pause of
+/// a database rebouncer still holds paused (a `RESUME` that failed), if any. While clients
+/// are held, no `RESUME` of what the state file lists is retried, so a new hold keeps
+/// every such database paused, whether or not it pauses it again. `listed`: each database
+/// the state file lists as resume pending, with when it was listed (before its `PAUSE` or
+/// `KILL`); `now`: PgBouncer's databases. One PgBouncer does not show paused (it was
+/// restarted, or resumed by hand) has no clients waiting.
+pub fn held_since(listed: &[(String, Instant)], now: &[crate::admin::Database]) -> Option<Instant> {
+    listed
+        .iter()
+        .filter(|(db, _)| now.iter().any(|d| d.name == *db && d.paused))
+        .map(|(_, since)| *since)
+        .min()
+}
+
+/// When a hold whose `PAUSE` was sent at `started` must end: `pause_timeout` after the
+/// earliest pause it keeps in force. An operator sets `pause_timeout` as the longest any
+/// client waits, so a hold that took over an earlier pause gets only what is left of it.
+pub fn hold_deadline(
+    started: Instant,
+    held_since: Option<Instant>,
+    pause_timeout: Duration,
+) -> Instant {
+    held_since.map_or(started, |h| h.min(started)) + pause_timeout
+}
+
 /// Which of the lost master's databases (`wanted`, from its node file) a hold pauses,
 /// given what PgBouncer has (`now`) and what rebouncer already holds (`held`, the state
 /// file's resume pending). A database already paused is someone else's (an operator's
@@ -311,17 +337,48 @@ mod tests {
         assert!(switch_outlasted_hold(deadline, deadline));
     }
 
-    #[test]
-    fn a_hold_pauses_only_databases_pgbouncer_has_and_no_one_elses_pause() {
-        use crate::admin::{Database, Route};
-        let db = |name: &str, paused: bool| Database {
+    fn db(name: &str, paused: bool) -> crate::admin::Database {
+        crate::admin::Database {
             name: name.to_string(),
-            route: Route {
+            route: crate::admin::Route {
                 host: None,
                 port: 5432,
             },
             paused,
-        };
+        }
+    }
+
+    #[test]
+    fn a_hold_keeps_clients_waiting_since_the_earliest_pause_still_in_force() {
+        let t0 = Instant::now();
+        let listed = [
+            ("appdb".to_string(), t0 + Duration::from_secs(3)),
+            ("gone".to_string(), t0),
+            ("ops".to_string(), t0 + Duration::from_secs(1)),
+        ];
+        // "gone" is listed but no longer paused (PgBouncer restarted): nobody waits on it.
+        let now = [db("appdb", true), db("gone", false), db("ops", true)];
+        assert_eq!(held_since(&listed, &now), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(held_since(&listed, &[db("appdb", false)]), None);
+        assert_eq!(held_since(&[], &now), None);
+    }
+
+    #[test]
+    fn a_hold_ends_pause_timeout_after_the_earliest_pause_it_keeps() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let started = t0 + Duration::from_secs(6);
+        assert_eq!(hold_deadline(started, None, timeout), started + timeout);
+        assert_eq!(hold_deadline(started, Some(t0), timeout), t0 + timeout);
+        // Listed after the PAUSE was sent: the PAUSE counts.
+        assert_eq!(
+            hold_deadline(started, Some(started + Duration::from_secs(1)), timeout),
+            started + timeout
+        );
+    }
+
+    #[test]
+    fn a_hold_pauses_only_databases_pgbouncer_has_and_no_one_elses_pause() {
         let wanted: Vec<String> = ["appdb", "ops", "mine", "gone"].map(String::from).into();
         let now = [db("appdb", false), db("ops", true), db("mine", true)];
         assert_eq!(

@@ -7,6 +7,7 @@ use super::{Known, Policy};
 use crate::decide::NodeId;
 use crate::policy::checks::Backoff;
 use crate::policy::messages::{Carry, Command, Settings};
+use crate::policy::pause;
 
 impl Policy {
     /// A reload was applied: carry what is known over to the new list of nodes.
@@ -91,7 +92,7 @@ impl Policy {
         if let Some(h) = &mut self.hold {
             // A pause under way is measured against the new limit from when it began:
             // an operator who shortens pause_timeout during an outage means now.
-            h.deadline = h.started + settings.pause_timeout;
+            h.deadline = pause::hold_deadline(h.started, h.held_since, settings.pause_timeout);
         }
         if changed {
             // Added or changed servers are checked at once, and the new settings decide

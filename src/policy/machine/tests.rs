@@ -486,6 +486,7 @@ fn a_lost_master_starts_a_pause_that_its_return_ends() {
         databases: vec!["appdb".into()],
         started,
         since: SystemTime::UNIX_EPOCH,
+        held_since: None,
     })));
     assert_eq!(cmds[0], Command::Publish);
     // Held: nothing pending is finished (its RESUME would end the pause), rounds are fast.
@@ -526,6 +527,7 @@ fn a_pause_ends_with_the_switch_to_the_new_master_or_at_pause_timeout() {
         databases: vec!["appdb".into()],
         started,
         since: SystemTime::UNIX_EPOCH,
+        held_since: None,
     };
     r.tell(Input::Paused(Some(paused.clone())));
 
@@ -613,6 +615,7 @@ fn shutdown_and_the_removal_of_the_lost_master_end_a_hold() {
             databases: vec!["appdb".into()],
             started,
             since: SystemTime::UNIX_EPOCH,
+            held_since: None,
         })));
         let expected = match input {
             Input::Shutdown => Release::Shutdown,
@@ -667,6 +670,7 @@ fn a_closed_monitoring_connection_checks_every_server_now_even_one_backing_off()
 }
 
 mod leader;
+mod pause_takeover;
 mod start;
 #[test]
 fn a_master_gone_at_its_target_check_still_raises_the_timeline() {

@@ -11,8 +11,11 @@
 //!    showed this rebouncer or its state file remembers;
 //! b. never moved while two masters share the highest timeline;
 //! c. a database rebouncer paused is resumed within `pause_timeout` plus one round of
-//!    its last `PAUSE`, the round counted from when the console works again and
-//!    rebouncer runs;
+//!    the command that paused it, the round counted from when the console works again
+//!    and rebouncer runs; a hold that keeps a database paused which an earlier pause left
+//!    paused (a `RESUME` that failed) gets no new `pause_timeout`, unless it is a later
+//!    rebouncer's (the state file says what is paused, not since when): that one counts
+//!    from its start;
 //! d. when rebouncer is killed, every database it left paused is listed in its state
 //!    file (and rule c, which runs across the restart, sees that the next start resumes
 //!    it);
@@ -208,6 +211,7 @@ impl Sim {
             root: root.clone(),
             violations: Vec::new(),
             paused_since: None,
+            run_started: Instant::now(),
             moves: 0,
             pauses: 0,
             kills_mid_pause: 0,
@@ -369,6 +373,7 @@ impl Sim {
         {
             let mut b = self.books.lock().unwrap();
             b.run += 1;
+            b.run_started = Instant::now();
             b.unreliable_until = Instant::now();
         }
         let global = Sim::global(self.pausing);
@@ -555,7 +560,7 @@ fn simulation_benchmark() {
 #[test]
 fn chosen_histories() {
     use Step::*;
-    let histories: [(&str, &[Step]); 4] = [
+    let histories: [(&str, &[Step]); 6] = [
         (
             "rebouncer killed while its PAUSE waits for an answer",
             &[
@@ -595,6 +600,36 @@ fn chosen_histories() {
         (
             "the SET lowering server_login_retry takes effect and is never answered",
             &[Hush(5), Rewind(0), Wait(98), Promote(0), Wait(100)],
+        ),
+        (
+            "a hold keeps a database paused that the RESUME ending an earlier hold left paused",
+            &[
+                Wait(3000),
+                Stop(0),
+                Wait(2000),
+                Fail(2),
+                Start(0),
+                Wait(3000),
+                Stop(0),
+                Wait(2000),
+                Heal,
+            ],
+        ),
+        (
+            "a hold keeps a database paused that a killed rebouncer left paused and the next could not resume",
+            &[
+                Wait(3000),
+                Stop(0),
+                Wait(2000),
+                Fail(2),
+                Start(0),
+                Wait(3000),
+                Restart,
+                Wait(5000),
+                Stop(0),
+                Wait(2000),
+                Heal,
+            ],
         ),
     ];
     for (what, steps) in histories {

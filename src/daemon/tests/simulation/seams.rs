@@ -32,6 +32,8 @@ pub(super) struct Books {
     /// Since when a database has been paused in PgBouncer, from the command that paused
     /// it (a pause can end and start again between two looks).
     pub(super) paused_since: Option<Instant>,
+    /// When the running rebouncer started.
+    pub(super) run_started: Instant,
     /// What the histories exercised, for the benchmark's figures: moves of PgBouncer
     /// checked, `PAUSE`s sent, kills of rebouncer that left a database paused.
     pub(super) moves: u64,
@@ -242,13 +244,21 @@ impl crate::admin::Session for SimSession {
             None => false,
         };
         let was_paused = !self.bouncer.paused().is_empty();
+        let sent = Instant::now();
         let result = self.inner.command(command).await;
         let paused = !self.bouncer.paused().is_empty();
-        // A new hold's PAUSE of a database still paused (a RESUME that failed) starts
-        // the clock again: each hold is bounded, not a pause that spans several.
-        let pause = command.starts_with("PAUSE") && result.is_ok();
-        if paused != was_paused || (paused && pause) {
-            self.books.lock().unwrap().paused_since = paused.then(Instant::now);
+        if paused != was_paused {
+            // Clients wait from the command that paused the database.
+            self.books.lock().unwrap().paused_since = paused.then_some(sent);
+        } else if paused && command.starts_with("PAUSE") {
+            // A new hold keeps a database an earlier pause left paused (its RESUME failed):
+            // the clock runs on from that pause. Only a later rebouncer, whose state file
+            // says what is paused but not since when, counts from its own start.
+            let mut b = self.books.lock().unwrap();
+            let run_started = b.run_started;
+            if let Some(since) = &mut b.paused_since {
+                *since = (*since).max(run_started);
+            }
         }
         if hushed {
             sleep(TIMEOUT).await;
