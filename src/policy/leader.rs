@@ -634,4 +634,34 @@ mod tests {
             (Level::Ok, "fine".into())
         );
     }
+
+    /// The rule's answer on a leader still in recovery, kept as the pass's.
+    fn unconfirmed_pass(f: &mut Following) {
+        let mut memory = Memory::default();
+        memory.timelines.raise(None, 1);
+        let states = on(&[(Down, 1), (Standby, 1), (Standby, 1)]);
+        f.judge(&decide(at(0), &states, &memory));
+        f.kept();
+    }
+
+    #[test]
+    fn a_new_leader_restarts_the_back_off_the_same_one_heard_again_after_an_outage_does_not() {
+        let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+        let pause = |f: &Following| f.round_pause(false, false, fast, slow);
+        let mut f = Following::default();
+        f.heard(names(1));
+        for _ in 0..3 {
+            unconfirmed_pass(&mut f);
+        }
+        assert_eq!(pause(&f), Duration::from_millis(400));
+        // etcd away and back, naming the same member: the back-off goes on.
+        f.heard(Key::Unreachable);
+        f.heard(names(1));
+        unconfirmed_pass(&mut f);
+        assert_eq!(pause(&f), Duration::from_millis(800));
+        // Another member named: checked fast again.
+        f.heard(names(2));
+        unconfirmed_pass(&mut f);
+        assert_eq!(pause(&f), fast);
+    }
 }
