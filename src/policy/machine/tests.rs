@@ -668,6 +668,7 @@ fn a_closed_monitoring_connection_checks_every_server_now_even_one_backing_off()
 }
 
 mod leader;
+mod rules;
 #[test]
 fn a_master_gone_at_its_target_check_still_raises_the_timeline() {
     let mut r = settled_on_node0(settings(true, false));
