@@ -664,4 +664,28 @@ mod tests {
         unconfirmed_pass(&mut f);
         assert_eq!(pause(&f), fast);
     }
+
+    #[test]
+    fn a_reload_moves_the_leaders_server_and_drops_the_verdict_judged_on_the_old_ids() {
+        let mut f = Following::default();
+        f.heard(names(2));
+        let mut memory = Memory::default();
+        memory.timelines.raise(None, 1);
+        let states = on(&[(Down, 1), (Standby, 1), (Master, 1)]);
+        assert_eq!(f.judge(&decide(at(0), &states, &memory)), Action::Switch(2));
+        // The first server removed: the others move up one place.
+        f.remap(|id| id.checked_sub(1));
+        assert_eq!(f.candidate(), Some(1));
+        assert_eq!(f.kept(), None, "that verdict named the old ids");
+        // The leader's server removed: its member maps to none.
+        f.remap(|id| Some(id).filter(|&id| id != 1));
+        assert_eq!(f.candidate(), None);
+        assert_eq!(
+            f.key,
+            Key::Names {
+                member: "pg3".into(),
+                server: None
+            }
+        );
+    }
 }

@@ -81,26 +81,3 @@ fn a_server_whose_monitor_a_reload_restarts_is_asked_and_waited_for_at_once() {
     assert_eq!(nodes, &[0, 1, 2]);
     assert_eq!(wait_for, &[0, 1, 2]);
 }
-
-#[test]
-fn a_reload_that_shortens_pause_timeout_brings_the_deadline_of_the_pause_under_way_forward() {
-    let mut r = settled_on_node0(settings(false, true));
-    r.at(S(5));
-    let cmds = r.round(&[down(), standby(1), standby(1)]);
-    r.reply_until_done(cmds, Some(0));
-    let started = r.now;
-    r.tell(Input::Paused(Some(Paused {
-        databases: vec!["appdb".into()],
-        started,
-        since: SystemTime::UNIX_EPOCH,
-    })));
-    assert_eq!(r.p.hold_deadline(), Some(started + S(10)));
-    r.at(S(2));
-    let shorter = Settings {
-        pause_timeout: S(4),
-        ..settings(false, true)
-    };
-    let same = vec![Carry::Kept(0), Carry::Kept(1), Carry::Kept(2)];
-    reload(&mut r, same, shorter);
-    assert_eq!(r.p.hold_deadline(), Some(started + S(4)));
-}
