@@ -688,4 +688,21 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn the_pages_name_the_server_of_a_member_only_where_the_names_differ() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(70);
+        let mut v = view();
+        v.leader = Some("patroni-b".into());
+        v.server = Some("pg2".into());
+        assert_eq!(
+            describe(&v, now),
+            "Patroni's leader key /service/main/leader: names patroni-b (server pg2) (revision 41, 70 s ago)"
+        );
+        v.server = None;
+        assert_eq!(
+            describe(&v, now),
+            "Patroni's leader key /service/main/leader: names patroni-b (no server in [servers]) (revision 41, 70 s ago)"
+        );
+    }
 }
