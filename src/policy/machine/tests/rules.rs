@@ -81,3 +81,99 @@ fn a_server_whose_monitor_a_reload_restarts_is_asked_and_waited_for_at_once() {
     assert_eq!(nodes, &[0, 1, 2]);
     assert_eq!(wait_for, &[0, 1, 2]);
 }
+
+#[test]
+fn at_a_first_start_pgbouncer_stays_on_a_linked_server_that_only_times_out() {
+    // No timeline remembered: a hung linked server may be the true primary.
+    let mut r = Run::new(2, settings(false, false), Some(0));
+    let cmds = r.round(&[hung(), master(1)]);
+    let cmds = r.reply_until_done(cmds, None);
+    assert_eq!(switch_in(&cmds), None, "{cmds:?}");
+}
+
+#[test]
+fn at_a_first_start_a_linked_server_that_refuses_connections_is_left_at_once() {
+    let mut r = Run::new(2, settings(false, false), Some(0));
+    let cmds = r.round(&[down(), master(1)]);
+    let cmds = r.reply_until_done(cmds, None);
+    assert_eq!(switch_in(&cmds), Some((1, SwitchReason::Failover)));
+}
+
+#[test]
+fn a_server_that_changes_state_brings_the_servers_backing_off_into_the_next_round() {
+    let mut r = settled_on_node0(settings(false, false));
+    // Node 2 fails a few checks and backs off beyond the next round.
+    for _ in 0..4 {
+        r.tell(Input::Answer {
+            node: 2,
+            answer: down(),
+        });
+    }
+    r.at(MS(300));
+    assert!(!r.p.nodes()[2].backoff.due(r.now));
+    // Node 1 goes down too: node 2 may be part of what changed.
+    r.tell(Input::Answer {
+        node: 1,
+        answer: down(),
+    });
+    let cmds = r.tell(Input::RoundDue);
+    let Some(Command::Check { nodes, .. }) = cmds.first() else {
+        panic!("{cmds:?}")
+    };
+    assert!(nodes.contains(&2), "{nodes:?}");
+}
+
+#[test]
+fn polling_begins_when_told_the_first_round_at_once_and_the_first_heartbeat_a_beat_later() {
+    let made = Instant::now();
+    let mut p = Policy::new(settings(true, false), 3, Timelines::default(), made);
+    p.start(Some(0));
+    // The start-up steps before polling took a while.
+    let begun = made + S(3);
+    p.start_polling(begun);
+    assert_eq!(p.next_round(), begun);
+    assert_eq!(p.next_heartbeat(), begun + HEARTBEAT);
+}
+
+#[test]
+fn the_memory_holds_the_state_files_timelines_from_the_start() {
+    let mut remembered = Timelines::default();
+    remembered.raise(None, 3);
+    let mut p = Policy::new(
+        settings(false, false),
+        2,
+        remembered.clone(),
+        Instant::now(),
+    );
+    p.start(Some(0));
+    assert_eq!(p.memory().timelines, remembered);
+}
+
+#[test]
+fn the_masters_of_a_split_brain_are_asked_on_a_new_connection_at_most_every_recheck_interval() {
+    let mut r = settled_on_node0(settings(true, false));
+    let split = [master(1), master(1), standby(1)];
+    let fresh = |cmds: &[Command]| {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Check {
+                    nodes, fresh: true, ..
+                } => Some(nodes.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    r.at(S(5));
+    let cmds = r.round(&split);
+    let cmds = r.reply_until_done(cmds, Some(0));
+    assert_eq!(fresh(&cmds), [vec![0, 1]]);
+    // Still split at the next fast round: their last check on a new connection stands.
+    r.at(MS(200));
+    let cmds = r.round(&split);
+    let cmds = r.reply_until_done(cmds, Some(0));
+    assert_eq!(fresh(&cmds), Vec::<Vec<NodeId>>::new());
+    r.at(checks::RECHECK_EVERY);
+    let cmds = r.round(&split);
+    let cmds = r.reply_until_done(cmds, Some(0));
+    assert_eq!(fresh(&cmds), [vec![0, 1]]);
+}
