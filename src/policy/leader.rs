@@ -739,6 +739,77 @@ mod tests {
             (Level::Ok, "fine".into())
         );
     }
+
+    /// The rule's answer on a leader still in recovery, kept as the pass's.
+    fn unconfirmed_pass(f: &mut Following) {
+        let mut memory = Memory::default();
+        memory.timelines.raise(None, 1);
+        let states = on(&[(Down, 1), (Standby, 1), (Standby, 1)]);
+        f.judge(&decide(at(0), &states, &memory));
+        f.kept();
+    }
+
+    #[test]
+    fn a_new_leader_restarts_the_back_off_the_same_one_heard_again_after_an_outage_does_not() {
+        let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+        let pause = |f: &Following| f.round_pause(false, false, fast, slow);
+        let mut f = Following::default();
+        f.heard(names(1));
+        for _ in 0..3 {
+            unconfirmed_pass(&mut f);
+        }
+        assert_eq!(pause(&f), Duration::from_millis(400));
+        // etcd away and back, naming the same member: the back-off goes on.
+        f.heard(Key::Unreachable);
+        f.heard(names(1));
+        unconfirmed_pass(&mut f);
+        assert_eq!(pause(&f), Duration::from_millis(800));
+        // Another member named: checked fast again.
+        f.heard(names(2));
+        unconfirmed_pass(&mut f);
+        assert_eq!(pause(&f), fast);
+    }
+
+    #[test]
+    fn a_reload_moves_the_leaders_server_and_drops_the_verdict_judged_on_the_old_ids() {
+        let mut f = Following::default();
+        f.heard(names(2));
+        let mut memory = Memory::default();
+        memory.timelines.raise(None, 1);
+        let states = on(&[(Down, 1), (Standby, 1), (Master, 1)]);
+        assert_eq!(f.judge(&decide(at(0), &states, &memory)), Action::Switch(2));
+        // The first server removed: the others move up one place.
+        f.remap(|id| id.checked_sub(1));
+        assert_eq!(f.candidate(), Some(1));
+        assert_eq!(f.kept(), None, "that verdict named the old ids");
+        // The leader's server removed: its member maps to none.
+        f.remap(|id| Some(id).filter(|&id| id != 1));
+        assert_eq!(f.candidate(), None);
+        assert_eq!(
+            f.key,
+            Key::Names {
+                member: "pg3".into(),
+                server: None
+            }
+        );
+    }
+
+    #[test]
+    fn the_pages_name_the_server_of_a_member_only_where_the_names_differ() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(70);
+        let mut v = view();
+        v.leader = Some("patroni-b".into());
+        v.server = Some("pg2".into());
+        assert_eq!(
+            describe(&v, now),
+            "Patroni's leader key /service/main/leader: names patroni-b (server pg2) (revision 41, 70 s ago)"
+        );
+        v.server = None;
+        assert_eq!(
+            describe(&v, now),
+            "Patroni's leader key /service/main/leader: names patroni-b (no server in [servers]) (revision 41, 70 s ago)"
+        );
+    }
 }
 
 /// The leader's advertised address against its server's (separate from the rule's tests).

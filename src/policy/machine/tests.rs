@@ -100,7 +100,24 @@ impl Run {
     }
 
     /// The commands until the pass stops for something other than what `reply` answers.
-    fn reply_until_done(&mut self, mut cmds: Vec<Command>, link: Option<NodeId>) -> Vec<Command> {
+    /// A check on a new connection finds each server as it was, accepting.
+    fn reply_until_done(&mut self, cmds: Vec<Command>, link: Option<NodeId>) -> Vec<Command> {
+        self.reply_until_done_with(cmds, link, |k| Answer {
+            state: k.state.unwrap_or(NodeState::Down),
+            timeline: k.timeline,
+            hung: false,
+            fresh: Some(Ok(())),
+        })
+    }
+
+    /// As [`Run::reply_until_done`], each server asked on a new connection answering
+    /// what `fresh` makes of what the policy knows of it.
+    fn reply_until_done_with(
+        &mut self,
+        mut cmds: Vec<Command>,
+        link: Option<NodeId>,
+        fresh: impl Fn(&Known) -> Answer,
+    ) -> Vec<Command> {
         let mut all = Vec::new();
         loop {
             let mut next = None;
@@ -113,18 +130,11 @@ impl Run {
                     }),
                     Command::CompareRoutes { .. } => Some(Input::Routes(Routes::Same)),
                     Command::WriteTimelines(_) => Some(Input::Written { error: None }),
-                    // A check on a new connection finds each server as it was, accepting.
                     Command::Check {
                         nodes, fresh: true, ..
                     } => {
                         for &node in nodes {
-                            let k = &self.p.nodes()[node];
-                            let answer = Answer {
-                                state: k.state.unwrap_or(NodeState::Down),
-                                timeline: k.timeline,
-                                hung: false,
-                                fresh: Some(Ok(())),
-                            };
+                            let answer = fresh(&self.p.nodes()[node]);
                             self.tell(Input::Answer { node, answer });
                         }
                         Some(Input::ChecksOver)
@@ -671,6 +681,7 @@ fn a_closed_monitoring_connection_checks_every_server_now_even_one_backing_off()
 
 mod leader;
 mod pause_takeover;
+mod rules;
 mod start;
 #[test]
 fn a_master_gone_at_its_target_check_still_raises_the_timeline() {
@@ -678,39 +689,8 @@ fn a_master_gone_at_its_target_check_still_raises_the_timeline() {
     r.at(S(5));
     // Node 1 answers as master on timeline 3, then is gone at the check on a new
     // connection that a switch to it needs.
-    let mut cmds = r.round(&[down(), master(3), standby(1)]);
-    let mut all = Vec::new();
-    loop {
-        let next = cmds.iter().find_map(|c| match c {
-            Command::CheckLink => Some(Input::Link {
-                behind: Some(0),
-                target: None,
-                session_closed: false,
-            }),
-            Command::CompareRoutes { .. } => Some(Input::Routes(Routes::Same)),
-            Command::WriteTimelines(_) => Some(Input::Written { error: None }),
-            Command::Check {
-                nodes, fresh: true, ..
-            } => {
-                for &node in nodes {
-                    r.p.handle(
-                        Input::Answer {
-                            node,
-                            answer: down(),
-                        },
-                        r.now,
-                    );
-                }
-                Some(Input::ChecksOver)
-            }
-            _ => None,
-        });
-        all.append(&mut cmds);
-        match next {
-            Some(i) => cmds = r.tell(i),
-            None => break,
-        }
-    }
+    let cmds = r.round(&[down(), master(3), standby(1)]);
+    let all = r.reply_until_done_with(cmds, Some(0), |_| down());
     assert_eq!(switch_in(&all), None, "{all:?}");
     let written: Vec<u32> = all
         .iter()

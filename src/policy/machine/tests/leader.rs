@@ -177,3 +177,49 @@ fn with_etcd_off_the_key_is_ignored_and_polling_goes_on() {
     assert_eq!(switch_in(&cmds), Some((1, SwitchReason::Failover)));
     assert_eq!(held_in(&cmds), None);
 }
+
+#[test]
+fn the_key_as_heard_is_what_the_pages_read() {
+    let mut r = following();
+    assert_eq!(r.p.leader().map(|f| &f.key), Some(&Key::NotHeard));
+    r.tell(Input::Leader(names(1)));
+    assert_eq!(r.p.leader().map(|f| &f.key), Some(&names(1)));
+}
+
+#[test]
+fn the_leaders_server_not_yet_a_master_is_checked_again_fast_though_pgbouncer_points_at_it() {
+    let mut r = following();
+    // The symlink names node 0, not yet confirmed; the key names node 0, still in recovery.
+    let cmds = r.tell(Input::Leader(names(0)));
+    let cmds = r.answer_checks(cmds, &[standby(1), standby(1), standby(1)]);
+    assert_eq!(switch_in(&cmds), None);
+    assert_eq!(r.p.next_round(), r.now + MS(200));
+}
+
+#[test]
+fn a_switch_to_the_leader_that_failed_is_checked_again_fast() {
+    let mut r = following();
+    let cmds = r.tell(Input::Leader(names(1)));
+    let cmds = r.answer_checks(cmds, &[down(), master(2), standby(2)]);
+    assert_eq!(switch_in(&cmds), Some((1, SwitchReason::Failover)));
+    let started = r.now;
+    r.tell(Input::Switched(Switched::Failed {
+        to: 1,
+        started,
+        not_taken: false,
+        behind: Some(0),
+    }));
+    assert_eq!(
+        r.p.next_round(),
+        r.now + MS(200),
+        "not the interval of a server down"
+    );
+}
+
+#[test]
+fn with_the_key_gone_no_round_is_due_until_it_changes_or_a_server_is_down() {
+    let mut r = on_leader_node0();
+    r.at(S(1));
+    r.tell(Input::Leader(Key::Deleted));
+    assert_eq!(r.p.next_round(), r.now + IDLE);
+}
