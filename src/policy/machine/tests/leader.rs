@@ -205,6 +205,7 @@ fn a_switch_to_the_leader_that_failed_is_checked_again_fast() {
     let started = r.now;
     r.tell(Input::Switched(Switched::Failed {
         to: 1,
+        error: "RELOAD: connection refused".into(),
         started,
         not_taken: false,
         behind: Some(0),
