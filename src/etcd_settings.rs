@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use crate::etcd;
 
 /// The keys, in the order the parser lists them (after the polling keys).

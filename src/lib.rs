@@ -18,6 +18,7 @@ pub mod fake_bouncer;
 pub mod http;
 mod ini_text;
 pub mod json_format;
+pub mod level;
 pub mod logging;
 pub mod node;
 pub mod node_file;

@@ -16,6 +16,7 @@ use crate::counters::{Counters, NodeCounters, SwitchReason};
 use crate::decide::{Cluster, Decision, NodeId, NodeState};
 use crate::events::{Event, Events, Kind, SwitchTiming};
 use crate::json_format;
+pub use crate::level::Level;
 use crate::logging::{self, DropTally};
 
 /// One server as the pages show it.
@@ -223,39 +224,6 @@ impl StalePrimary<'_> {
             Some(b) => format!("standby {b} reports timeline {}", self.highest),
             None => format!("the cluster is on {}", self.highest),
         }
-    }
-}
-
-/// A Nagios plugin's exit status, as the first word of `/nagios`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Ok,
-    Warning,
-    Critical,
-    /// rebouncer cannot tell: it has no verdict on the servers it now watches.
-    Unknown,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Ok => "OK",
-            Level::Warning => "WARNING",
-            Level::Critical => "CRITICAL",
-            Level::Unknown => "UNKNOWN",
-        }
-    }
-}
-
-impl Serialize for Level {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for Level {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

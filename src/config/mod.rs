@@ -13,7 +13,7 @@
 //! No message ever repeats a connection string: it may hold a password. Messages name the
 //! key or the server instead.
 
-mod error;
+pub(crate) mod error;
 mod global;
 mod paths;
 mod scan;

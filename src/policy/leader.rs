@@ -25,7 +25,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::decide::{Action, Cluster, Decision, NodeId};
-use crate::view::Level;
+use crate::level::Level;
 
 /// What the leader key says, as last heard.
 #[derive(Clone, Debug, PartialEq, Eq)]
