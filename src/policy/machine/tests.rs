@@ -484,8 +484,9 @@ fn the_target_of_a_switch_is_first_asked_on_a_new_connection_and_one_refusing_is
     );
 }
 
-#[test]
-fn a_lost_master_starts_a_pause_that_its_return_ends() {
+/// Pausing on, node 0 lost 5 s after settling, the `Pause` it asks for made on `appdb`.
+/// Returns the run, when the pause started and what the policy asked after it.
+fn paused_at_the_loss_of_node0() -> (Run, Instant, Vec<Command>) {
     let mut r = settled_on_node0(settings(false, true));
     r.at(S(5));
     let cmds = r.round(&[down(), standby(1), standby(1)]);
@@ -498,6 +499,12 @@ fn a_lost_master_starts_a_pause_that_its_return_ends() {
         since: SystemTime::UNIX_EPOCH,
         held_since: None,
     })));
+    (r, started, cmds)
+}
+
+#[test]
+fn a_lost_master_starts_a_pause_that_its_return_ends() {
+    let (mut r, started, cmds) = paused_at_the_loss_of_node0();
     assert_eq!(cmds[0], Command::Publish);
     // Held: nothing pending is finished (its RESUME would end the pause), rounds are fast.
     assert!(!cmds.contains(&Command::FinishPending), "{cmds:?}");

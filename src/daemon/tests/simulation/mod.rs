@@ -586,16 +586,7 @@ fn chosen_histories() {
         ),
         (
             "rebouncer killed after its RESUME took effect, with server_login_retry at 0 and no master",
-            &[
-                Wait(3000),
-                Hang(0),
-                Wait(3000),
-                Hush(2),
-                Wake(0),
-                Wait(2100),
-                Hang(0),
-                Restart,
-            ],
+            KILLED_WITH_LOGIN_RETRY_AT_0,
         ),
         (
             "the SET lowering server_login_retry takes effect and is never answered",
@@ -639,9 +630,24 @@ fn chosen_histories() {
     }
 }
 
+/// The SET lowering server_login_retry answered, the one restoring it not (pg1 hung),
+/// then rebouncer killed: a chosen history, and the start of the test below.
+const KILLED_WITH_LOGIN_RETRY_AT_0: &[Step] = {
+    use Step::*;
+    &[
+        Wait(3000),
+        Hang(0),
+        Wait(3000),
+        Hush(2),
+        Wake(0),
+        Wait(2100),
+        Hang(0),
+        Restart,
+    ]
+};
+
 #[test]
 fn a_server_login_retry_lowered_by_a_killed_rebouncer_is_put_back_by_the_next_start() {
-    use Step::*;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -649,15 +655,8 @@ fn a_server_login_retry_lowered_by_a_killed_rebouncer_is_put_back_by_the_next_st
         .unwrap();
     rt.block_on(async {
         let mut sim = Sim::new(true);
-        for s in [
-            Wait(3000),
-            Hang(0),
-            Wait(3000),
-            Hush(2),
-            Wake(0),
-            Wait(2100),
-            Hang(0),
-        ] {
+        let (restart, before) = KILLED_WITH_LOGIN_RETRY_AT_0.split_last().unwrap();
+        for &s in before {
             sim.step(s).await;
         }
         assert_eq!(
@@ -666,9 +665,9 @@ fn a_server_login_retry_lowered_by_a_killed_rebouncer_is_put_back_by_the_next_st
             "{:?}",
             sim.bouncer.log()
         );
-        sim.step(Restart).await;
+        sim.step(*restart).await;
         sim.heal();
-        sim.step(Wait(10_000)).await;
+        sim.step(Step::Wait(10_000)).await;
         assert_eq!(
             sim.bouncer.server_login_retry(),
             "15",

@@ -8,18 +8,7 @@ use super::*;
 /// it is taken to have failed: the policy is not told), then lost again `later` after
 /// `first`. Returns the run at the second loss, its `Pause` asked for.
 fn lost_again(later: Duration) -> (Run, Instant) {
-    let mut r = settled_on_node0(settings(false, true));
-    r.at(S(5));
-    let cmds = r.round(&[down(), standby(1), standby(1)]);
-    let cmds = r.reply_until_done(cmds, Some(0));
-    assert_eq!(pause_in(&cmds), Some((0, Loss::Down)));
-    let first = r.now;
-    r.tell(Input::Paused(Some(Paused {
-        databases: vec!["appdb".into()],
-        started: first,
-        since: SystemTime::UNIX_EPOCH,
-        held_since: None,
-    })));
+    let (mut r, first, _) = paused_at_the_loss_of_node0();
     assert_eq!(r.p.hold_deadline(), Some(first + S(10)));
     r.at(MS(200));
     let cmds = r.round(&[down(), standby(1), standby(1)]);
