@@ -606,3 +606,119 @@ fn a_reload_that_shortens_pause_timeout_ends_the_pause_under_way() {
         "{log}"
     );
 }
+
+/// pg1 is lost and its databases paused; the RESUME at the end of that hold (pg1 back as
+/// master) fails, so appdb stays paused with its clients waiting, listed as resume
+/// pending. pg1 is lost again some seconds later: the new hold keeps appdb paused, and
+/// must end `pause_timeout` after the FIRST pause, since its clients have waited from
+/// then, not `pause_timeout` after its own PAUSE.
+///
+/// The RESUME is made to fail on the way: rebouncer reaches the console through a proxy
+/// that breaks every connection on which a `RESUME` is sent, before PgBouncer gets it;
+/// `SHOW`, `SET` and `PAUSE` go through. (Inside PgBouncer nothing refuses a `RESUME`
+/// alone: `max_client_conn` does not limit admin console logins, and taking rebouncer's
+/// user out of `admin_users` refuses the second hold's `PAUSE` as well, which makes that
+/// hold give up instead of taking the pause over.)
+#[test]
+fn a_hold_that_takes_over_a_pause_whose_resume_failed_ends_pause_timeout_after_the_first_pause() {
+    const PAUSE_TIMEOUT: Duration = Duration::from_secs(20);
+    /// The second loss comes at least this long after the first PAUSE: the gap between
+    /// the right deadline and one counted from the second PAUSE.
+    const LATER: Duration = Duration::from_secs(8);
+    /// The daemon's interval: the hold's end is checked at least once a round.
+    const ROUND: Duration = Duration::from_secs(2);
+    let c = Cluster::start(Opts::default().standbys(1).pool_mode("transaction"));
+    let proxy = common::Proxy::start(c.bouncer_port());
+    let cfg = c.write_rebouncer_config(
+        2,
+        2,
+        &format!(
+            "pause_on_failover=on\npause_timeout={}",
+            PAUSE_TIMEOUT.as_secs()
+        ),
+    );
+    let text = fs::read_to_string(&cfg).unwrap();
+    let via_proxy = text.replacen(
+        &format!("port={}", c.bouncer_port()),
+        &format!("port={}", proxy.port),
+        1,
+    );
+    assert_ne!(text, via_proxy);
+    fs::write(&cfg, via_proxy).unwrap();
+    let mut d = c.daemon(&cfg);
+    d.wait_for(SHORT, "PgBouncer on pg1, /nagios OK", |d| {
+        c.bouncer_target_node() == Some(1) && d.nagios().starts_with("OK")
+    });
+    proxy.break_on(Some("RESUME"));
+
+    let lost = Instant::now();
+    c.stop_fast(1);
+    d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));
+    let first = Instant::now();
+    c.start_node(1);
+    d.wait_log(
+        SHORT,
+        "ending the pause (pg1 answers as master again) failed",
+    );
+    let state = c.root().join("rebouncer.state");
+    let file = fs::read_to_string(&state).unwrap_or_default();
+    assert!(file.contains("held appdb\n"), "{file}");
+    assert_eq!(
+        c.paused("appdb"),
+        "1",
+        "the RESUME should have failed\n{}",
+        d.log()
+    );
+
+    std::thread::sleep((first + LATER).saturating_duration_since(Instant::now()));
+    let earlier = d.log().len();
+    c.stop_fast(1);
+    d.wait_for(SHORT, "the second hold taking appdb's pause over", |d| {
+        d.log()[earlier..].contains("was paused already")
+    });
+    let second = Instant::now();
+    proxy.break_on(None);
+    assert!(
+        second < first + PAUSE_TIMEOUT - ROUND,
+        "the second hold began {:?} after the first PAUSE: too late to tell its deadline from the first's",
+        second - first
+    );
+    assert_eq!(c.paused("appdb"), "1", "{}", d.log());
+
+    let give_up = first + PAUSE_TIMEOUT + LATER + Duration::from_secs(30);
+    let resumed = loop {
+        if c.paused("appdb") == "0" {
+            break Instant::now();
+        }
+        assert!(Instant::now() < give_up, "appdb never resumed\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let secs = |t: Instant| format!("{:.1} s", (t - lost).as_secs_f64());
+    eprintln!(
+        "from pg1's first stop: first PAUSE seen at {}, second hold at {}, appdb resumed at {} \
+         (pause_timeout {} s; counted from the second PAUSE it would be after {})",
+        secs(first),
+        secs(second),
+        secs(resumed),
+        PAUSE_TIMEOUT.as_secs(),
+        secs(second + PAUSE_TIMEOUT)
+    );
+    // The first hold listed appdb after pg1 was lost, so its deadline is no earlier.
+    assert!(resumed >= lost + PAUSE_TIMEOUT, "{}", d.log());
+    assert!(
+        resumed <= first + PAUSE_TIMEOUT + ROUND + Duration::from_secs(1),
+        "appdb resumed {:?} after the first PAUSE, {:?} after the second hold began: its clients waited longer than pause_timeout ({:?})\n{}",
+        resumed - first,
+        resumed - second,
+        PAUSE_TIMEOUT,
+        d.log()
+    );
+    let log = d.log();
+    assert!(
+        log[earlier..].lines().any(|l| l.contains("ended after")
+            && l.contains("no master appeared within pause_timeout (20 s)")),
+        "{log}"
+    );
+    let file = fs::read_to_string(&state).unwrap_or_default();
+    assert!(!file.contains("held "), "{file}");
+}

@@ -291,6 +291,8 @@ pub struct Proxy {
     pub port: u16,
     pub open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
     pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// See [`Proxy::break_on`].
+    pub break_on: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Proxy {
@@ -300,7 +302,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (o, a) = (open.clone(), accepted.clone());
+        let break_on = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let (o, a, b) = (open.clone(), accepted.clone(), break_on.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 a.fetch_add(1, Ordering::SeqCst);
@@ -308,9 +311,10 @@ impl Proxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
-                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                // `watch`: the client-to-server direction, where a command is seen.
+                let pipe = |mut from: TcpStream, mut to: TcpStream, watch: Option<_>| {
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = forward(&mut from, &mut to, watch);
                         let _ = to.shutdown(Shutdown::Both);
                         let _ = from.shutdown(Shutdown::Both);
                     });
@@ -322,8 +326,8 @@ impl Proxy {
                     server.try_clone(),
                 ) {
                     o.lock().unwrap().extend([c3, s3]);
-                    pipe(c2, s2);
-                    pipe(server, client);
+                    pipe(c2, s2, Some(b.clone()));
+                    pipe(server, client, None);
                 }
             }
         });
@@ -331,7 +335,16 @@ impl Proxy {
             port,
             open,
             accepted,
+            break_on,
         }
+    }
+
+    /// From now on, a connection whose client sends `text` (a command on PgBouncer's
+    /// console, say `RESUME`) is broken both ways before that data is passed on: the
+    /// command never arrives, and its sender sees the connection fail under it. `None`
+    /// passes everything again.
+    pub fn break_on(&self, text: Option<&str>) {
+        *self.break_on.lock().unwrap() = text.map(str::to_string);
     }
 
     /// Breaks every connection made so far, both ways.
@@ -344,6 +357,38 @@ impl Proxy {
     /// Connections accepted since the start.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Copies `from` to `to` until either ends; with `watch`, a read that contains the text
+/// it names (or joins one with the tail of the read before) is not passed on and ends the
+/// copy.
+fn forward(
+    from: &mut std::net::TcpStream,
+    to: &mut std::net::TcpStream,
+    watch: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(w) = &watch
+            && let Some(text) = w.lock().unwrap().clone()
+        {
+            let mut seen = std::mem::take(&mut tail);
+            seen.extend_from_slice(&buf[..n]);
+            if seen
+                .windows(text.len().max(1))
+                .any(|x| x.eq_ignore_ascii_case(text.as_bytes()))
+            {
+                return Ok(());
+            }
+            tail = seen[seen.len().saturating_sub(text.len())..].to_vec();
+        }
+        to.write_all(&buf[..n])?;
     }
 }
 
