@@ -56,7 +56,9 @@ fn a_reload_restarts_the_watch_with_new_etcd_settings_and_refuses_turning_the_mo
         Some("1")
     );
     assert_ne!(c.bouncer_target_node(), Some(1), "switched without the key");
-    assert_eq!(etcd_json(&d)["endpoints"], serde_json::json!([nowhere]));
+    let e = etcd_json(&d);
+    assert_eq!(e["endpoints"], serde_json::json!([nowhere]));
+    assert_eq!(e["endpoint"], serde_json::Value::Null, "no watch in place");
 
     // The right endpoint: the new watch hears pg1 and PgBouncer is routed there.
     let pid = d.pid();
@@ -74,6 +76,10 @@ fn a_reload_restarts_the_watch_with_new_etcd_settings_and_refuses_turning_the_mo
         )),
         "{log}"
     );
+    // Shown once the watch is in place, a moment after the key was read.
+    d.wait_for(SHORT, "the endpoint in use shown", |d| {
+        etcd_json(d)["endpoint"] == etcd.endpoint()
+    });
     let e = etcd_json(&d);
     assert_eq!(e["endpoints"], serde_json::json!([etcd.endpoint()]));
     assert_eq!((&e["leader"], &e["server"]), (&"pg1".into(), &"pg1".into()));

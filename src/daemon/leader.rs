@@ -188,6 +188,7 @@ impl<C: Console> Daemon<C> {
             f.view = if was.key == fresh.key {
                 LeaderView {
                     endpoints: fresh.endpoints,
+                    endpoint: None,
                     ..was
                 }
             } else {
@@ -275,10 +276,19 @@ impl<C: Console> Daemon<C> {
             return;
         };
         let now = SystemTime::now();
-        f.view.last_event = Some(now);
         let mut compare = None;
         let key = match event {
+            // Where the watch is, not what it learnt: shown, but no news of the key.
+            Event::Endpoint(endpoint) => {
+                if let Some(e) = &endpoint {
+                    info!("etcd mode: the watch of Patroni's leader key is in place on {e}");
+                }
+                f.view.endpoint = endpoint;
+                self.publish();
+                return;
+            }
             Event::Leader { member, revision } => {
+                f.view.last_event = Some(now);
                 let conn_url = member.as_ref().and_then(|m| m.conn_url.clone());
                 let name = member.map(|m| m.name);
                 // After an outage the same leader is reported again: not a change.
@@ -331,6 +341,7 @@ impl<C: Console> Daemon<C> {
                 }
             }
             Event::Unreachable { reason } => {
+                f.view.last_event = Some(now);
                 warn!(
                     "etcd unreachable: {reason}; nothing is switched until it answers again, PgBouncer stays on {active}"
                 );

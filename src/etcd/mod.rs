@@ -250,6 +250,10 @@ pub enum Event {
     /// etcd cannot be heard (refused, timed out, cut off); what the key says now is
     /// unknown until the next `Leader`. Reported once per outage.
     Unreachable { reason: String },
+    /// The endpoint the watch is in place on (its URL), when it changes: `None` once the
+    /// watch on it is lost, until one is in place again. An operator who sees the watch
+    /// sit on another member than the first listed knows that one failed.
+    Endpoint(Option<String>),
 }
 
 /// Starts following the leader key. Events come on the receiver; the task ends when the
@@ -272,6 +276,7 @@ pub fn watch_leader(
         emitted: None,
         reachable: false,
         reported_unreachable: false,
+        watching: None,
     };
     Ok((rx, tokio::spawn(w.run())))
 }
@@ -294,6 +299,8 @@ struct Watcher {
     emitted: Option<(Option<String>, i64)>,
     reachable: bool,
     reported_unreachable: bool,
+    /// The endpoint the watch was last reported in place on (see [`Event::Endpoint`]).
+    watching: Option<usize>,
 }
 
 /// Why a session ended.
@@ -315,6 +322,7 @@ impl Watcher {
             }
             self.unary = None;
             self.token = None;
+            self.report_endpoint(None).await;
             if lost.watched {
                 backoff = self.s.backoff_min;
                 failures.clear();
@@ -343,6 +351,16 @@ impl Watcher {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.s.backoff_max);
         }
+    }
+
+    /// Reports the endpoint the watch is in place on, when that changed.
+    async fn report_endpoint(&mut self, on: Option<usize>) {
+        if self.watching == on {
+            return;
+        }
+        self.watching = on;
+        let url = on.map(|i| self.s.endpoints[i].to_string());
+        let _ = self.tx.send(Event::Endpoint(url)).await;
     }
 
     fn ep(&self) -> &Endpoint {
@@ -491,6 +509,7 @@ impl Watcher {
                         match msg {
                             WatchMessage::Created { .. } => {
                                 watched = true;
+                                self.report_endpoint(Some(self.endpoint)).await;
                                 if (std::mem::take(&mut self.resync) || !self.reachable)
                                     && let Err(e) = self.resynced().await
                                 {

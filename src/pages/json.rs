@@ -39,6 +39,8 @@ struct EtcdPage<'a> {
     /// `<namespace>/<scope>/leader`.
     key: &'a str,
     endpoints: &'a [String],
+    /// The one of `endpoints` the watch is in place on; null while it is on none.
+    endpoint: Option<&'a str>,
     /// The watch is in place (the key heard, etcd not lost since).
     connected: bool,
     /// The key was heard at least once; with `leader: null` it means Patroni has no leader.
@@ -75,6 +77,7 @@ impl<'a> EtcdPage<'a> {
         EtcdPage {
             key: &v.key,
             endpoints: &v.endpoints,
+            endpoint: v.endpoint.as_deref(),
             connected: v.connected(),
             heard: v.heard,
             leader: v.leader.as_deref(),
@@ -557,6 +560,7 @@ mod tests {
             revision: Some(41),
             changed: Some(t(60_000)),
             endpoints: vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()],
+            endpoint: Some("http://10.0.0.2:2379".into()),
             last_event: Some(t(90_000)),
             last_error: Some((t(80_000), "connection refused".into())),
             watch_lost: 1,
@@ -571,6 +575,7 @@ mod tests {
         let want = json!({
             "key": "/service/main/leader",
             "endpoints": ["http://10.0.0.1:2379", "http://10.0.0.2:2379"],
+            "endpoint": "http://10.0.0.2:2379",
             "connected": true,
             "heard": true,
             "leader": "pg-b",
@@ -601,9 +606,15 @@ mod tests {
         v.watch_lost = 2;
         v.held = Some("etcd unreachable: nothing is switched until it is back".into());
         v.address_mismatch = Some("Patroni member pg-b advertises 10.0.0.13:5432".into());
+        v.endpoint = None;
         let j = parse(&root(&s, t(100_000)));
         let e = &j["etcd"];
         assert_eq!(e["connected"], false);
+        assert_eq!(
+            e["endpoint"],
+            Value::Null,
+            "on no endpoint while etcd is lost"
+        );
         assert_eq!(e["unreachable_since"], "2025-12-03T08:01:35.000Z");
         assert_eq!(e["last_error"], "timed out");
         assert_eq!(e["watch_lost"], 2);
@@ -630,9 +641,16 @@ mod tests {
                 &e["connected"],
                 &e["heard"],
                 &e["leader"],
-                &e["last_event_age_seconds"]
+                &e["last_event_age_seconds"],
+                &e["endpoint"]
             ),
-            (&json!(false), &json!(false), &Value::Null, &Value::Null)
+            (
+                &json!(false),
+                &json!(false),
+                &Value::Null,
+                &Value::Null,
+                &Value::Null
+            )
         );
     }
 

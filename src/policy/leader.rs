@@ -283,6 +283,8 @@ pub struct LeaderView {
     pub held_level: Option<Level>,
     /// The etcd endpoints the watch tries, in turn.
     pub endpoints: Vec<String>,
+    /// The one the watch is in place on; None while it is on none.
+    pub endpoint: Option<String>,
     /// When the watch last reported anything (the key, or etcd lost).
     pub last_event: Option<SystemTime>,
     /// The last time etcd could not be heard, and why; kept after it answers again.
