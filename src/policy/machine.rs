@@ -586,7 +586,8 @@ impl Policy {
             .verdict(&decision, self.believed.active, &self.nodes, now);
         out.push(Command::LogDecision(said));
         let states: Vec<Option<NodeState>> = self.nodes.iter().map(|n| n.state).collect();
-        if pause::master_back(self.believed.active, &decision, &states) {
+        let key = self.leader.as_ref().map(|f| &f.key);
+        if pause::master_back(self.believed.active, &decision, &states, key) {
             self.loss_handled = false;
         }
         if self.hold.is_none() {
@@ -596,6 +597,7 @@ impl Policy {
                 self.believed,
                 &decision,
                 &states,
+                key,
             );
             match (start, self.believed.active) {
                 (Some(Start::Hold(why)), Some(lost)) => {
@@ -660,10 +662,11 @@ impl Policy {
             return self.after_switch(to, now, out);
         }
         let states: Vec<Option<NodeState>> = self.nodes.iter().map(|n| n.state).collect();
+        let key = self.leader.as_ref().map(|f| &f.key);
         let over = self
             .hold
             .as_ref()
-            .and_then(|h| pause::hold_over(h.lost, h.deadline, now, &decision, &states));
+            .and_then(|h| pause::hold_over(h.lost, h.deadline, now, &decision, &states, key));
         if let Some(end) = over
             && let Some(hold) = self.hold.take()
         {
