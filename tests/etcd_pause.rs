@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 const PER_WRITE: Duration = Duration::from_secs(30);
 const PAUSE_TIMEOUT: u64 = 15;
 
-fn etcd_config(p: &Patroni, extra: &str) -> std::path::PathBuf {
+/// etcd mode, with `check_interval` as `etcd_check_interval`.
+fn etcd_config(p: &Patroni, check_interval: f64, extra: &str) -> std::path::PathBuf {
     p.write_rebouncer_config(
         5,
         2,
         &format!(
-            "etcd_endpoints={}\netcd_scope={}\netcd_timeout=1\netcd_check_interval=0.5\n{extra}",
+            "etcd_endpoints={}\netcd_scope={}\netcd_timeout=1\netcd_check_interval={check_interval}\n{extra}",
             p.etcd.endpoint(),
             common::patroni::SCOPE
         ),
@@ -102,13 +103,16 @@ fn signed_secs(t: Instant, from: Instant) -> f64 {
 }
 
 /// `patronictl switchover` from `old` to `to` with a client writing through PgBouncer
-/// from before until writes land on the new leader again.
+/// from before until writes land on the new leader again. `late`: the daemon is stopped
+/// (SIGSTOP) from before the switchover until the new leader is a primary, so that it
+/// hears the key's deletion and the new leader back to back, with the new leader already
+/// promoted (as a daemon on a starved app server does).
 fn switchover_under_load(
     p: &Patroni,
     d: &mut common::Daemon,
     what: &str,
-    old: usize,
-    to: usize,
+    (old, to): (usize, usize),
+    late: bool,
 ) -> Outcome {
     let writer = p.start_writer(what, PER_WRITE);
     let before = p.rows_tagged(old, what).expect("the leader answers");
@@ -133,8 +137,14 @@ fn switchover_under_load(
             }
             None
         });
+        if late {
+            d.signal("STOP").expect("SIGSTOP the daemon");
+        }
         p.switchover(old, to);
         let new = p.wait_new_leader(old, Duration::from_secs(60));
+        if late {
+            d.signal("CONT").expect("SIGCONT the daemon");
+        }
         assert_eq!(
             new, to,
             "{what}: patronictl switchover chose another member"
@@ -185,7 +195,7 @@ fn etcd_mode_pause_on_failover_holds_writes_through_a_patroni_switchover() {
     let p = Patroni::start();
 
     // Without the pause: what a switchover costs the client.
-    let cfg = etcd_config(&p, "");
+    let cfg = etcd_config(&p, 0.5, "");
     let mut d = p.daemon(&cfg);
     let first = p.leader().expect("a leader after start");
     wait_routed(
@@ -196,25 +206,36 @@ fn etcd_mode_pause_on_failover_holds_writes_through_a_patroni_switchover() {
         "the bootstrap leader",
     );
     let second = first % 3 + 1;
-    let off = switchover_under_load(&p, &mut d, "without the pause", first, second);
+    let off = switchover_under_load(&p, &mut d, "without the pause", (first, second), false);
     report(&p, "without pause_on_failover", &off);
     d.stop();
 
-    // With the pause: no write fails, in either direction.
+    // With the pause: no write fails, in either direction, also when the daemon hears
+    // the key late. (etcd_check_interval=30: a daemon stopped for a few seconds must not
+    // find etcd silent when it goes on, it only hears the key late.)
     let cfg = etcd_config(
         &p,
+        30.0,
         &format!("pause_on_failover=on\npause_timeout={PAUSE_TIMEOUT}"),
     );
     let mut d = p.daemon(&cfg);
     wait_routed(&p, &mut d, second, Duration::from_secs(30), "the leader");
     let mut leader = second;
-    for (round, what) in ["with the pause", "with the pause, back"]
-        .iter()
-        .enumerate()
-    {
-        let to = if round == 0 { leader % 3 + 1 } else { first };
+    for (to, what, late) in [
+        (second % 3 + 1, "with the pause", false),
+        (
+            first,
+            "with the pause, the daemon hearing the key late",
+            true,
+        ),
+    ] {
+        // Every server seen up again: no round is due until the key changes, so a daemon
+        // stopped meanwhile learns of the switchover from the key alone.
+        d.wait_for(Duration::from_secs(30), "/nagios OK", |d| {
+            d.nagios().starts_with("OK")
+        });
         let log_mark = d.log().len();
-        let on = switchover_under_load(&p, &mut d, what, leader, to);
+        let on = switchover_under_load(&p, &mut d, what, (leader, to), late);
         report(&p, &format!("pause_on_failover=on ({what})"), &on);
         let log = d.log()[log_mark..].to_string();
         for l in log

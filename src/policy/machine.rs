@@ -108,6 +108,8 @@ pub struct Policy {
     boot: Boot,
     /// etcd mode: Patroni's leader key and what its rule remembers.
     leader: Option<Following>,
+    /// The key changed during a pass: it is acted on when the pass ends.
+    key_news: bool,
     /// When each lasting condition was last said.
     reminders: Reminders,
 }
@@ -137,6 +139,7 @@ impl Policy {
             next_heartbeat: now + HEARTBEAT,
             boot: Boot::New,
             leader: None,
+            key_news: false,
             reminders: Reminders::default(),
         }
     }
@@ -764,6 +767,9 @@ impl Policy {
             End::Key => self.next_round = now + self.round_pause(),
             End::Report => self.end_report(now),
             End::Timers => {}
+        }
+        if std::mem::take(&mut self.key_news) {
+            self.key_changed(now, out);
         }
     }
 

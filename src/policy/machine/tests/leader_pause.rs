@@ -149,3 +149,32 @@ fn a_hold_on_the_key_ends_at_pause_timeout_or_when_the_key_names_the_old_master_
     assert_eq!(release_in(&cmds), Some(Release::End(HoldEnd::MasterBack)));
     assert_eq!(r.p.hold(), None);
 }
+
+#[test]
+fn the_next_leader_heard_while_the_pause_is_being_made_gets_its_checks_after_it() {
+    // A daemon that hears the key late gets the deletion and the next leader back to back:
+    // the second arrives while the PAUSE asked for the first is under way.
+    let mut r = on_node0_pausing();
+    r.at(S(1));
+    let cmds = r.tell(Input::Leader(Key::Deleted));
+    assert_eq!(pause_in(&cmds), Some((0, Loss::NotLeader)));
+    assert_eq!(r.tell(Input::Leader(names(1))), []);
+    let cmds = r.hold_made();
+    let cmds = r.checks_answered(
+        cmds.into_iter()
+            .skip_while(|c| !matches!(c, Command::Check { .. }))
+            .collect(),
+        &[down(), master(2), standby(1)],
+    );
+    assert!(
+        cmds.iter().any(|c| matches!(
+            c,
+            Command::Switch {
+                to: 1,
+                held: Some(_),
+                ..
+            }
+        )),
+        "{cmds:?}"
+    );
+}
