@@ -108,6 +108,8 @@ pub struct Policy {
     boot: Boot,
     /// etcd mode: Patroni's leader key and what its rule remembers.
     leader: Option<Following>,
+    /// The key changed during a pass: it is acted on when the pass ends.
+    key_news: bool,
     /// When each lasting condition was last said.
     reminders: Reminders,
 }
@@ -137,6 +139,7 @@ impl Policy {
             next_heartbeat: now + HEARTBEAT,
             boot: Boot::New,
             leader: None,
+            key_news: false,
             reminders: Reminders::default(),
         }
     }
@@ -586,7 +589,8 @@ impl Policy {
             .verdict(&decision, self.believed.active, &self.nodes, now);
         out.push(Command::LogDecision(said));
         let states: Vec<Option<NodeState>> = self.nodes.iter().map(|n| n.state).collect();
-        if pause::master_back(self.believed.active, &decision, &states) {
+        let key = self.leader.as_ref().map(|f| &f.key);
+        if pause::master_back(self.believed.active, &decision, &states, key) {
             self.loss_handled = false;
         }
         if self.hold.is_none() {
@@ -596,6 +600,7 @@ impl Policy {
                 self.believed,
                 &decision,
                 &states,
+                key,
             );
             match (start, self.believed.active) {
                 (Some(Start::Hold(why)), Some(lost)) => {
@@ -660,10 +665,11 @@ impl Policy {
             return self.after_switch(to, now, out);
         }
         let states: Vec<Option<NodeState>> = self.nodes.iter().map(|n| n.state).collect();
+        let key = self.leader.as_ref().map(|f| &f.key);
         let over = self
             .hold
             .as_ref()
-            .and_then(|h| pause::hold_over(h.lost, h.deadline, now, &decision, &states));
+            .and_then(|h| pause::hold_over(h.lost, h.deadline, now, &decision, &states, key));
         if let Some(end) = over
             && let Some(hold) = self.hold.take()
         {
@@ -761,6 +767,9 @@ impl Policy {
             End::Key => self.next_round = now + self.round_pause(),
             End::Report => self.end_report(now),
             End::Timers => {}
+        }
+        if std::mem::take(&mut self.key_news) {
+            self.key_changed(now, out);
         }
     }
 

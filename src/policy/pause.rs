@@ -1,9 +1,20 @@
 //! When clients are held in PgBouncer (`pause_on_failover`) while the active master is
 //! gone, and when the hold ends.
+//!
+//! In etcd mode Patroni's leader key counts too: a key deleted, or naming another
+//! server than the active master, is the loss of that master (see [`key_left`]). In a
+//! switchover Patroni stops the old primary's PostgreSQL about a second before it
+//! deletes the key, and the servers are not checked until the key names the next leader;
+//! clients that connect meanwhile wait in PgBouncer for the old server, and the switch
+//! drops them with its `KILL` unless they are held. So the hold starts when the key
+//! leaves, lasts while it names no one or another server, and ends with the switch to the
+//! leader (which then only resumes them), when the key names the old master again and it
+//! answers as one, or at `pause_timeout`.
 
 use std::time::{Duration, Instant};
 
 use crate::decide::{Action, Believed, Cluster, Decision, NodeId, NodeState, Refusal};
+use crate::policy::leader::Key;
 
 /// Whether a failover pause can be made now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +44,9 @@ pub enum Loss {
     Stale,
     Standby,
     Down,
+    /// etcd mode: Patroni's leader key was deleted or names another member, whatever
+    /// the server answered last.
+    NotLeader,
 }
 
 impl Loss {
@@ -42,6 +56,7 @@ impl Loss {
             Loss::Standby => "it answers as a standby",
             // The line logged when it went down has the error.
             Loss::Down => "it is down",
+            Loss::NotLeader => "Patroni's leader key no longer names it",
         }
     }
 }
@@ -79,21 +94,40 @@ fn is_stale(decision: &Decision, node: NodeId) -> bool {
     decision.stale.iter().any(|s| s.node == node)
 }
 
+/// etcd mode: Patroni's leader key no longer names `node`: it was deleted (no leader) or
+/// names the member of another server. `key`: None in polling mode. A key naming a member
+/// with no server, or etcd unheard, says nothing about `node`: a hold on those grounds
+/// could only end at `pause_timeout`.
+pub fn key_left(key: Option<&Key>, node: NodeId) -> bool {
+    match key {
+        Some(Key::Deleted) => true,
+        Some(Key::Names {
+            server: Some(s), ..
+        }) => *s != node,
+        _ => false,
+    }
+}
+
 /// Whether the loss of the active, confirmed master calls for a hold: pausing is on, the
 /// loss was not handled yet, and there is nothing to switch to right now (then the switch
-/// itself is quicker than a pause). `states`: what each node answered last.
+/// itself is quicker than a pause). `states`: what each node answered last; `key`: the
+/// leader key in etcd mode. Once the key has left the active master, a switch possible
+/// now is held for as well: it would drop the clients waiting in PgBouncer for the old
+/// server, which a hold keeps and hands to the new one.
 pub fn on_loss(
     pausing: Pausing,
     loss_handled: bool,
     believed: Believed,
     decision: &Decision,
     states: &[Option<NodeState>],
+    key: Option<&Key>,
 ) -> Option<Start> {
     if pausing == Pausing::Off || loss_handled {
         return None;
     }
     let a = believed.active.filter(|_| believed.confirmed)?;
-    if matches!(decision.action, Action::Switch(_)) {
+    let left = key_left(key, a);
+    if matches!(decision.action, Action::Switch(_)) && !left {
         return None;
     }
     // A pause that the same verdict would end at once helps nobody.
@@ -102,6 +136,7 @@ pub fn on_loss(
     }
     let loss = match states.get(a).copied().flatten() {
         Some(NodeState::Master) if is_stale(decision, a) => Loss::Stale,
+        Some(NodeState::Master) | None if left => Loss::NotLeader,
         Some(NodeState::Master) | None => return None,
         Some(NodeState::Standby) => Loss::Standby,
         Some(NodeState::Down) => Loss::Down,
@@ -137,8 +172,9 @@ pub fn hold_over(
     now: Instant,
     decision: &Decision,
     states: &[Option<NodeState>],
+    key: Option<&Key>,
 ) -> Option<HoldEnd> {
-    if master_back(Some(lost), decision, states) {
+    if master_back(Some(lost), decision, states, key) {
         return Some(HoldEnd::MasterBack);
     }
     if let Some(v) = no_hold_verdict(decision, lost) {
@@ -153,15 +189,20 @@ pub fn switch_outlasted_hold(deadline: Instant, now: Instant) -> bool {
     deadline <= now
 }
 
-/// Whether `node` answers as a master that is not stale: the loss of the active master is
-/// forgotten then (a later loss gets its own pause).
+/// Whether `node` answers as a master that is not stale and, in etcd mode, the leader key
+/// has not left it: the loss of the active master is forgotten then (a later loss gets its
+/// own pause). What a server answered before the key left it proves nothing: the servers
+/// are checked again only when the key names a leader.
 pub fn master_back(
     node: Option<NodeId>,
     decision: &Decision,
     states: &[Option<NodeState>],
+    key: Option<&Key>,
 ) -> bool {
     node.is_some_and(|n| {
-        states.get(n).copied().flatten() == Some(NodeState::Master) && !is_stale(decision, n)
+        states.get(n).copied().flatten() == Some(NodeState::Master)
+            && !is_stale(decision, n)
+            && !key_left(key, n)
     })
 }
 
@@ -247,16 +288,16 @@ mod tests {
     fn the_loss_of_the_active_master_with_nothing_to_switch_to_is_held() {
         let d = no_master();
         assert_eq!(
-            on_loss(Pausing::On, false, on(0), &d, &[D, S]),
+            on_loss(Pausing::On, false, on(0), &d, &[D, S], None),
             Some(Start::Hold(Loss::Down))
         );
         assert_eq!(
-            on_loss(Pausing::On, false, on(0), &d, &[S, S]),
+            on_loss(Pausing::On, false, on(0), &d, &[S, S], None),
             Some(Start::Hold(Loss::Standby))
         );
-        assert_eq!(on_loss(Pausing::Off, false, on(0), &d, &[D, S]), None);
+        assert_eq!(on_loss(Pausing::Off, false, on(0), &d, &[D, S], None), None);
         assert_eq!(
-            on_loss(Pausing::On, true, on(0), &d, &[D, S]),
+            on_loss(Pausing::On, true, on(0), &d, &[D, S], None),
             None,
             "handled"
         );
@@ -264,15 +305,24 @@ mod tests {
             active: Some(0),
             confirmed: false,
         };
-        assert_eq!(on_loss(Pausing::On, false, unconfirmed, &d, &[D, S]), None);
+        assert_eq!(
+            on_loss(Pausing::On, false, unconfirmed, &d, &[D, S], None),
+            None
+        );
         let switch = verdict(Cluster::OneMaster(1), Action::Switch(1));
-        assert_eq!(on_loss(Pausing::On, false, on(0), &switch, &[D, M]), None);
+        assert_eq!(
+            on_loss(Pausing::On, false, on(0), &switch, &[D, M], None),
+            None
+        );
     }
 
     #[test]
     fn an_active_master_that_still_answers_as_master_is_no_loss() {
         let same = verdict(Cluster::OneMaster(0), Action::Nothing);
-        assert_eq!(on_loss(Pausing::On, false, on(0), &same, &[M, S]), None);
+        assert_eq!(
+            on_loss(Pausing::On, false, on(0), &same, &[M, S], None),
+            None
+        );
     }
 
     #[test]
@@ -288,7 +338,14 @@ mod tests {
         assert_eq!(Pausing::new(true, false), Pausing::NeedsStateFile);
         assert_eq!(Pausing::new(false, false), Pausing::Off);
         assert_eq!(
-            on_loss(Pausing::NeedsStateFile, false, on(0), &no_master(), &[D, S]),
+            on_loss(
+                Pausing::NeedsStateFile,
+                false,
+                on(0),
+                &no_master(),
+                &[D, S],
+                None
+            ),
             Some(Start::CannotRecord(Loss::Down))
         );
     }
@@ -296,7 +353,10 @@ mod tests {
     #[test]
     fn a_split_brain_or_an_only_stale_primary_is_not_worth_a_pause() {
         let split = verdict(Cluster::SplitBrain(vec![1, 2]), Action::Nothing);
-        assert_eq!(on_loss(Pausing::On, false, on(0), &split, &[D, M, M]), None);
+        assert_eq!(
+            on_loss(Pausing::On, false, on(0), &split, &[D, M, M], None),
+            None
+        );
         let mut stale = no_master();
         stale.stale = vec![Stale {
             node: 1,
@@ -304,12 +364,15 @@ mod tests {
             highest: 2,
             standby: None,
         }];
-        assert_eq!(on_loss(Pausing::On, false, on(0), &stale, &[D, M]), None);
+        assert_eq!(
+            on_loss(Pausing::On, false, on(0), &stale, &[D, M], None),
+            None
+        );
         assert_eq!(no_hold_verdict(&stale, 0), Some(NoHold::OnlyStale(vec![1])));
         // The lost master itself found stale is the loss.
         stale.stale[0].node = 0;
         assert_eq!(
-            on_loss(Pausing::On, false, on(0), &stale, &[M, S]),
+            on_loss(Pausing::On, false, on(0), &stale, &[M, S], None),
             Some(Start::Hold(Loss::Stale))
         );
     }
@@ -319,18 +382,18 @@ mod tests {
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs(10);
         let d = no_master();
-        assert_eq!(hold_over(0, deadline, t0, &d, &[D, S]), None);
+        assert_eq!(hold_over(0, deadline, t0, &d, &[D, S], None), None);
         assert_eq!(
-            hold_over(0, deadline, t0, &d, &[M, S]),
+            hold_over(0, deadline, t0, &d, &[M, S], None),
             Some(HoldEnd::MasterBack)
         );
         assert_eq!(
-            hold_over(0, deadline, deadline, &d, &[D, S]),
+            hold_over(0, deadline, deadline, &d, &[D, S], None),
             Some(HoldEnd::TimedOut)
         );
         let split = verdict(Cluster::SplitBrain(vec![1, 2]), Action::Nothing);
         assert_eq!(
-            hold_over(0, deadline, t0, &split, &[D, M, M]),
+            hold_over(0, deadline, t0, &split, &[D, M, M], None),
             Some(HoldEnd::Verdict(NoHold::SplitBrain(vec![1, 2])))
         );
         assert!(!switch_outlasted_hold(deadline, t0));
@@ -386,5 +449,128 @@ mod tests {
             ["appdb", "mine"]
         );
         assert!(databases_to_hold(&wanted, &[], &[]).is_empty());
+    }
+
+    fn names(server: Option<NodeId>) -> Key {
+        Key::Names {
+            member: "m".into(),
+            server,
+        }
+    }
+
+    #[test]
+    fn the_leader_key_leaving_the_active_master_is_its_loss_whatever_it_answered_last() {
+        // Patroni deleted the key (a switchover) before the servers were checked again.
+        let same = verdict(Cluster::OneMaster(0), Action::Nothing);
+        let held = |key: Key| on_loss(Pausing::On, false, on(0), &same, &[M, S], Some(&key));
+        assert_eq!(held(Key::Deleted), Some(Start::Hold(Loss::NotLeader)));
+        assert_eq!(held(names(Some(1))), Some(Start::Hold(Loss::NotLeader)));
+        for key in [names(Some(0)), names(None), Key::Unreachable, Key::NotHeard] {
+            assert_eq!(held(key.clone()), None, "{key:?}");
+        }
+        // Down by the time the key names the next leader: that is how it was lost.
+        assert_eq!(
+            on_loss(
+                Pausing::On,
+                false,
+                on(0),
+                &no_master(),
+                &[D, S],
+                Some(&names(Some(1)))
+            ),
+            Some(Start::Hold(Loss::Down))
+        );
+        assert_eq!(
+            on_loss(
+                Pausing::On,
+                true,
+                on(0),
+                &same,
+                &[M, S],
+                Some(&Key::Deleted)
+            ),
+            None,
+            "handled"
+        );
+        assert_eq!(
+            on_loss(
+                Pausing::Off,
+                false,
+                on(0),
+                &same,
+                &[M, S],
+                Some(&Key::Deleted)
+            ),
+            None
+        );
+        assert_eq!(
+            on_loss(
+                Pausing::NeedsStateFile,
+                false,
+                on(0),
+                &same,
+                &[M, S],
+                Some(&Key::Deleted)
+            ),
+            Some(Start::CannotRecord(Loss::NotLeader))
+        );
+        assert_eq!(
+            Loss::NotLeader.why(),
+            "Patroni's leader key no longer names it"
+        );
+    }
+
+    #[test]
+    fn with_the_key_gone_from_the_active_master_a_switch_possible_now_is_held_for_too() {
+        // The switch alone would drop the clients waiting in PgBouncer for the old server.
+        let switch = verdict(Cluster::OneMaster(1), Action::Switch(1));
+        assert_eq!(
+            on_loss(
+                Pausing::On,
+                false,
+                on(0),
+                &switch,
+                &[D, M],
+                Some(&names(Some(1)))
+            ),
+            Some(Start::Hold(Loss::Down))
+        );
+        assert_eq!(
+            on_loss(
+                Pausing::On,
+                false,
+                on(0),
+                &switch,
+                &[D, M],
+                Some(&names(Some(0)))
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_master_whose_leader_key_left_is_not_back_until_the_key_names_it_again() {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(10);
+        let d = verdict(Cluster::OneMaster(0), Action::Nothing);
+        assert_eq!(
+            hold_over(0, deadline, t0, &d, &[M, S], Some(&Key::Deleted)),
+            None
+        );
+        assert_eq!(
+            hold_over(0, deadline, t0, &d, &[M, S], Some(&names(Some(1)))),
+            None
+        );
+        assert_eq!(
+            hold_over(0, deadline, deadline, &d, &[M, S], Some(&Key::Deleted)),
+            Some(HoldEnd::TimedOut)
+        );
+        assert_eq!(
+            hold_over(0, deadline, t0, &d, &[M, S], Some(&names(Some(0)))),
+            Some(HoldEnd::MasterBack)
+        );
+        assert!(!master_back(Some(0), &d, &[M, S], Some(&Key::Deleted)));
+        assert!(master_back(Some(0), &d, &[M, S], Some(&Key::Unreachable)));
+        assert!(!key_left(None, 0));
     }
 }

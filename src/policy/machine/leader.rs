@@ -31,8 +31,18 @@ impl Policy {
         };
         f.heard(key);
         if self.pass.is_some() {
+            // A verdict still to come reads the key as it is now; one already taken does
+            // not, so the key is acted on again when the pass ends (see `finish`).
+            self.key_news = true;
             return;
         }
+        self.key_changed(now, out);
+    }
+
+    pub(super) fn key_changed(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let Some(f) = &self.leader else {
+            return;
+        };
         if f.key == Key::Deleted {
             self.pass = Some(Pass {
                 end: End::Key,

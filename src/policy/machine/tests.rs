@@ -687,6 +687,7 @@ fn a_closed_monitoring_connection_checks_every_server_now_even_one_backing_off()
 }
 
 mod leader;
+mod leader_pause;
 mod pause_takeover;
 mod rules;
 mod start;
