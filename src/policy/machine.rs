@@ -237,6 +237,9 @@ impl Policy {
                 }
             }
             Input::ChecksOver => match self.stage() {
+                Some(Stage::Checks) if self.leader_probe_over(&mut out) => {
+                    self.finish(now, &mut out)
+                }
                 Some(Stage::Checks) => self.look_at_link(now, &mut out),
                 Some(Stage::Recheck) => {
                     let d = self.verdict();
@@ -374,10 +377,11 @@ impl Policy {
         if self.pass.is_some() {
             return;
         }
+        let only = self.leader_round_begins(now);
         let mut nodes = Vec::new();
         let mut wait_for = Vec::new();
         for (id, n) in self.nodes.iter_mut().enumerate() {
-            if n.busy || !n.backoff.due(now) {
+            if n.busy || !n.backoff.due(now) || only.is_some_and(|c| c != id) {
                 continue;
             }
             n.busy = true;
@@ -756,7 +760,7 @@ impl Policy {
         match pass.end {
             End::Round => {
                 out.push(Command::RoundDone);
-                self.next_round = now + self.round_pause();
+                self.next_round = self.round_over_next(now);
             }
             End::Key => self.next_round = now + self.round_pause(),
             End::Report => self.end_report(now),
