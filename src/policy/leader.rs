@@ -20,8 +20,9 @@
 //! brain even when the key names one of them: the key says who should be primary, not
 //! that the other one takes no writes.
 //!
-//! While the server the key names has not answered as a master, a round asks it alone (a
-//! probe, [`Following::round_begins`]): a probe never leads to a verdict, since the other
+//! News of the key starts a round of every server. After it, while the server the key
+//! names still answers as a standby (or not at all), a round asks it alone (a probe,
+//! [`Following::round_begins`]): a probe never leads to a verdict, since the other
 //! servers' answers are not fresh. Once it answers as a master, every server is asked at
 //! once, and that round's verdict decides as above. Rounds of an unconfirmed candidate
 //! are timed from the start of the one before ([`Following::next_round_at`]), so a slow
@@ -118,6 +119,28 @@ pub fn follow(key: &Key, decision: &Decision) -> Follow {
     }
 }
 
+/// Which servers a round asks (see [`Following::round_begins`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// Every server due.
+    Every,
+    /// The candidate alone: a probe, which decides nothing.
+    Only(NodeId),
+    /// Every server due but the candidate, which a probe found a master on a new
+    /// connection just before: its answer counts with theirs.
+    AllBut(NodeId),
+}
+
+impl Ask {
+    pub fn includes(self, node: NodeId) -> bool {
+        match self {
+            Ask::Every => true,
+            Ask::Only(c) => node == c,
+            Ask::AllBut(c) => node != c,
+        }
+    }
+}
+
 /// When to check the servers again while the candidate is unconfirmed, after
 /// `rechecks` checks since the key last changed: `fast_interval`, doubling, at most
 /// `interval`. The key names a new leader 0.1-0.2 s before it answers as a master (longer
@@ -181,6 +204,8 @@ pub struct Following {
     due_now: bool,
     /// News of the key came since the last round began: the next one asks every server.
     full_next: bool,
+    /// The last probe found this candidate a master: the next round asks the others.
+    probed_master: Option<NodeId>,
 }
 
 impl Default for Following {
@@ -196,6 +221,7 @@ impl Default for Following {
             began: None,
             due_now: false,
             full_next: false,
+            probed_master: None,
         }
     }
 }
@@ -228,11 +254,12 @@ impl Following {
     }
 
     /// A round begins at `now`; `candidate_state` is what the server the key names
-    /// answered last. The servers it asks: every server (None) at the first round after
-    /// news of the key (so the pages and the verdict see them all when the leader
-    /// changes, and when etcd comes back); after that, the candidate alone (Some) while it
-    /// answers as a standby or not at all, the key names it and it is still checked faster
-    /// than every `interval`. Only a master can be switched to, so
+    /// answered last. The servers it asks: every server at the first round after news of
+    /// the key (so the pages and the verdict see them all when the leader changes, and
+    /// when etcd comes back); after that, the candidate alone while it answers as a
+    /// standby or not at all, the key names it and it is still checked faster than every
+    /// `interval`; right after a probe found it a master, every other server (that
+    /// probe's answer, on a new connection, is as fresh as theirs); else every server. Only a master can be switched to, so
     /// until the candidate is one the other servers' answers change nothing; once it is,
     /// every server is asked (the split-brain and stale-primary rules need them all) and
     /// that round's verdict decides. A fleet following the key thus costs the servers not
@@ -243,16 +270,27 @@ impl Following {
         candidate_state: Option<NodeState>,
         fast_interval: Duration,
         interval: Duration,
-    ) -> Option<NodeId> {
+    ) -> Ask {
         self.began = Some(now);
         self.due_now = false;
         let full = std::mem::take(&mut self.full_next);
+        let found = std::mem::take(&mut self.probed_master);
         let fast = recheck_in(self.rechecks.saturating_sub(1), fast_interval, interval) < interval;
         // A candidate not heard yet (at start) is asked with everyone: the pages need
         // every server's state anyway.
         let awaited = matches!(candidate_state, Some(NodeState::Standby | NodeState::Down));
         self.probing = self.candidate().filter(|_| !full && fast && awaited);
-        self.probing
+        match (self.probing, found) {
+            (Some(c), _) => Ask::Only(c),
+            (None, Some(c))
+                if !full
+                    && self.candidate() == Some(c)
+                    && candidate_state == Some(NodeState::Master) =>
+            {
+                Ask::AllBut(c)
+            }
+            _ => Ask::Every,
+        }
     }
 
     /// The round under way asks only the candidate.
@@ -261,17 +299,18 @@ impl Following {
     }
 
     /// The probe under way is over and its candidate answered `state` (None: no answer).
-    /// No verdict follows a probe. A master: every server is asked at once. Anything else:
+    /// No verdict follows a probe. A master: the other servers are asked at once. Anything else:
     /// the back-off goes on, and why nothing is switched is said (`Some` when that changed,
     /// as from [`Following::kept`]).
     pub fn probe_over(&mut self, state: Option<NodeState>) -> Option<Option<Held>> {
         let candidate = self.probing.take()?;
-        if state == Some(NodeState::Master) {
-            self.due_now = true;
-            return None;
-        }
         if self.due_now {
             // The key changed meanwhile: this answer is about a member no longer named.
+            return None;
+        }
+        if state == Some(NodeState::Master) {
+            self.due_now = true;
+            self.probed_master = Some(candidate);
             return None;
         }
         self.recheck = true;
@@ -884,31 +923,31 @@ mod tests {
         f.heard(names(1));
         assert_eq!(
             f.round_begins(t, Some(Standby), fast, slow),
-            None,
+            Ask::Every,
             "key news"
         );
         unconfirmed_pass(&mut f);
-        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Some(1));
+        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Ask::Only(1));
         assert_eq!(f.probing(), Some(1));
         assert_eq!(
             f.probe_over(Some(Standby)),
             None,
             "NotConfirmed said already"
         );
-        assert_eq!(f.round_begins(t, Some(Down), fast, slow), Some(1));
+        assert_eq!(f.round_begins(t, Some(Down), fast, slow), Ask::Only(1));
         assert_eq!(f.probe_over(Some(Down)), None);
         // A master, or a candidate not heard yet: every server.
-        assert_eq!(f.round_begins(t, Some(Master), fast, slow), None);
+        assert_eq!(f.round_begins(t, Some(Master), fast, slow), Ask::Every);
         assert_eq!(f.probe_over(Some(Master)), None, "no probe under way");
-        assert_eq!(f.round_begins(t, None, fast, slow), None);
+        assert_eq!(f.round_begins(t, None, fast, slow), Ask::Every);
         // etcd away and back: every server again.
         f.heard(Key::Unreachable);
         f.heard(names(1));
-        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), None);
+        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Ask::Every);
         // No candidate: nothing to probe.
         f.heard(Key::Deleted);
         f.round_begins(t, Some(Standby), fast, slow);
-        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), None);
+        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Ask::Every);
     }
 
     #[test]
@@ -927,7 +966,7 @@ mod tests {
             "from the start"
         );
         let p = t + fast;
-        assert_eq!(f.round_begins(p, Some(Standby), fast, slow), Some(1));
+        assert_eq!(f.round_begins(p, Some(Standby), fast, slow), Ask::Only(1));
         assert_eq!(f.probe_over(Some(Standby)), None);
         let end = p + Duration::from_millis(30);
         assert_eq!(
@@ -935,16 +974,30 @@ mod tests {
             p + Duration::from_millis(200)
         );
         let p = p + Duration::from_millis(200);
-        assert_eq!(f.round_begins(p, Some(Standby), fast, slow), Some(1));
+        assert_eq!(f.round_begins(p, Some(Standby), fast, slow), Ask::Only(1));
         // A probe slower than the pause: at once.
         let end = p + Duration::from_secs(1);
         f.probe_over(Some(Standby));
         assert_eq!(f.next_round_at(end, false, false, fast, slow), end);
-        assert_eq!(f.round_begins(end, Some(Standby), fast, slow), Some(1));
+        assert_eq!(f.round_begins(end, Some(Standby), fast, slow), Ask::Only(1));
         assert_eq!(f.probe_over(Some(Master)), None);
         let end = end + Duration::from_millis(10);
         assert_eq!(f.next_round_at(end, false, false, fast, slow), end);
-        assert_eq!(f.round_begins(end, Some(Master), fast, slow), None);
+        // The others, with the probe's answer: and after that round, every server.
+        assert_eq!(
+            f.round_begins(end, Some(Master), fast, slow),
+            Ask::AllBut(1)
+        );
+        assert_eq!(f.round_begins(end, Some(Master), fast, slow), Ask::Every);
+        // A probe finding a master, then news of the key: every server.
+        f.heard(names(2));
+        f.round_begins(end, Some(Standby), fast, slow);
+        unconfirmed_pass(&mut f);
+        assert_eq!(f.round_begins(end, Some(Standby), fast, slow), Ask::Only(2));
+        f.probe_over(Some(Master));
+        f.heard(Key::Unreachable);
+        f.heard(names(2));
+        assert_eq!(f.round_begins(end, Some(Master), fast, slow), Ask::Every);
     }
 
     #[test]
@@ -959,7 +1012,7 @@ mod tests {
         // verdict (the pass was dropped): the probe of node 2 says it is not confirmed.
         f.heard(names(2));
         f.round_begins(t, Some(Standby), fast, slow);
-        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Some(2));
+        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Ask::Only(2));
         assert_eq!(
             f.probe_over(Some(Standby)),
             Some(Some(Held::NotConfirmed { candidate: 2 }))

@@ -377,11 +377,11 @@ impl Policy {
         if self.pass.is_some() {
             return;
         }
-        let only = self.leader_round_begins(now);
+        let ask = self.leader_round_begins(now);
         let mut nodes = Vec::new();
         let mut wait_for = Vec::new();
         for (id, n) in self.nodes.iter_mut().enumerate() {
-            if n.busy || !n.backoff.due(now) || only.is_some_and(|c| c != id) {
+            if n.busy || !n.backoff.due(now) || !ask.includes(id) {
                 continue;
             }
             n.busy = true;

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use super::{End, Pass, Policy, Stage};
-use crate::decide::{NodeId, NodeState};
-use crate::policy::leader::{Following, Key};
+use crate::decide::NodeState;
+use crate::policy::leader::{Ask, Following, Key};
 use crate::policy::messages::Command;
 
 impl Policy {
@@ -86,10 +86,12 @@ impl Policy {
         (on_leader, down)
     }
 
-    /// A round begins: in etcd mode, the one server it asks while the candidate's
-    /// promotion is awaited (see [`Following::round_begins`]); None: every server due.
-    pub(super) fn leader_round_begins(&mut self, now: Instant) -> Option<NodeId> {
-        let f = self.leader.as_mut()?;
+    /// A round begins: which servers it asks (in etcd mode, see
+    /// [`Following::round_begins`]; else every server due).
+    pub(super) fn leader_round_begins(&mut self, now: Instant) -> Ask {
+        let Some(f) = self.leader.as_mut() else {
+            return Ask::Every;
+        };
         let state = f
             .candidate()
             .and_then(|c| self.nodes.get(c))
