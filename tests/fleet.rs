@@ -38,7 +38,11 @@
 //! `RELOAD` (PgBouncer's log) and when it logged PgBouncer confirmed; per client, the
 //! writes that failed and when its first write on the new leader was answered; and when
 //! the new leader's PostgreSQL logged that it accepts connections as a primary, the floor
-//! under every daemon's time. Each table line says the machine's load average.
+//! under every daemon's time; and, from the members' logs (each daemon logs in as
+//! `application_name=rebouncer-<k>`), each daemon's checks on the new leader against its
+//! promotion. Each table line says the machine's load average.
+//! `REBOUNCER_BENCH_BIN=/path/to/rebouncer` measures another build in turn with this one
+//! (`REBOUNCER_FLEET_REPS` times each, the order alternating).
 //!
 //! Every PgBouncer and daemon is its own process, as on N app servers; they share this
 //! machine's two cores with the database servers, so the failover figures at large N
