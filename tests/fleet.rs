@@ -38,7 +38,11 @@
 //! `RELOAD` (PgBouncer's log) and when it logged PgBouncer confirmed; per client, the
 //! writes that failed and when its first write on the new leader was answered; and when
 //! the new leader's PostgreSQL logged that it accepts connections as a primary, the floor
-//! under every daemon's time. Each table line says the machine's load average.
+//! under every daemon's time; and, from the members' logs (each daemon logs in as
+//! `application_name=rebouncer-<k>`), each daemon's checks on the new leader against its
+//! promotion. Each table line says the machine's load average.
+//! `REBOUNCER_BENCH_BIN=/path/to/rebouncer` measures another build in turn with this one
+//! (`REBOUNCER_FLEET_REPS` times each, the order alternating).
 //!
 //! Every PgBouncer and daemon is its own process, as on N app servers; they share this
 //! machine's two cores with the database servers, so the failover figures at large N
@@ -166,18 +170,19 @@ fn spawn_app_servers(root: &Path, n: usize, node_ports: &[u16], initial: usize) 
     fleet
 }
 
-/// Starts a daemon beside every PgBouncer, one after the other across `spread`, each with
-/// `global` (extra `[global]` lines) and `servers` (`pg<i>=<conninfo>`); waits until every
-/// daemon's `/nagios` says OK.
+/// Starts a daemon (the binary `bin`) beside every PgBouncer, one after the other across
+/// `spread`, each with `global` (extra `[global]` lines) and `servers(k)` for the k-th
+/// (`pg<i>=<conninfo>`); waits until every daemon's `/nagios` says OK.
 fn start_daemons(
     fleet: &mut [AppServer],
+    bin: &Path,
     interval: u64,
     global: &str,
-    servers: &[String],
+    servers: &dyn Fn(usize) -> Vec<String>,
     spread: Duration,
 ) {
     let n = fleet.len();
-    for a in fleet.iter_mut() {
+    for (k, a) in fleet.iter_mut().enumerate() {
         let mut cfg = format!(
             "[global]\npgbouncer=host=127.0.0.1 port={} dbname=pgbouncer user=postgres sslmode=disable\n\
              symlink={}\nconfigdir={}\ninterval={interval}\ntimeout=3\n{global}\n[servers]\n",
@@ -185,13 +190,13 @@ fn start_daemons(
             a.symlink().display(),
             a.dir.join("nodes").display(),
         );
-        for (i, conninfo) in servers.iter().enumerate() {
+        for (i, conninfo) in servers(k).iter().enumerate() {
             cfg += &format!("pg{}={conninfo}\n", i + 1);
         }
         let config = a.dir.join("rebouncer.ini");
         fs::write(&config, cfg).unwrap();
         let cmd = DaemonCmd {
-            bin: common::rebouncer_bin(),
+            bin: bin.to_path_buf(),
             config,
             http: format!("127.0.0.1:{}", common::alloc_port()),
             pidfile: a.dir.join("rebouncer.pid"),
@@ -230,9 +235,10 @@ fn start_fleet(c: &Cluster, n: usize, keep: bool, interval: u64) -> Vec<AppServe
     let global = format!("keep_connections={}\n", if keep { "on" } else { "off" });
     start_daemons(
         &mut fleet,
+        &common::rebouncer_bin(),
         interval,
         &global,
-        &servers,
+        &|_| servers.clone(),
         Duration::from_secs(interval),
     );
     fleet
@@ -270,11 +276,21 @@ fn monitoring_pids(c: &Cluster, node: usize) -> Vec<u32> {
 }
 
 fn logins(text: &str) -> usize {
-    text.lines()
-        .filter(|l| {
-            l.contains("connection authorized") && l.ends_with("application_name=rebouncer")
-        })
-        .count()
+    text.lines().filter(|l| login_of(l).is_some()).count()
+}
+
+/// A `log_connections` line of a rebouncer login: `Some(Some(k))` for the k-th daemon of
+/// an etcd fleet (`application_name=rebouncer-<k>`), `Some(None)` for a daemon of the
+/// polling fleet (plain `rebouncer`).
+fn login_of(line: &str) -> Option<Option<usize>> {
+    if !line.contains("connection authorized") {
+        return None;
+    }
+    let app = line.rsplit_once("application_name=")?.1;
+    match app.strip_prefix("rebouncer")? {
+        "" => Some(None),
+        k => Some(Some(k.strip_prefix('-')?.parse().ok()?)),
+    }
 }
 
 struct NodeCost {
@@ -679,9 +695,11 @@ fn raise_max_connections(p: &Patroni, max_conn: usize) {
     p.wait_healthy(Duration::from_secs(60));
 }
 
-/// `n` app servers following Patroni's leader key (members mapped to `pg1..pg3`),
-/// all routed to the leader; waits until every daemon says OK.
-fn start_etcd_fleet(p: &Patroni, n: usize, interval: u64) -> Vec<AppServer> {
+/// `n` app servers following Patroni's leader key (members mapped to `pg1..pg3`), the
+/// daemons the binary `bin`, all routed to the leader; waits until every daemon says OK.
+/// The k-th daemon logs in as `application_name=rebouncer-<k>`, so each member's log
+/// says which daemon checked it when.
+fn start_etcd_fleet(p: &Patroni, n: usize, interval: u64, bin: &Path) -> Vec<AppServer> {
     let ports: Vec<u16> = (1..=p.len()).map(|i| p.port(i)).collect();
     let mut fleet = spawn_app_servers(p.root(), n, &ports, p.leader().unwrap());
     let members: Vec<String> = (1..=p.len())
@@ -693,9 +711,14 @@ fn start_etcd_fleet(p: &Patroni, n: usize, interval: u64) -> Vec<AppServer> {
         common::patroni::SCOPE,
         members.join(", "),
     );
-    let servers: Vec<String> = (1..=p.len()).map(|i| p.conninfo(i)).collect();
+    let servers = |k: usize| -> Vec<String> {
+        (1..=p.len())
+            .map(|i| format!("{} application_name=rebouncer-{k}", p.conninfo(i)))
+            .collect()
+    };
     start_daemons(
         &mut fleet,
+        bin,
         interval,
         &global,
         &servers,
@@ -716,7 +739,7 @@ fn measure_etcd_steady(p: &Patroni, window: Duration) -> Vec<(usize, f64)> {
         .map(|i| {
             let held = common::psql_conninfo(
                 &p.conninfo(i),
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'rebouncer'",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name ~ '^rebouncer-[0-9]+$'",
                 Duration::from_secs(5),
             )
             .ok()
@@ -748,6 +771,8 @@ struct Switchover {
     steps: Vec<Steps>,
     /// When the key named the new leader.
     key_instant: Instant,
+    /// The same by the wall clock, for the servers' logs.
+    key_wall: SystemTime,
     /// Per sampled PgBouncer, what its client's writes did.
     writes: Vec<common::WriteLog>,
     /// Per sampled PgBouncer, from the key naming the new leader until its client's first
@@ -880,6 +905,7 @@ fn measure_switchover(
         key_at,
         promoted,
         key_instant,
+        key_wall: t0_wall + key_at,
         steps,
         writes,
         back,
@@ -925,9 +951,171 @@ fn failures(w: &common::WriteLog, key: Instant) -> String {
     )
 }
 
+/// One daemon's login on a member, in seconds since the key named the new leader: when
+/// its connection arrived (`connection received`, the same backend pid) and when it was
+/// authorized (the check's query follows at once).
+#[derive(Clone, Copy, Debug)]
+struct Login {
+    received: Option<f64>,
+    authorized: f64,
+}
+
+/// Seconds from `key` to `t`, negative before it.
+fn secs_since(key: SystemTime, t: SystemTime) -> f64 {
+    match t.duration_since(key) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// The logins of an etcd fleet of `n` daemons in a member's log, per daemon, in order.
+fn daemon_logins(text: &str, n: usize, key: SystemTime) -> Vec<Vec<Login>> {
+    let mut received: HashMap<&str, f64> = HashMap::new();
+    let mut per = vec![Vec::new(); n];
+    for l in text.lines() {
+        let Some(t) = log_time(l) else { continue };
+        let pid = l
+            .split_once('[')
+            .and_then(|(_, r)| r.split_once(']'))
+            .map(|(p, _)| p);
+        if l.contains("connection received:") {
+            if let Some(pid) = pid {
+                received.insert(pid, secs_since(key, t));
+            }
+        } else if let Some(Some(k)) = login_of(l)
+            && k < n
+        {
+            per[k].push(Login {
+                received: pid.and_then(|p| received.remove(p)),
+                authorized: secs_since(key, t),
+            });
+        }
+    }
+    per
+}
+
+/// "median / p99 / max" of counts.
+fn spread_counts(v: &[usize]) -> String {
+    let mut d = v.to_vec();
+    if d.is_empty() {
+        return "none".into();
+    }
+    d.sort_unstable();
+    let pick = |q: f64| d[((d.len() as f64 * q).ceil() as usize).clamp(1, d.len()) - 1];
+    format!("{} / {} / {}", pick(0.5), pick(0.99), d[d.len() - 1])
+}
+
+/// How the daemons' checks met the new leader's promotion: per daemon, its checks there
+/// until its switch began (from `logins[to - 1]`, the logins per member and daemon), how
+/// many came before the promotion (they found it in recovery), when the first one after
+/// it came, and what was left of that round; how long a login took there; and the
+/// logins per daemon on the other members. Rows of the table, then a line of the new
+/// leader's logins per 0.1 s since the key.
+fn check_rows(
+    head: &str,
+    sw: &Switchover,
+    logins: &[Vec<Vec<Login>>],
+    names: &[String],
+    from: usize,
+    to: usize,
+) -> (Vec<String>, String) {
+    let cand = &logins[to - 1];
+    let until = |k: usize| {
+        let checked = sw.steps[k].checked.map(|d| d.as_secs_f64());
+        cand[k]
+            .iter()
+            .filter(move |l| checked.is_none_or(|c| l.authorized <= c))
+            .copied()
+    };
+    let n = cand.len();
+    let mut rows = Vec::new();
+    let mut row = |what: String, v: String| rows.push(format!("| {head} | {what} | {v} |"));
+    let counts: Vec<usize> = (0..n).map(|k| until(k).count()).collect();
+    row(
+        format!(
+            "checks on {} (new leader) until the switch began",
+            names[to - 1]
+        ),
+        spread_counts(&counts),
+    );
+    if let Some(p) = sw.promoted {
+        let before: Vec<usize> = (0..n)
+            .map(|k| until(k).filter(|l| l.authorized < p).count())
+            .collect();
+        row(
+            "of those, before it was a primary (so answered in recovery)".into(),
+            spread_counts(&before),
+        );
+        let first: Vec<Option<f64>> = (0..n)
+            .map(|k| cand[k].iter().map(|l| l.authorized).find(|t| *t >= p))
+            .collect();
+        row(
+            "its first check there after the promotion, since the key".into(),
+            spread_secs(&first),
+        );
+        row(
+            "the same, since the promotion (the grain of the rechecks)".into(),
+            spread_secs(&first.iter().map(|f| f.map(|f| f - p)).collect::<Vec<_>>()),
+        );
+        let rest: Vec<Option<f64>> = (0..n)
+            .map(|k| Some(sw.steps[k].checked?.as_secs_f64() - first[k]?))
+            .collect();
+        row(
+            "from that login to the switch beginning (the rest of its round, the verdict)".into(),
+            spread_secs(&rest),
+        );
+    }
+    let took: Vec<Option<f64>> = cand
+        .iter()
+        .flatten()
+        .map(|l| Some(l.authorized - l.received?))
+        .collect();
+    row(
+        format!(
+            "a login on {}: connection received to authorized",
+            names[to - 1]
+        ),
+        spread_secs(&took),
+    );
+    for i in (1..=logins.len()).filter(|i| *i != to) {
+        let role = if i == from {
+            "old leader"
+        } else {
+            "the other member"
+        };
+        let per: Vec<usize> = logins[i - 1].iter().map(Vec::len).collect();
+        row(
+            format!(
+                "logins on {} ({role}) during the switchover, per daemon",
+                names[i - 1]
+            ),
+            spread_counts(&per),
+        );
+    }
+    let mut bins = std::collections::BTreeMap::new();
+    for l in cand.iter().flatten() {
+        *bins
+            .entry((l.authorized * 10.0).floor() as i64)
+            .or_insert(0usize) += 1;
+    }
+    let hist = bins
+        .iter()
+        .map(|(b, c)| format!("{:.1}: {c}", *b as f64 / 10.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (
+        rows,
+        format!(
+            "[fleet] {head}: logins on {} per 0.1 s since the key (promoted at {}): {hist}",
+            names[to - 1],
+            sw.promoted.map_or("?".into(), |p| format!("{p:.2} s"))
+        ),
+    )
+}
+
 /// The rows of the table of steps: each step since the key changed, and alone (from the
 /// step before it, per daemon).
-fn step_rows(n: usize, steps: &[Steps]) -> Vec<String> {
+fn step_rows(n: &str, steps: &[Steps]) -> Vec<String> {
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     type Get = fn(&Steps) -> Option<Duration>;
     let order: [(&str, Get); 5] = [
@@ -973,98 +1161,137 @@ fn step_rows(n: usize, steps: &[Steps]) -> Vec<String> {
 ///     REBOUNCER_FLEET_N=10,50 REBOUNCER_FLEET_SECS=20 cargo test --release --test fleet etcd -- --ignored --nocapture
 ///
 /// `REBOUNCER_FLEET_CLIENTS` (default 10): how many PgBouncers carry a writing client
-/// during the switchover.
+/// during the switchover. `REBOUNCER_BENCH_BIN=/path/to/rebouncer`: another build
+/// measured in turn with this one at each size (each on a fresh cluster, the order
+/// alternating), so both meet the same machine load; `REBOUNCER_FLEET_REPS` (default 1)
+/// how many times each.
 #[test]
 #[ignore = "benchmark: minutes of real servers; run by hand (see the file's header)"]
 fn fleet_etcd_mode_footprint_and_switchover() {
     let window = Duration::from_secs(env_num("REBOUNCER_FLEET_SECS", 60));
     let interval = env_num("REBOUNCER_FLEET_INTERVAL", 10);
     let clients = env_num("REBOUNCER_FLEET_CLIENTS", 10) as usize;
+    let reps = env_num("REBOUNCER_FLEET_REPS", 1).max(1);
+    let this = ("this build".to_string(), common::rebouncer_bin());
+    let builds: Vec<(String, PathBuf)> = match std::env::var("REBOUNCER_BENCH_BIN") {
+        Ok(other) => vec![(other.clone(), PathBuf::from(other)), this],
+        Err(_) => vec![this],
+    };
     let mut table = vec![
-        "| N | member | backends held | new connections/min | new connections during the switchover |".to_string(),
-        "|---|---|---|---|---|".to_string(),
+        "| N | build | member | backends held | new connections/min | new connections during the switchover |".to_string(),
+        "|---|---|---|---|---|---|".to_string(),
     ];
     let mut switches = vec![
-        "| N | load (1 min) | new leader's PostgreSQL a primary (its log) | every PgBouncer confirmed on the new leader (median / p99 / max) | PgBouncers with a client | writes failed / made | clients writing on the new leader again (median / p99 / max) |".to_string(),
-        "|---|---|---|---|---|---|---|".to_string(),
+        "| N | build | load (1 min) | new leader's PostgreSQL a primary (its log) | every PgBouncer confirmed on the new leader (median / p99 / max) | PgBouncers with a client | writes failed / made | clients writing on the new leader again (median / p99 / max) |".to_string(),
+        "|---|---|---|---|---|---|---|---|".to_string(),
     ];
     let mut phases = vec![
-        "| N | step, per daemon | since the key changed (median / p99 / max) | from the step before (median / p99 / max) |".to_string(),
+        "| N | build | step, per daemon | since the key changed (median / p99 / max) | from the step before (median / p99 / max) |".to_string(),
+        "|---|---|---|---|---|".to_string(),
+    ];
+    let mut checks = vec![
+        "| N | build | per daemon (times since the key; logins from its member's log, ms) | median / p99 / max |".to_string(),
         "|---|---|---|---|".to_string(),
     ];
+    let mut histograms = Vec::new();
     for n in fleet_sizes() {
-        let t = Instant::now();
-        let p = Patroni::start();
-        raise_max_connections(&p, (3 * n + 50).max(100));
-        let fleet = start_etcd_fleet(&p, n, interval);
-        eprintln!(
-            "[fleet] N={n} etcd mode: cluster and fleet up in {:.1?}; measuring {window:?} (load {})",
-            t.elapsed(),
-            load_average()
-        );
-        std::thread::sleep(Duration::from_secs(2));
-        let costs = measure_etcd_steady(&p, window);
-        let from = p.leader().unwrap();
-        let to = from % 3 + 1;
-        let log_len = |i: usize| fs::metadata(p.member_log_path(i)).map_or(0, |m| m.len() as usize);
-        let marks: Vec<usize> = (1..=p.len()).map(log_len).collect();
-        let sw = measure_switchover(&p, &fleet, from, to, clients, Duration::from_secs(120));
-        // The checks the switchover cost, per member (every daemon done by now).
-        std::thread::sleep(Duration::from_secs(2));
-        let switch_logins: Vec<usize> = (1..=p.len())
-            .map(|i| {
-                let b = fs::read(p.member_log_path(i)).unwrap_or_default();
-                logins(&String::from_utf8_lossy(&b[marks[i - 1].min(b.len())..]))
-            })
-            .collect();
-        eprintln!(
-            "[fleet] N={n}: the key named {} {:.2?} after patronictl switchover started",
-            p.name(to),
-            sw.key_at
-        );
-        for (i, (held, per_min)) in costs.iter().enumerate() {
-            let line = format!(
-                "| {n} | {} | {held} | {per_min:.0} | {} |",
-                p.name(i + 1),
-                switch_logins[i]
-            );
-            eprintln!("{line}");
-            table.push(line);
-        }
-        let failed: usize = sw.writes.iter().map(|w| w.failed()).sum();
-        let made: usize = sw.writes.iter().map(|w| w.total()).sum();
-        let line = format!(
-            "| {n} | {} | {} | {} | {} | {failed} / {made} | {} |",
-            sw.load,
-            sw.promoted
-                .map_or("not seen".to_string(), |p| format!("{p:.2} s")),
-            spread(&pick(&sw.steps, |s| s.confirmed)),
-            sw.writes.len(),
-            spread(&sw.back)
-        );
-        eprintln!("{line}");
-        switches.push(line);
-        for w in &sw.writes {
-            if w.failed() > 0 {
+        for rep in 0..reps as usize {
+            for b in 0..builds.len() {
+                // Alternate which build goes first, so neither always meets the other's
+                // leftovers.
+                let (label, bin) = &builds[(b + rep) % builds.len()];
+                let head = format!("{n} | {label}");
+                let t = Instant::now();
+                let p = Patroni::start();
+                raise_max_connections(&p, (3 * n + 50).max(100));
+                let fleet = start_etcd_fleet(&p, n, interval, bin);
                 eprintln!(
-                    "[fleet] N={n}: a client: {}; {}",
-                    w.summary(),
-                    failures(w, sw.key_instant)
+                    "[fleet] N={n} etcd mode, {label}: cluster and fleet up in {:.1?}; measuring {window:?} (load {})",
+                    t.elapsed(),
+                    load_average()
                 );
+                std::thread::sleep(Duration::from_secs(2));
+                let costs = measure_etcd_steady(&p, window);
+                let from = p.leader().unwrap();
+                let to = from % 3 + 1;
+                let log_len =
+                    |i: usize| fs::metadata(p.member_log_path(i)).map_or(0, |m| m.len() as usize);
+                let marks: Vec<usize> = (1..=p.len()).map(log_len).collect();
+                let load_before = load_average();
+                let sw =
+                    measure_switchover(&p, &fleet, from, to, clients, Duration::from_secs(120));
+                // The checks the switchover cost, per member (every daemon done by now).
+                std::thread::sleep(Duration::from_secs(2));
+                let texts: Vec<String> = (1..=p.len())
+                    .map(|i| {
+                        let b = fs::read(p.member_log_path(i)).unwrap_or_default();
+                        String::from_utf8_lossy(&b[marks[i - 1].min(b.len())..]).into_owned()
+                    })
+                    .collect();
+                let names: Vec<String> = (1..=p.len()).map(|i| p.name(i)).collect();
+                eprintln!(
+                    "[fleet] N={n}, {label}: the key named {} {:.2?} after patronictl switchover started (load {load_before} before it)",
+                    names[to - 1],
+                    sw.key_at
+                );
+                for (i, (held, per_min)) in costs.iter().enumerate() {
+                    let line = format!(
+                        "| {head} | {} | {held} | {per_min:.0} | {} |",
+                        names[i],
+                        logins(&texts[i])
+                    );
+                    eprintln!("{line}");
+                    table.push(line);
+                }
+                let failed: usize = sw.writes.iter().map(|w| w.failed()).sum();
+                let made: usize = sw.writes.iter().map(|w| w.total()).sum();
+                let line = format!(
+                    "| {head} | {} | {} | {} | {} | {failed} / {made} | {} |",
+                    sw.load,
+                    sw.promoted
+                        .map_or("not seen".to_string(), |p| format!("{p:.2} s")),
+                    spread(&pick(&sw.steps, |s| s.confirmed)),
+                    sw.writes.len(),
+                    spread(&sw.back)
+                );
+                eprintln!("{line}");
+                switches.push(line);
+                for w in &sw.writes {
+                    if w.failed() > 0 {
+                        eprintln!(
+                            "[fleet] N={n}, {label}: a client: {}; {}",
+                            w.summary(),
+                            failures(w, sw.key_instant)
+                        );
+                    }
+                }
+                for line in step_rows(&head, &sw.steps) {
+                    eprintln!("{line}");
+                    phases.push(line);
+                }
+                let logins: Vec<Vec<Vec<Login>>> = texts
+                    .iter()
+                    .map(|t| daemon_logins(t, n, sw.key_wall))
+                    .collect();
+                let (rows, hist) = check_rows(&head, &sw, &logins, &names, from, to);
+                for line in rows {
+                    eprintln!("{line}");
+                    checks.push(line);
+                }
+                eprintln!("{hist}");
+                histograms.push(hist);
+                drop(fleet);
+                drop(p);
             }
         }
-        for line in step_rows(n, &sw.steps) {
-            eprintln!("{line}");
-            phases.push(line);
-        }
-        drop(fleet);
-        drop(p);
     }
     println!(
-        "\nFleet benchmark, etcd mode: window {}s; a patronictl switchover with a client writing through {clients} PgBouncers (all when N is smaller), times from the leader key naming the new leader\n\nSteady state and checks, per member\n\n{}\n\nSwitchover\n\n{}\n\nWhere the time goes\n\n{}\n",
+        "\nFleet benchmark, etcd mode: window {}s; a patronictl switchover with a client writing through {clients} PgBouncers (all when N is smaller), times from the leader key naming the new leader\n\nSteady state and checks, per member\n\n{}\n\nSwitchover\n\n{}\n\nWhere the time goes\n\n{}\n\nThe checks on the new leader\n\n{}\n\n{}\n",
         window.as_secs(),
         table.join("\n"),
         switches.join("\n"),
-        phases.join("\n")
+        phases.join("\n"),
+        checks.join("\n"),
+        histograms.join("\n")
     );
 }

@@ -20,11 +20,19 @@
 //! brain even when the key names one of them: the key says who should be primary, not
 //! that the other one takes no writes.
 //!
+//! News of the key starts a round of every server. After it, while the server the key
+//! names still answers as a standby (or not at all), a round asks it alone (a probe,
+//! [`Following::round_begins`]): a probe never leads to a verdict, since the other
+//! servers' answers are not fresh. Once it answers as a master, every server is asked at
+//! once, and that round's verdict decides as above. Rounds of an unconfirmed candidate
+//! are timed from the start of the one before ([`Following::next_round_at`]), so a slow
+//! check does not slow the pace.
+//!
 //! Pure: the caller passes what it knows and the times.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::decide::{Action, Cluster, Decision, NodeId};
+use crate::decide::{Action, Cluster, Decision, NodeId, NodeState};
 use crate::level::Level;
 
 /// What the leader key says, as last heard.
@@ -111,6 +119,28 @@ pub fn follow(key: &Key, decision: &Decision) -> Follow {
     }
 }
 
+/// Which servers a round asks (see [`Following::round_begins`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// Every server due.
+    Every,
+    /// The candidate alone: a probe, which decides nothing.
+    Only(NodeId),
+    /// Every server due but the candidate, which a probe found a master on a new
+    /// connection just before: its answer counts with theirs.
+    AllBut(NodeId),
+}
+
+impl Ask {
+    pub fn includes(self, node: NodeId) -> bool {
+        match self {
+            Ask::Every => true,
+            Ask::Only(c) => node == c,
+            Ask::AllBut(c) => node != c,
+        }
+    }
+}
+
 /// When to check the servers again while the candidate is unconfirmed, after
 /// `rechecks` checks since the key last changed: `fast_interval`, doubling, at most
 /// `interval`. The key names a new leader 0.1-0.2 s before it answers as a master (longer
@@ -164,6 +194,18 @@ pub struct Following {
     /// The rule's answer on the verdict of the pass under way, kept when the pass keeps
     /// its verdict.
     pending: Option<Follow>,
+    /// The round under way asks only this server, the candidate (see
+    /// [`Following::round_begins`]).
+    probing: Option<NodeId>,
+    /// When the last round began: rechecks are timed from there.
+    began: Option<Instant>,
+    /// The next round is due as soon as the one under way is over: a probe found the
+    /// candidate a master, or the key changed during a probe.
+    due_now: bool,
+    /// News of the key came since the last round began: the next one asks every server.
+    full_next: bool,
+    /// The last probe found this candidate a master: the next round asks the others.
+    probed_master: Option<NodeId>,
 }
 
 impl Default for Following {
@@ -175,6 +217,11 @@ impl Default for Following {
             recheck: false,
             held: None,
             pending: None,
+            probing: None,
+            began: None,
+            due_now: false,
+            full_next: false,
+            probed_master: None,
         }
     }
 }
@@ -188,6 +235,7 @@ impl Following {
             Key::Deleted => None,
             Key::Unreachable => {
                 self.key = key;
+                self.full_next = true;
                 return;
             }
             Key::NotHeard => return,
@@ -197,6 +245,82 @@ impl Following {
         }
         self.last = Some(named);
         self.key = key;
+        self.full_next = true;
+        // A probe under way asks about the member named before: the next round follows it
+        // at once.
+        if self.probing.is_some() {
+            self.due_now = true;
+        }
+    }
+
+    /// A round begins at `now`; `candidate_state` is what the server the key names
+    /// answered last. The servers it asks: every server at the first round after news of
+    /// the key (so the pages and the verdict see them all when the leader changes, and
+    /// when etcd comes back); after that, the candidate alone while it answers as a
+    /// standby or not at all, the key names it and it is still checked faster than every
+    /// `interval`; right after a probe found it a master, every other server (that
+    /// probe's answer, on a new connection, is as fresh as theirs); else every server. Only a master can be switched to, so
+    /// until the candidate is one the other servers' answers change nothing; once it is,
+    /// every server is asked (the split-brain and stale-primary rules need them all) and
+    /// that round's verdict decides. A fleet following the key thus costs the servers not
+    /// named no connection while a promotion is awaited.
+    pub fn round_begins(
+        &mut self,
+        now: Instant,
+        candidate_state: Option<NodeState>,
+        fast_interval: Duration,
+        interval: Duration,
+    ) -> Ask {
+        self.began = Some(now);
+        self.due_now = false;
+        let full = std::mem::take(&mut self.full_next);
+        let found = std::mem::take(&mut self.probed_master);
+        let fast = recheck_in(self.rechecks.saturating_sub(1), fast_interval, interval) < interval;
+        // A candidate not heard yet (at start) is asked with everyone: the pages need
+        // every server's state anyway.
+        let awaited = matches!(candidate_state, Some(NodeState::Standby | NodeState::Down));
+        self.probing = self.candidate().filter(|_| !full && fast && awaited);
+        match (self.probing, found) {
+            (Some(c), _) => Ask::Only(c),
+            (None, Some(c))
+                if !full
+                    && self.candidate() == Some(c)
+                    && candidate_state == Some(NodeState::Master) =>
+            {
+                Ask::AllBut(c)
+            }
+            _ => Ask::Every,
+        }
+    }
+
+    /// The round under way asks only the candidate.
+    pub fn probing(&self) -> Option<NodeId> {
+        self.probing
+    }
+
+    /// The probe under way is over and its candidate answered `state` (None: no answer).
+    /// No verdict follows a probe. A master: the other servers are asked at once. Anything else:
+    /// the back-off goes on, and why nothing is switched is said (`Some` when that changed,
+    /// as from [`Following::kept`]).
+    pub fn probe_over(&mut self, state: Option<NodeState>) -> Option<Option<Held>> {
+        let candidate = self.probing.take()?;
+        if self.due_now {
+            // The key changed meanwhile: this answer is about a member no longer named.
+            return None;
+        }
+        if state == Some(NodeState::Master) {
+            self.due_now = true;
+            self.probed_master = Some(candidate);
+            return None;
+        }
+        self.recheck = true;
+        self.rechecks = self.rechecks.saturating_add(1);
+        let held = Some(Held::NotConfirmed { candidate });
+        if self.held == held {
+            return None;
+        }
+        self.held = held.clone();
+        Some(held)
     }
 
     /// The rule on a verdict of decide: the action to take, and the rest kept for
@@ -258,6 +382,27 @@ impl Following {
             interval,
         )
         .unwrap_or(IDLE)
+    }
+
+    /// When the next round is due, a round having ended at `now` (see
+    /// [`Following::round_pause`] for the arguments): [`Following::round_pause`] after the
+    /// start of the round that ended, not after its end, so the time a check takes (longer
+    /// under a fleet's burst of new connections) does not add to the pace; at once when a
+    /// probe found the candidate a master, or the key changed during a probe.
+    pub fn next_round_at(
+        &self,
+        now: Instant,
+        on_leader: bool,
+        some_server_down: bool,
+        fast_interval: Duration,
+        interval: Duration,
+    ) -> Instant {
+        if self.due_now {
+            return now;
+        }
+        let pause = self.round_pause(on_leader, some_server_down, fast_interval, interval);
+        let began = self.began.map_or(now, |b| b.min(now));
+        (began + pause).max(now)
     }
 }
 
@@ -770,6 +915,111 @@ mod tests {
         f.heard(names(2));
         unconfirmed_pass(&mut f);
         assert_eq!(pause(&f), fast);
+    }
+
+    #[test]
+    fn after_the_round_of_every_server_only_a_candidate_in_recovery_or_down_is_probed() {
+        let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+        let t = Instant::now();
+        let mut f = Following::default();
+        f.heard(names(1));
+        assert_eq!(
+            f.round_begins(t, Some(Standby), fast, slow),
+            Ask::Every,
+            "key news"
+        );
+        unconfirmed_pass(&mut f);
+        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Ask::Only(1));
+        assert_eq!(f.probing(), Some(1));
+        assert_eq!(
+            f.probe_over(Some(Standby)),
+            None,
+            "NotConfirmed said already"
+        );
+        assert_eq!(f.round_begins(t, Some(Down), fast, slow), Ask::Only(1));
+        assert_eq!(f.probe_over(Some(Down)), None);
+        // A master, or a candidate not heard yet: every server.
+        assert_eq!(f.round_begins(t, Some(Master), fast, slow), Ask::Every);
+        assert_eq!(f.probe_over(Some(Master)), None, "no probe under way");
+        assert_eq!(f.round_begins(t, None, fast, slow), Ask::Every);
+        // etcd away and back: every server again.
+        f.heard(Key::Unreachable);
+        f.heard(names(1));
+        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Ask::Every);
+        // No candidate: nothing to probe.
+        f.heard(Key::Deleted);
+        f.round_begins(t, Some(Standby), fast, slow);
+        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Ask::Every);
+    }
+
+    #[test]
+    fn a_probe_finding_a_master_makes_the_next_round_due_at_once_else_it_backs_off_from_its_start()
+    {
+        let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+        let t = Instant::now();
+        let mut f = Following::default();
+        f.heard(names(1));
+        f.round_begins(t, Some(Standby), fast, slow);
+        unconfirmed_pass(&mut f);
+        let end = t + Duration::from_millis(60);
+        assert_eq!(
+            f.next_round_at(end, false, false, fast, slow),
+            t + fast,
+            "from the start"
+        );
+        let p = t + fast;
+        assert_eq!(f.round_begins(p, Some(Standby), fast, slow), Ask::Only(1));
+        assert_eq!(f.probe_over(Some(Standby)), None);
+        let end = p + Duration::from_millis(30);
+        assert_eq!(
+            f.next_round_at(end, false, false, fast, slow),
+            p + Duration::from_millis(200)
+        );
+        let p = p + Duration::from_millis(200);
+        assert_eq!(f.round_begins(p, Some(Standby), fast, slow), Ask::Only(1));
+        // A probe slower than the pause: at once.
+        let end = p + Duration::from_secs(1);
+        f.probe_over(Some(Standby));
+        assert_eq!(f.next_round_at(end, false, false, fast, slow), end);
+        assert_eq!(f.round_begins(end, Some(Standby), fast, slow), Ask::Only(1));
+        assert_eq!(f.probe_over(Some(Master)), None);
+        let end = end + Duration::from_millis(10);
+        assert_eq!(f.next_round_at(end, false, false, fast, slow), end);
+        // The others, with the probe's answer: and after that round, every server.
+        assert_eq!(
+            f.round_begins(end, Some(Master), fast, slow),
+            Ask::AllBut(1)
+        );
+        assert_eq!(f.round_begins(end, Some(Master), fast, slow), Ask::Every);
+        // A probe finding a master, then news of the key: every server.
+        f.heard(names(2));
+        f.round_begins(end, Some(Standby), fast, slow);
+        unconfirmed_pass(&mut f);
+        assert_eq!(f.round_begins(end, Some(Standby), fast, slow), Ask::Only(2));
+        f.probe_over(Some(Master));
+        f.heard(Key::Unreachable);
+        f.heard(names(2));
+        assert_eq!(f.round_begins(end, Some(Master), fast, slow), Ask::Every);
+    }
+
+    #[test]
+    fn a_probe_of_a_candidate_not_yet_said_held_says_it() {
+        let (fast, slow) = (Duration::from_millis(100), Duration::from_secs(30));
+        let t = Instant::now();
+        let mut f = Following::default();
+        f.heard(names(1));
+        f.round_begins(t, Some(Standby), fast, slow);
+        unconfirmed_pass(&mut f);
+        // The key moves on to node 2, and the round of every server after it leaves no
+        // verdict (the pass was dropped): the probe of node 2 says it is not confirmed.
+        f.heard(names(2));
+        f.round_begins(t, Some(Standby), fast, slow);
+        assert_eq!(f.round_begins(t, Some(Standby), fast, slow), Ask::Only(2));
+        assert_eq!(
+            f.probe_over(Some(Standby)),
+            Some(Some(Held::NotConfirmed { candidate: 2 }))
+        );
+        assert_eq!(f.held, Some(Held::NotConfirmed { candidate: 2 }));
     }
 
     #[test]

@@ -240,6 +240,9 @@ impl Policy {
                 }
             }
             Input::ChecksOver => match self.stage() {
+                Some(Stage::Checks) if self.leader_probe_over(&mut out) => {
+                    self.finish(now, &mut out)
+                }
                 Some(Stage::Checks) => self.look_at_link(now, &mut out),
                 Some(Stage::Recheck) => {
                     let d = self.verdict();
@@ -377,10 +380,11 @@ impl Policy {
         if self.pass.is_some() {
             return;
         }
+        let ask = self.leader_round_begins(now);
         let mut nodes = Vec::new();
         let mut wait_for = Vec::new();
         for (id, n) in self.nodes.iter_mut().enumerate() {
-            if n.busy || !n.backoff.due(now) {
+            if n.busy || !n.backoff.due(now) || !ask.includes(id) {
                 continue;
             }
             n.busy = true;
@@ -762,7 +766,7 @@ impl Policy {
         match pass.end {
             End::Round => {
                 out.push(Command::RoundDone);
-                self.next_round = now + self.round_pause();
+                self.next_round = self.round_over_next(now);
             }
             End::Key => self.next_round = now + self.round_pause(),
             End::Report => self.end_report(now),

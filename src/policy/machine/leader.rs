@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{End, Pass, Policy, Stage};
 use crate::decide::NodeState;
-use crate::policy::leader::{Following, Key};
+use crate::policy::leader::{Ask, Following, Key};
 use crate::policy::messages::Command;
 
 impl Policy {
@@ -66,6 +66,24 @@ impl Policy {
                 s.interval
             };
         };
+        let (on_leader, down) = self.leader_standing(f);
+        f.round_pause(on_leader, down, s.fast_interval, s.interval)
+    }
+
+    /// When the next round is due, a round having ended at `now`: in etcd mode as the
+    /// leader rule says (timed from the round's start), else after [`Policy::round_pause`].
+    pub(super) fn round_over_next(&self, now: Instant) -> Instant {
+        let Some(f) = &self.leader else {
+            return now + self.round_pause();
+        };
+        let s = &self.settings;
+        let (on_leader, down) = self.leader_standing(f);
+        f.next_round_at(now, on_leader, down, s.fast_interval, s.interval)
+    }
+
+    /// PgBouncer is confirmed on the candidate, which answered as master; some server is
+    /// down (or not heard yet).
+    fn leader_standing(&self, f: &Following) -> (bool, bool) {
         let down = self
             .nodes
             .iter()
@@ -75,6 +93,40 @@ impl Policy {
                 && self.believed.confirmed
                 && self.nodes.get(c).and_then(|n| n.state) == Some(NodeState::Master)
         });
-        f.round_pause(on_leader, down, s.fast_interval, s.interval)
+        (on_leader, down)
+    }
+
+    /// A round begins: which servers it asks (in etcd mode, see
+    /// [`Following::round_begins`]; else every server due).
+    pub(super) fn leader_round_begins(&mut self, now: Instant) -> Ask {
+        let Some(f) = self.leader.as_mut() else {
+            return Ask::Every;
+        };
+        let state = f
+            .candidate()
+            .and_then(|c| self.nodes.get(c))
+            .and_then(|n| n.state);
+        f.round_begins(
+            now,
+            state,
+            self.settings.fast_interval,
+            self.settings.interval,
+        )
+    }
+
+    /// The round's checks are over: true when it was a probe of the candidate alone,
+    /// which ends the pass without a verdict (see [`Following::probe_over`]).
+    pub(super) fn leader_probe_over(&mut self, out: &mut Vec<Command>) -> bool {
+        let Some(f) = &mut self.leader else {
+            return false;
+        };
+        let Some(c) = f.probing() else {
+            return false;
+        };
+        let state = self.nodes.get(c).and_then(|n| n.state);
+        if let Some(held) = f.probe_over(state) {
+            out.push(Command::LeaderHeld(held));
+        }
+        true
     }
 }

@@ -42,6 +42,16 @@ impl Run {
     }
 }
 
+/// The servers a round's checks ask.
+fn asked(cmds: &[Command]) -> Vec<NodeId> {
+    match cmds.first() {
+        Some(Command::Check {
+            nodes, round: true, ..
+        }) => nodes.clone(),
+        _ => panic!("expected a round's checks, got {cmds:?}"),
+    }
+}
+
 fn held_in(cmds: &[Command]) -> Option<Option<Held>> {
     cmds.iter().find_map(|c| match c {
         Command::LeaderHeld(h) => Some(h.clone()),
@@ -77,18 +87,34 @@ fn the_key_naming_a_standby_that_then_answers_master_switches_to_it() {
         "rechecked after fast_interval"
     );
 
-    // Checked again, still in recovery: the next check backs off.
+    // Checked again, alone, still in recovery: the next check backs off.
     r.at(MS(200));
-    let cmds = r.round(&[down(), standby(1), standby(1)]);
-    let cmds = r.reply_until_done(cmds, None);
+    let cmds = r.tell(Input::RoundDue);
+    assert_eq!(asked(&cmds), vec![1], "only the candidate: {cmds:?}");
+    let cmds = r.answer_checks(cmds, &[down(), standby(1), standby(1)]);
     assert_eq!(switch_in(&cmds), None);
     assert_eq!(held_in(&cmds), None, "said once");
     assert_eq!(r.p.next_round(), r.now + MS(400));
 
-    // Now it answers as master on the new timeline: switched to.
+    // Now it answers as master on the new timeline: the other servers are asked at once,
+    // and that round's verdict switches to it.
     r.at(MS(400));
-    let cmds = r.round(&[down(), master(2), standby(2)]);
-    let cmds = r.reply_until_done(cmds, None);
+    let cmds = r.tell(Input::RoundDue);
+    assert_eq!(asked(&cmds), vec![1]);
+    let cmds = r.answer_checks(cmds, &[down(), master(2), standby(2)]);
+    assert_eq!(
+        switch_in(&cmds),
+        None,
+        "not on the candidate's answer alone"
+    );
+    assert_eq!(r.p.next_round(), r.now, "the others asked at once");
+    let cmds = r.tell(Input::RoundDue);
+    assert_eq!(
+        asked(&cmds),
+        vec![0, 2],
+        "the probe's answer counts for node 1"
+    );
+    let cmds = r.answer_checks(cmds, &[down(), master(2), standby(2)]);
     assert_eq!(switch_in(&cmds), Some((1, SwitchReason::Failover)));
     assert_eq!(held_in(&cmds), Some(None), "the key and the servers agree");
     r.switched(1);
@@ -223,4 +249,113 @@ fn with_the_key_gone_no_round_is_due_until_it_changes_or_a_server_is_down() {
     r.at(S(1));
     r.tell(Input::Leader(Key::Deleted));
     assert_eq!(r.p.next_round(), r.now + IDLE);
+}
+
+/// The key names node 1, still in recovery, with node 0 (the old primary) stopped: the
+/// first round, every server, is over; the next is a probe of node 1.
+fn awaiting_node1() -> Run {
+    let mut r = following();
+    let cmds = r.tell(Input::Leader(names(1)));
+    assert_eq!(asked(&cmds), vec![0, 1, 2]);
+    let cmds = r.answer_checks(cmds, &[down(), standby(1), standby(1)]);
+    assert_eq!(
+        held_in(&cmds),
+        Some(Some(Held::NotConfirmed { candidate: 1 }))
+    );
+    r
+}
+
+#[test]
+fn rechecks_are_timed_from_the_start_of_the_check_before() {
+    let mut r = following();
+    let began = r.now;
+    let cmds = r.tell(Input::Leader(names(1)));
+    // The answers take 150 ms (a fleet's burst of new connections).
+    r.at(MS(150));
+    let cmds = r.answer_checks(cmds, &[down(), standby(1), standby(1)]);
+    assert_eq!(switch_in(&cmds), None);
+    assert_eq!(
+        r.p.next_round(),
+        began + MS(200),
+        "not 200 ms after its end"
+    );
+    // A probe that takes longer than the pause: the next one at once, not later.
+    r.at(MS(50));
+    let began = r.now;
+    let cmds = r.tell(Input::RoundDue);
+    r.at(MS(500));
+    r.answer_checks(cmds, &[down(), standby(1), standby(1)]);
+    assert!(r.now > began + MS(400));
+    assert_eq!(r.p.next_round(), r.now);
+}
+
+#[test]
+fn a_probe_decides_nothing_even_when_the_candidate_answers_master() {
+    let mut r = awaiting_node1();
+    r.at(MS(200));
+    let cmds = r.tell(Input::RoundDue);
+    assert_eq!(asked(&cmds), vec![1]);
+    // Node 0 seen down in the first round: on the candidate's answer alone the verdict
+    // would switch, without asking node 0 whether it is a master again.
+    let cmds = r.answer_checks(cmds, &[down(), master(2), standby(2)]);
+    assert_eq!(switch_in(&cmds), None, "{cmds:?}");
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::LogDecision(_))),
+        "no verdict: {cmds:?}"
+    );
+    // The round that follows at once asks node 0 and node 2; node 0 turns out a master
+    // on the same timeline: a split brain, nothing switched.
+    let cmds = r.tell(Input::RoundDue);
+    assert_eq!(asked(&cmds), vec![0, 2]);
+    let cmds = r.answer_checks(cmds, &[master(2), master(2), standby(2)]);
+    assert_eq!(switch_in(&cmds), None, "{cmds:?}");
+    assert_eq!(
+        held_in(&cmds),
+        None,
+        "still the candidate not confirmed, already said"
+    );
+    assert_eq!(
+        r.p.decision().map(|d| d.cluster.clone()),
+        Some(Cluster::SplitBrain(vec![0, 1]))
+    );
+}
+
+#[test]
+fn the_key_changing_during_a_probe_asks_every_server_right_after_it() {
+    let mut r = awaiting_node1();
+    r.at(MS(200));
+    let probe = r.tell(Input::RoundDue);
+    assert_eq!(asked(&probe), vec![1]);
+    // Patroni names node 2 while node 1 is being asked.
+    assert!(
+        r.tell(Input::Leader(names(2))).is_empty(),
+        "a pass is under way"
+    );
+    let cmds = r.answer_checks(probe, &[down(), standby(1), standby(1)]);
+    assert_eq!(held_in(&cmds), None, "node 1 is no longer the candidate");
+    assert_eq!(r.p.next_round(), r.now);
+    let cmds = r.tell(Input::RoundDue);
+    assert_eq!(asked(&cmds), vec![0, 1, 2]);
+    let cmds = r.answer_checks(cmds, &[down(), standby(2), master(2)]);
+    assert_eq!(switch_in(&cmds), Some((2, SwitchReason::Failover)));
+}
+
+#[test]
+fn probes_give_way_to_rounds_of_every_server_once_they_back_off_to_the_interval() {
+    let mut r = awaiting_node1();
+    // fast_interval 200 ms doubling: 200, 400, 800, 1600, 3200 ms, then the interval (5 s).
+    for pause in [200, 400, 800, 1600, 3200] {
+        assert_eq!(r.p.next_round(), r.now + MS(pause));
+        r.at(MS(pause));
+        let cmds = r.tell(Input::RoundDue);
+        assert_eq!(asked(&cmds), vec![1], "after {pause} ms");
+        r.answer_checks(cmds, &[down(), standby(1), standby(1)]);
+    }
+    assert_eq!(r.p.next_round(), r.now + S(5));
+    r.at(S(5));
+    let cmds = r.tell(Input::RoundDue);
+    assert_eq!(asked(&cmds), vec![0, 1, 2], "the pages see every server");
+    let cmds = r.answer_checks(cmds, &[down(), standby(1), standby(1)]);
+    assert_eq!(switch_in(&cmds), None);
+    assert_eq!(r.p.next_round(), r.now + S(5));
 }
