@@ -82,8 +82,14 @@ fn a_patroni_switchover_holds_clients_from_the_key_deleted_to_the_switch() {
     );
     assert_eq!(switch_in(&cmds), None);
 
-    // Promoted: the switch carries the held databases (resumed, not killed).
+    // Promoted: a probe of node 1 finds it a master, the round of the others that
+    // follows at once decides, and the switch carries the held databases (resumed, not
+    // killed).
     r.at(MS(200));
+    let cmds = r.round(&[down(), master(2), standby(1)]);
+    let cmds = r.reply_until_done(cmds, Some(0));
+    assert_eq!(switch_in(&cmds), None, "a probe decides nothing: {cmds:?}");
+    assert_eq!(r.p.next_round(), r.now);
     let cmds = r.round(&[down(), master(2), standby(1)]);
     let cmds = r.reply_until_done(cmds, Some(0));
     assert!(
