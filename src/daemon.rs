@@ -44,6 +44,7 @@ use crate::policy::pacing;
 
 mod bouncer;
 mod hold;
+use hold::HoldEnded;
 mod leader;
 mod monitor;
 mod reload;
@@ -452,9 +453,14 @@ impl<C: Console> Daemon<C> {
                 let outcome = format!("switched to {}", self.nodes[to].name);
                 if resume_failed {
                     // The switch's warning says which RESUME failed; the round retries it.
-                    self.log_hold_end(hold, &format!("{outcome}, but RESUME failed"), waiting);
+                    self.log_hold_end(
+                        hold,
+                        &format!("{outcome}, but RESUME failed"),
+                        waiting,
+                        HoldEnded::ResumeFailed,
+                    );
                 } else {
-                    self.log_hold_end(hold, &outcome, waiting);
+                    self.log_hold_end(hold, &outcome, waiting, HoldEnded::Switched);
                 }
             }
             Command::FinishPending => {
@@ -664,11 +670,7 @@ impl<C: Console> Daemon<C> {
                 // so /nagios turns CRITICAL once it outlasts pause_timeout.
                 None => self.last_hold.clone().map(|mut h| {
                     let stuck = h.databases.iter().any(|d| s.resume_pending.contains(d));
-                    if stuck
-                        && h.ended
-                            .as_ref()
-                            .is_some_and(|e| e.outcome.contains("RESUME failed"))
-                    {
+                    if stuck && h.ended.as_ref().is_some_and(|e| e.resume_failed) {
                         h.ended = None;
                     }
                     h

@@ -159,6 +159,9 @@ pub struct PauseEnd {
     pub outcome: String,
     /// Clients still waiting at the end, when PgBouncer said.
     pub waiting: Option<u64>,
+    /// The RESUME meant to end it failed: its databases may still be paused, and the
+    /// pause is shown as lasting while the state file lists them as resume pending.
+    pub resume_failed: bool,
 }
 
 /// The last finished round of checks.

@@ -32,7 +32,8 @@
 //! filter): N app servers following the leader key of a 3-member Patroni cluster, the
 //! steady-state cost per member, then a `patronictl switchover` while a client writes
 //! through `REBOUNCER_FLEET_CLIENTS` (default 10) of the PgBouncers, each write a new
-//! connection 50 ms after the last. Times are from the leader key naming the new leader
+//! connection 50 ms after the last, made by this process (a `psql` per write would take
+//! half a core of the two the fleet shares). Times are from the leader key naming the new leader
 //! (etcd read every 5 ms): per daemon, when it heard the key, when a check confirmed the
 //! candidate and its switch began, when its symlink moved, when its PgBouncer took the
 //! `RELOAD` (PgBouncer's log) and when it logged PgBouncer confirmed; per client, the
@@ -783,7 +784,8 @@ struct Switchover {
 }
 
 /// A `patronictl switchover` to `to` while a client writes through each of `clients`
-/// PgBouncers (a new connection per write, 50 ms apart). Times from the moment the leader
+/// PgBouncers (a new connection per write, 50 ms apart, made in this process: see
+/// [`common::WriteWith::InProcess`]). Times from the moment the leader
 /// key names `to` (etcd read every 5 ms).
 fn measure_switchover(
     p: &Patroni,
@@ -797,11 +799,12 @@ fn measure_switchover(
     let writers: Vec<common::BouncerWriter> = sampled(fleet.len(), clients)
         .into_iter()
         .map(|k| {
-            common::BouncerWriter::start(
+            common::BouncerWriter::start_with(
                 common::tcp_conninfo(fleet[k].bouncer_port, "appdb"),
                 ports.clone(),
                 &format!("fleet{k}"),
                 Duration::from_secs(5),
+                common::WriteWith::InProcess,
             )
         })
         .collect();

@@ -21,6 +21,16 @@ pub(super) enum Ending {
     Shutdown,
 }
 
+/// How a hold ended, for its log line's level and for the pages: a pause whose RESUME
+/// failed still holds clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HoldEnded {
+    Switched,
+    /// Resumed without a switch: the held clients get PgBouncer's errors.
+    Released,
+    ResumeFailed,
+}
+
 impl<C: Console> Daemon<C> {
     /// Databases a previous run killed and did not resume (it was killed in between)
     /// wait for a `RESUME` that nobody else will send. Only what the state file lists: a
@@ -377,19 +387,35 @@ impl<C: Console> Daemon<C> {
                 for w in warnings {
                     warn!("{w}");
                 }
-                self.log_hold_end(h, &format!("resumed without a switch: {why}"), waiting);
+                self.log_hold_end(
+                    h,
+                    &format!("resumed without a switch: {why}"),
+                    waiting,
+                    HoldEnded::Released,
+                );
             }
             Err(e) => {
                 error!(
                     "ending the pause ({why}) failed: {e}; clients keep waiting until RESUME gets through (retried every round)"
                 );
-                self.log_hold_end(h, &format!("RESUME failed ({why})"), waiting);
+                self.log_hold_end(
+                    h,
+                    &format!("RESUME failed ({why})"),
+                    waiting,
+                    HoldEnded::ResumeFailed,
+                );
             }
         }
         self.publish();
     }
 
-    pub(super) fn log_hold_end(&mut self, h: Hold, outcome: &str, waiting: Option<u64>) {
+    pub(super) fn log_hold_end(
+        &mut self,
+        h: Hold,
+        outcome: &str,
+        waiting: Option<u64>,
+        ended: HoldEnded,
+    ) {
         let lasted = Instant::now()
             .into_std()
             .saturating_duration_since(h.started);
@@ -402,7 +428,7 @@ impl<C: Console> Daemon<C> {
             lasted.as_millis()
         );
         // Released without a new master, the held clients get errors: worth a warning.
-        if outcome.starts_with("switched to") && !outcome.contains("failed") {
+        if ended == HoldEnded::Switched {
             info!("{line}");
         } else {
             warn!("{line}");
@@ -416,6 +442,7 @@ impl<C: Console> Daemon<C> {
                 lasted,
                 outcome: outcome.to_string(),
                 waiting,
+                resume_failed: ended == HoldEnded::ResumeFailed,
             }),
         });
     }

@@ -478,6 +478,7 @@ mod tests {
             lasted: Duration::from_millis(3200),
             outcome: "switched to db2".into(),
             waiting: Some(7),
+            resume_failed: false,
         });
         assert!(render(&s, since).starts_with("CRITICAL: no master"));
         let root = text::root(&s, since + Duration::from_secs(5));

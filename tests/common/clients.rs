@@ -169,6 +169,17 @@ impl BouncerWriter {
         tag: &str,
         per_write: Duration,
     ) -> BouncerWriter {
+        Self::start_with(conninfo, ports, tag, per_write, WriteWith::Psql)
+    }
+
+    /// [`BouncerWriter::start`], each write's connection made as `with` says.
+    pub fn start_with(
+        conninfo: String,
+        ports: Vec<u16>,
+        tag: &str,
+        per_write: Duration,
+        with: WriteWith,
+    ) -> BouncerWriter {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sql = format!(
             "INSERT INTO t(node) VALUES ('{}') RETURNING inet_server_port()",
@@ -177,9 +188,18 @@ impl BouncerWriter {
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut log = WriteLog::default();
+            let rt = (with == WriteWith::InProcess).then(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the writer")
+            });
             while !s.load(Ordering::SeqCst) {
                 let at = Instant::now();
-                let r = psql_conninfo(&conninfo, &sql, per_write);
+                let r = match &rt {
+                    None => psql_conninfo(&conninfo, &sql, per_write),
+                    Some(rt) => write_in_process(rt, &conninfo, &sql, per_write),
+                };
                 let took = at.elapsed();
                 let (node, error) = match r {
                     Ok(out) => match out.trim().parse::<u16>() {
@@ -223,6 +243,47 @@ impl Drop for BouncerWriter {
             let _ = h.join();
         }
     }
+}
+
+/// How a [`BouncerWriter`] makes each write's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteWith {
+    /// A `psql` process per write, as a separate application process would.
+    Psql,
+    /// A tokio-postgres connection made in the test's own process: the same exchange with
+    /// PgBouncer (a new login, the `INSERT`, the end), without starting a process per
+    /// write, which on a shared two-core machine takes CPU from what a benchmark measures
+    /// (about 5 ms a `psql`: ten clients writing every 50 ms cost half a core).
+    InProcess,
+}
+
+/// One write on a new connection made by this process, within `limit`: the port of the
+/// server that took it, or the server's error as `psql` would print it.
+fn write_in_process(
+    rt: &tokio::runtime::Runtime,
+    conninfo: &str,
+    sql: &str,
+    limit: Duration,
+) -> Result<String, String> {
+    let said = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.severity(), d.message()),
+        None => e.to_string(),
+    };
+    rt.block_on(async {
+        let write = async {
+            let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+                .await
+                .map_err(said)?;
+            let conn = tokio::spawn(conn);
+            let row = client.query_one(sql, &[]).await.map_err(said)?;
+            drop(client);
+            let _ = conn.await;
+            Ok(row.get::<_, i32>(0).to_string())
+        };
+        tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
+    })
 }
 
 /// One sample of a [`RouteSampler`]: when, and the node PgBouncer routed to (None when it
