@@ -696,6 +696,14 @@ fn raise_max_connections(p: &Patroni, max_conn: usize) {
     p.wait_healthy(Duration::from_secs(60));
 }
 
+/// `REBOUNCER_FLEET_GLOBAL`: more `[global]` lines for the etcd fleet's daemons, `;`
+/// between them (for example `pause_on_failover=on`).
+fn extra_global() -> String {
+    std::env::var("REBOUNCER_FLEET_GLOBAL")
+        .unwrap_or_default()
+        .replace(';', "\n")
+}
+
 /// `n` app servers following Patroni's leader key (members mapped to `pg1..pg3`), the
 /// daemons the binary `bin`, all routed to the leader; waits until every daemon says OK.
 /// The k-th daemon logs in as `application_name=rebouncer-<k>`, so each member's log
@@ -707,10 +715,11 @@ fn start_etcd_fleet(p: &Patroni, n: usize, interval: u64, bin: &Path) -> Vec<App
         .map(|i| format!("{}:pg{i}", p.name(i)))
         .collect();
     let global = format!(
-        "etcd_endpoints={}\netcd_scope={}\netcd_members={}\n",
+        "etcd_endpoints={}\netcd_scope={}\netcd_members={}\n{}\n",
         p.etcd.endpoint(),
         common::patroni::SCOPE,
         members.join(", "),
+        extra_global(),
     );
     let servers = |k: usize| -> Vec<String> {
         (1..=p.len())
@@ -1163,6 +1172,8 @@ fn step_rows(n: &str, steps: &[Steps]) -> Vec<String> {
 ///
 ///     REBOUNCER_FLEET_N=10,50 REBOUNCER_FLEET_SECS=20 cargo test --release --test fleet etcd -- --ignored --nocapture
 ///
+/// `REBOUNCER_FLEET_GLOBAL`: more `[global]` lines for every daemon, `;` between them
+/// (`pause_on_failover=on` to hold the clients through the switchover).
 /// `REBOUNCER_FLEET_CLIENTS` (default 10): how many PgBouncers carry a writing client
 /// during the switchover. `REBOUNCER_BENCH_BIN=/path/to/rebouncer`: another build
 /// measured in turn with this one at each size (each on a fresh cluster, the order
