@@ -148,6 +148,28 @@ impl Failover {
 
 /// Three clients write through PgBouncer; pg1 is stopped, pg2 promoted `GAP` later; the
 /// clients go on until every one has written to pg2.
+/// A cluster (pg1 primary, one standby, transaction pooling) and a rebouncer (interval and
+/// timeout 2, `extra` [global] lines) that reaches PgBouncer's console through a
+/// [`common::Proxy`], settled on pg1 with /nagios OK.
+fn settled_via_proxy(extra: &str) -> (Cluster, common::Proxy, Daemon) {
+    let c = Cluster::start(Opts::default().standbys(1).pool_mode("transaction"));
+    let proxy = common::Proxy::start(c.bouncer_port());
+    let cfg = c.write_rebouncer_config(2, 2, extra);
+    let text = fs::read_to_string(&cfg).unwrap();
+    let via_proxy = text.replacen(
+        &format!("port={}", c.bouncer_port()),
+        &format!("port={}", proxy.port),
+        1,
+    );
+    assert_ne!(text, via_proxy);
+    fs::write(&cfg, via_proxy).unwrap();
+    let mut d = c.daemon(&cfg);
+    d.wait_for(SHORT, "PgBouncer on pg1, /nagios OK", |d| {
+        c.bouncer_target_node() == Some(1) && d.nagios().starts_with("OK")
+    });
+    (c, proxy, d)
+}
+
 fn failover_under_writes(c: &Cluster, d: &mut Daemon) -> Failover {
     let writers: Vec<_> = (0..3)
         .map(|i| c.start_writer(&format!("w{i}"), Duration::from_secs(20)))
@@ -539,21 +561,7 @@ fn a_split_brain_while_paused_releases_the_clients_without_a_switch() {
 /// switch once pg2 is promoted.
 #[test]
 fn a_broken_admin_connection_while_paused_is_replaced_and_the_pause_still_ends() {
-    let c = Cluster::start(Opts::default().standbys(1).pool_mode("transaction"));
-    let proxy = common::Proxy::start(c.bouncer_port());
-    let cfg = c.write_rebouncer_config(2, 2, "pause_on_failover=on\npause_timeout=30");
-    let text = fs::read_to_string(&cfg).unwrap();
-    let via_proxy = text.replacen(
-        &format!("port={}", c.bouncer_port()),
-        &format!("port={}", proxy.port),
-        1,
-    );
-    assert_ne!(text, via_proxy);
-    fs::write(&cfg, via_proxy).unwrap();
-    let mut d = c.daemon(&cfg);
-    d.wait_for(SHORT, "PgBouncer on pg1, /nagios OK", |d| {
-        c.bouncer_target_node() == Some(1) && d.nagios().starts_with("OK")
-    });
+    let (c, proxy, mut d) = settled_via_proxy("pause_on_failover=on\npause_timeout=30");
     c.stop_fast(1);
     d.wait_for(SHORT, "appdb and postgres paused", |_| both_paused(&c));
     let before = proxy.accepted();
@@ -627,28 +635,10 @@ fn a_hold_that_takes_over_a_pause_whose_resume_failed_ends_pause_timeout_after_t
     const LATER: Duration = Duration::from_secs(8);
     /// The daemon's interval: the hold's end is checked at least once a round.
     const ROUND: Duration = Duration::from_secs(2);
-    let c = Cluster::start(Opts::default().standbys(1).pool_mode("transaction"));
-    let proxy = common::Proxy::start(c.bouncer_port());
-    let cfg = c.write_rebouncer_config(
-        2,
-        2,
-        &format!(
-            "pause_on_failover=on\npause_timeout={}",
-            PAUSE_TIMEOUT.as_secs()
-        ),
-    );
-    let text = fs::read_to_string(&cfg).unwrap();
-    let via_proxy = text.replacen(
-        &format!("port={}", c.bouncer_port()),
-        &format!("port={}", proxy.port),
-        1,
-    );
-    assert_ne!(text, via_proxy);
-    fs::write(&cfg, via_proxy).unwrap();
-    let mut d = c.daemon(&cfg);
-    d.wait_for(SHORT, "PgBouncer on pg1, /nagios OK", |d| {
-        c.bouncer_target_node() == Some(1) && d.nagios().starts_with("OK")
-    });
+    let (c, proxy, mut d) = settled_via_proxy(&format!(
+        "pause_on_failover=on\npause_timeout={}",
+        PAUSE_TIMEOUT.as_secs()
+    ));
     proxy.break_on(Some("RESUME"));
 
     let lost = Instant::now();

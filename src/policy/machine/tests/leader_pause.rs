@@ -92,9 +92,9 @@ fn a_patroni_switchover_holds_clients_from_the_key_deleted_to_the_switch() {
     assert_eq!(r.p.next_round(), r.now);
     let cmds = r.round(&[down(), master(2), standby(1)]);
     let cmds = r.reply_until_done(cmds, Some(0));
-    assert!(
-        cmds.iter()
-            .any(|c| matches!(c, Command::Switch { to: 1, held: Some(h), .. } if h == &["appdb"])),
+    assert_eq!(
+        held_switch_in(&cmds),
+        Some((1, Some(vec!["appdb".to_string()]))),
         "{cmds:?}"
     );
     let cmds = r.switched(1);
@@ -115,14 +115,7 @@ fn a_key_that_moves_straight_to_a_promoted_leader_still_holds_before_the_switch(
     assert_eq!(switch_in(&cmds), None, "the pause comes first");
     let cmds = r.hold_made();
     assert!(
-        cmds.iter().any(|c| matches!(
-            c,
-            Command::Switch {
-                to: 1,
-                held: Some(_),
-                ..
-            }
-        )),
+        matches!(held_switch_in(&cmds), Some((1, Some(_)))),
         "{cmds:?}"
     );
 }
@@ -173,14 +166,7 @@ fn the_next_leader_heard_while_the_pause_is_being_made_gets_its_checks_after_it(
         &[down(), master(2), standby(1)],
     );
     assert!(
-        cmds.iter().any(|c| matches!(
-            c,
-            Command::Switch {
-                to: 1,
-                held: Some(_),
-                ..
-            }
-        )),
+        matches!(held_switch_in(&cmds), Some((1, Some(_)))),
         "{cmds:?}"
     );
 }
