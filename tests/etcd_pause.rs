@@ -154,7 +154,18 @@ fn switchover_under_load(
     })
     .expect("the sampler saw the key move");
     wait_routed(p, d, to, Duration::from_secs(30), what);
-    let settled = p.rows_tagged(to, what).expect("the new leader answers");
+    // A query right after the switch can meet the new leader still settling in; the
+    // count is what matters, so it is asked until it answers.
+    let mut settled = None;
+    common::wait_until(
+        Duration::from_secs(30),
+        &format!("{what}: {} answering a count of the writes", p.name(to)),
+        || {
+            settled = p.rows_tagged(to, what);
+            settled.is_some()
+        },
+    );
+    let settled = settled.unwrap();
     common::wait_until(
         Duration::from_secs(30),
         &format!("{what}: writes landing on {}", p.name(to)),
